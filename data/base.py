@@ -1,0 +1,37 @@
+"""What every dataset provides: random-access splits and a little metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+
+class Split(Protocol):
+  """A random-access split: `len(split)` examples, `split.get(indices)` -> batch dict."""
+
+  def __len__(self) -> int: ...
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclasses.dataclass
+class ArraySplit:
+  """A split held in memory as numpy arrays with a shared leading axis."""
+  arrays: dict[str, np.ndarray]
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[indices] for k, v in self.arrays.items()}
+
+
+@dataclasses.dataclass
+class Dataset:
+  train: Split
+  test: Split
+  num_classes: int       # number of outputs of the model's head
+  input_shape: tuple     # one example's `inputs` shape
+  task: str = 'classification'

@@ -1,0 +1,78 @@
+"""Batches as a pure function of (seed, step), so a resumed run sees exactly the same data.
+
+The order of examples in epoch e is `default_rng([seed, ORDER, e]).permutation(n)`; the
+augmentation of step s draws from `default_rng([seed, AUGMENT, s])`. Epochs drop the last
+partial batch. Nothing here depends on how many steps ran before in this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Iterator
+
+import numpy as np
+
+from data.base import Split
+from errors import ConfigError
+
+ORDER, AUGMENT = 0, 1
+AUGMENTATIONS = ('none', 'crop_flip')
+
+
+def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+  """Random crop from a zero-padded image and random horizontal flip (He et al. 2016)."""
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+  flip = rng.random(n) < 0.5
+  out = np.empty_like(images)
+  for i in range(n):
+    crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    out[i] = crop[:, ::-1] if flip[i] else crop
+  return out
+
+
+class TrainBatches:
+  """`batches(step)` -> the training batch of that step; `batches.prefetch(steps)` iterates."""
+
+  def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none'):
+    if augment not in AUGMENTATIONS:
+      raise ConfigError(f'unknown augmentation {augment!r}; valid: {", ".join(AUGMENTATIONS)}')
+    if batch_size > len(split):
+      raise ConfigError(f'batch size {batch_size} exceeds the {len(split)} training examples')
+    self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+    self.steps_per_epoch = len(split) // batch_size
+    self._epoch, self._order = None, None
+
+  def indices(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._order = np.random.default_rng([self.seed, ORDER, epoch]).permutation(len(self.split))
+      self._epoch = epoch
+    return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    batch = self.split.get(self.indices(step))
+    if self.augment == 'crop_flip':
+      rng = np.random.default_rng([self.seed, AUGMENT, step])
+      batch['inputs'] = crop_flip(batch['inputs'], rng)
+    return batch
+
+  def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yields (step, batch) for start <= step < stop, preparing the next batch in a thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      future = pool.submit(self, start) if start < stop else None
+      for step in range(start, stop):
+        batch = future.result()
+        if step + 1 < stop:
+          future = pool.submit(self, step + 1)
+        yield step, batch
+
+
+def eval_batches(split: Split, batch_size: int,
+                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The split in order, in batches of `batch_size`; the last one may be smaller (never padded,
+  so that batch statistics in train mode only ever see real examples)."""
+  n = len(split) if max_examples is None else min(max_examples, len(split))
+  for start in range(0, n, batch_size):
+    yield split.get(np.arange(start, min(start + batch_size, n)))

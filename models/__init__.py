@@ -1,0 +1,28 @@
+"""The model registry: a model name -> a builder `build(model_config, num_outputs) -> nn.Module`.
+
+Every model is a pure Flax module called as `model.apply(variables, inputs, train=..., mask=...)`
+that returns logits. The train loop only ever calls `build_model`; it never branches on the
+family. To add a family: write its module file and add one line to MODELS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+
+from errors import ConfigError
+from models import norms, resnet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'resnet': resnet.build_cifar,             # CIFAR-style, depth 6n+2
+    'resnet_imagenet': resnet.build_imagenet,  # ResNet-18/34/50/101/152
+}
+
+
+def build_model(model_config, num_outputs: int) -> nn.Module:
+  """Validates the names in `model_config` and returns the module (no parameters yet)."""
+  if model_config.name not in MODELS:
+    raise ConfigError(f'unknown model {model_config.name!r}; valid models: {", ".join(MODELS)}')
+  norms.check_norm_name(model_config.norm)
+  return MODELS[model_config.name](model_config, num_outputs)

@@ -1,0 +1,166 @@
+"""ResNets (He et al. 2016) with a switchable norm and a switchable skip connection.
+
+- `CifarResNet`: depth 6n+2 (20/32/44/56/110), three stages of n basic blocks with 16/32/64
+  filters, parameter-free "option A" shortcuts (stride-2 subsampling + zero-padded channels),
+  as in the paper's CIFAR-10 section (ResNet-20: 0.27M parameters, ResNet-56: 0.85M).
+- `ImageNetResNet`: ResNet-18/34 (basic blocks) and 50/101/152 (bottleneck blocks), 7x7 stem,
+  projection shortcuts ("option B") where the shape changes.
+
+`residual=False` gives the paper's *plain* nets: the same blocks with the skip removed. The
+skip and the norm placement live in `_finish_block`, one place for both block types.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from errors import ConfigError
+from models import norms
+
+# He et al. 2015 ("Delving deep into rectifiers") initialization, as the paper uses.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _shortcut_a(x, filters: int, strides: int):
+  """Option A: identity, subsampled by striding, extra channels zero-padded. No parameters."""
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  pad = filters - x.shape[-1]
+  if pad > 0:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+  return x
+
+
+class _Block(nn.Module):
+  """Shared by both block types: how the last norm, the skip and the activation combine."""
+  filters: int
+  strides: int
+  residual: bool
+  norm: Callable[..., nn.Module]
+  conv: Callable[..., nn.Module]
+  shortcut: str  # 'A' (CIFAR: pad/subsample) or 'B' (projection where the shape changes)
+
+  def _finish_block(self, x, y, *, train):
+    """`y` is the block's last conv output; applies norm -> (+ skip) -> ReLU."""
+    y = self.norm()(y, train=train)
+    if not self.residual:  # a plain block: the same path, no skip
+      return nn.relu(y)
+    out_filters = y.shape[-1]
+    if self.shortcut == 'A':
+      skip = _shortcut_a(x, out_filters, self.strides)
+    elif x.shape[-1] != out_filters or self.strides != 1:
+      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(x)
+      skip = self.norm(name='proj_norm')(skip, train=train)
+    else:
+      skip = x
+    return nn.relu(y + skip)
+
+
+class BasicBlock(_Block):
+  """conv3x3 -> norm -> relu -> conv3x3 -> norm -> (+ skip) -> relu."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    y = self.conv(self.filters, (3, 3), strides=self.strides)(x)
+    y = nn.relu(self.norm()(y, train=train))
+    y = self.conv(self.filters, (3, 3))(y)
+    return self._finish_block(x, y, train=train)
+
+
+class BottleneckBlock(_Block):
+  """conv1x1 -> norm -> relu -> conv3x3 (stride) -> norm -> relu -> conv1x1 (4x) -> norm -> (+ skip) -> relu."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x), train=train))
+    y = self.conv(self.filters, (3, 3), strides=self.strides)(y)
+    y = nn.relu(self.norm()(y, train=train))
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    return self._finish_block(x, y, train=train)
+
+
+class CifarResNet(nn.Module):
+  depth: int = 20
+  num_classes: int = 10
+  width: int = 16
+  residual: bool = True
+  norm: Callable[..., nn.Module] = norms.make_norm('batch')
+  use_bias: bool = False  # biases are redundant after a norm with a shift; on for norm='none'
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    del mask  # images have no padding
+    conv = _conv(self.use_bias)
+    n = (self.depth - 2) // 6
+    x = conv(self.width, (3, 3), name='stem_conv')(x)
+    x = nn.relu(self.norm(name='stem_norm')(x, train=train))
+    for stage in range(3):
+      for i in range(n):
+        x = BasicBlock(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
+                       self.residual, self.norm, conv, 'A',
+                       name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name='head')(x)
+
+
+class ImageNetResNet(nn.Module):
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  bottleneck: bool = False
+  num_classes: int = 1000
+  width: int = 64
+  residual: bool = True
+  norm: Callable[..., nn.Module] = norms.make_norm('batch')
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    del mask
+    conv = _conv(self.use_bias)
+    block = BottleneckBlock if self.bottleneck else BasicBlock
+    x = conv(self.width, (7, 7), strides=2, name='stem_conv')(x)
+    x = nn.relu(self.norm(name='stem_norm')(x, train=train))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    for stage, size in enumerate(self.stage_sizes):
+      for i in range(size):
+        x = block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
+                  self.residual, self.norm, conv, 'B',
+                  name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name='head')(x)
+
+
+def _conv(use_bias: bool) -> Callable[..., Any]:
+  return functools.partial(nn.Conv, use_bias=use_bias, padding='SAME', kernel_init=conv_init)
+
+
+IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
+                   50: ((3, 4, 6, 3), True), 101: ((3, 4, 23, 3), True),
+                   152: ((3, 8, 36, 3), True)}
+
+
+def _norm_from_config(cfg) -> Callable[..., nn.Module]:
+  return norms.make_norm(cfg.norm, pool_positions=True, groups=cfg.norm_groups,
+                         momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon)
+
+
+def build_cifar(cfg, num_classes: int) -> CifarResNet:
+  if cfg.depth < 8 or (cfg.depth - 2) % 6:
+    raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
+                      f'got {cfg.depth}')
+  return CifarResNet(depth=cfg.depth, num_classes=num_classes, width=cfg.width,
+                     residual=cfg.residual, norm=_norm_from_config(cfg),
+                     use_bias=cfg.norm == 'none')
+
+
+def build_imagenet(cfg, num_classes: int) -> ImageNetResNet:
+  if cfg.depth not in IMAGENET_DEPTHS:
+    raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_DEPTHS)}; '
+                      f'got {cfg.depth}')
+  stages, bottleneck = IMAGENET_DEPTHS[cfg.depth]
+  return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=num_classes,
+                        width=cfg.width, residual=cfg.residual, norm=_norm_from_config(cfg),
+                        use_bias=cfg.norm == 'none')

@@ -1,0 +1,37 @@
+"""Train one run:  python train.py --config=configs/default.py --workdir=runs/default
+
+Flags only; the train loop is `training.loop.train_and_evaluate(config, workdir)`.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from errors import ConfigError
+from training import loop
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory of this run: config, checkpoints, TensorBoard.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    status = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if status['state'] == 'interrupted':
+    sys.exit(143)  # stopped by SIGTERM after saving a checkpoint: run the same command to resume
+  if status['state'] != 'finished':
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

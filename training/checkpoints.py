@@ -1,0 +1,51 @@
+"""Orbax checkpoints of the train state, with fallback past unreadable ones.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
+kill during a save never leaves a checkpoint that looks complete and is not. A checkpoint that
+is complete but damaged afterwards (truncated or corrupted files) fails to restore: we say so
+in one line and fall back to the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+
+  def __init__(self, workdir: str, keep: int, read_only: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, tree) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, like) -> tuple[int | None, object]:
+    """Restores the newest readable checkpoint into the structure of `like`.
+
+    Returns (step, tree), or (None, like) when there is no readable checkpoint.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    for step in reversed(self.steps()):
+      try:
+        return step, self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        print(f'warning: checkpoint at step {step} is unreadable ({reason}); '
+              'falling back to the previous one', file=sys.stderr, flush=True)
+    return None, like
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,75 @@
+"""A workdir is a run: its resolved config, status, checkpoints and TensorBoard events.
+
+Everything here can be read back without running a model: `config.json` (the resolved config),
+`status.json` (running / finished / diverged / failed, step, metrics, error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from errors import ConfigError
+
+CONFIG_FILE = 'config.json'
+STATUS_FILE = 'status.json'
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  """The config as plain JSON types (tuples become lists), so it round-trips through JSON."""
+  return json.loads(config.to_json())
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """Keys whose values differ: {key: (old, new)}; a missing key shows as '<absent>'."""
+  old, new = flatten(old), flatten(new)
+  return {k: (old.get(k, '<absent>'), new.get(k, '<absent>'))
+          for k in sorted(set(old) | set(new)) if old.get(k, '<absent>') != new.get(k, '<absent>')}
+
+
+def read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+  """Write to a temporary file and rename: a reader never sees half a file."""
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  d = read_json(os.path.join(workdir, CONFIG_FILE))
+  if d is None:
+    raise ConfigError(f'{workdir} holds no run ({CONFIG_FILE} not found)')
+  return ml_collections.ConfigDict(d)
+
+
+def read_status(workdir: str) -> dict | None:
+  return read_json(os.path.join(workdir, STATUS_FILE))
+
+
+def write_status(workdir: str, state: str, **fields) -> None:
+  write_json_atomic(os.path.join(workdir, STATUS_FILE),
+                    {'state': state, 'time': time.time(), **fields})
