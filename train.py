@@ -8,6 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import cli
 from errors import ConfigError
 from training import loop
 
@@ -23,10 +24,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
-    status = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    status = loop.train_and_evaluate(cli.config_or_fail(FLAGS.config), FLAGS.workdir)
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   if status['state'] == 'interrupted':
     sys.exit(143)  # stopped by SIGTERM after saving a checkpoint: run the same command to resume
   if status['state'] != 'finished':
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

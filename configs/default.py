@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4  # on kernels only (not biases or norm parameters)
   config.optimizer.schedule = 'cosine'  # constant | cosine | piecewise
   config.optimizer.warmup_steps = 0
-  config.optimizer.boundaries = (0,)    # piecewise: steps at which lr *= decay_factor
+  config.optimizer.boundaries = ()      # piecewise: steps at which lr *= decay_factor
   config.optimizer.decay_factor = 0.1
 
   config.num_train_steps = 500        # ~45 epochs of the 1437 training digits

@@ -32,7 +32,8 @@ class TfdsSplit:
     return len(self.source)
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    records = self.source.__getitems__([int(i) for i in indices])
+    # One record at a time: tfds' mock sources (used by the tests) lack a working __getitems__.
+    records = [self.source[int(i)] for i in indices]
     images = np.stack([r['image'] for r in records]).astype(np.float32) / 255.0
     labels = np.asarray([r['label'] for r in records], dtype=np.int32)
     return {'inputs': (images - self.mean) / self.std, 'targets': labels}

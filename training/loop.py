@@ -276,3 +276,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   status = {'state': final_state, 'step': step, 'metrics': metrics}
   wd.write_status(workdir, final_state, step=step, metrics=metrics)
   return status
+
+
+def load_run(workdir: str) -> tuple[Experiment, TrainState, int]:
+  """Rebuilds a workdir's experiment from its config.json and restores its latest checkpoint."""
+  config = wd.read_config(workdir)
+  exp = build_experiment(config)
+  root_key = jax.random.key(config.seed)
+  state = create_train_state(exp, root_key)
+  checkpoints = ckpt_lib.Checkpoints(workdir, config.keep_checkpoints, read_only=True)
+  step, tree = checkpoints.restore_latest(_checkpoint_tree(state, root_key))
+  checkpoints.close()
+  if step is None:
+    raise ConfigError(f'{workdir} has no readable checkpoint')
+  return exp, restore_state(state, tree), step

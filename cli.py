@@ -1,0 +1,66 @@
+"""Command-line plumbing shared by train.py and eval.py: one-line errors, non-zero exits."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from absl import flags
+
+
+def fail(message: str, code: int = 2):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _bad_override(config, argv) -> str | None:
+  """The first `--config.a.b=...` override naming a key the config lacks, with the valid keys."""
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0].split('.')
+    node = config
+    if config is None:
+      return None
+    for i, key in enumerate(path):
+      if not hasattr(node, 'keys') or key not in node:
+        where = '.'.join(['config'] + path[:i])
+        if not hasattr(node, 'keys'):
+          return f'unknown config key {".".join(path)!r}: {where} is a value, not a group'
+        return f'unknown config key {".".join(path)!r}: {where} has {", ".join(sorted(node))}'
+      node = node[key]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing whose errors (a typo'd --config.key, a bad value) are one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError, TypeError) as e:  # ml_collections: override of an unknown key
+    fail(_bad_override(_load_config(argv), argv) or str(e).replace('\n', ' '))
+
+
+def _load_config(argv):
+  """The config named by --config=path[:arg], loaded as config_flags would (for messages)."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(':')
+  try:
+    module_spec = importlib.util.spec_from_file_location('_config_for_message', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # noqa: BLE001 - only used to improve a message
+    return None
+
+
+def config_or_fail(flag_value):
+  """Touches the lazily loaded --config so that a missing/broken file is one line, not a trace."""
+  try:
+    flag_value.keys()
+  except OSError as e:
+    fail(' '.join(str(e).split()))
+  return flag_value

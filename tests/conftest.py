@@ -1,0 +1,32 @@
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
+
+
+def tiny_config(**overrides):
+  """ResNet-8, width 8, on digits, a few dozen steps: seconds on 2 cores."""
+  config = default.get_config('8')
+  config.model.width = 8
+  config.data.batch_size = 32
+  config.num_train_steps = 20
+  config.log_every_steps = 10
+  config.eval_every_steps = 10
+  config.checkpoint_every_steps = 10
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config

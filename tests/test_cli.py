@@ -1,0 +1,87 @@
+"""The command line: bad input exits non-zero with one clear line and writes nothing."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--config.model.depth=8', '--config.model.width=8', '--config.data.batch_size=32',
+        '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.eval_every_steps=2',
+        '--config.checkpoint_every_steps=2']
+
+
+def run(script, *args):
+  return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def train(workdir, *overrides):
+  return run('train.py', '--config=configs/default.py', f'--workdir={workdir}', *TINY, *overrides)
+
+
+def tree_hashes(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, 'rb') as f:
+        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.mark.parametrize('override,expected', [
+    ('--config.model.norm=batchnorm', 'batch, layer, group, rms, instance, none'),
+    ('--config.model.name=vgg', 'resnet, resnet_imagenet'),
+    ('--config.data.name=imagenet', 'digits, cifar10, mnist, fashion_mnist'),
+    ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),
+    ('--config.optimizer.schedule=linear', 'constant, cosine, piecewise'),
+    ('--config.model.depth=21', '6n+2'),
+    ('--config.model.nrom=layer', 'config.model has bn_momentum, depth, name, norm'),
+    ('--config.model.depth=abc', "invalid literal for int() with base 10: 'abc'"),
+])
+def test_bad_input_exits_nonzero_with_choices_and_writes_nothing(tmp_path, override, expected):
+  workdir = tmp_path / 'run'
+  result = train(workdir, override)
+  assert result.returncode != 0
+  assert expected in result.stderr
+  assert result.stderr.strip().startswith('error:') and 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_end_to_end_then_different_config_refused_and_eval_table(tmp_path):
+  workdir = tmp_path / 'run'
+  first = train(workdir)
+  assert first.returncode == 0, first.stderr
+  assert 'final test accuracy' in first.stdout
+  before = tree_hashes(workdir)
+
+  refused = train(workdir, '--config.model.norm=layer', '--config.seed=3')
+  assert refused.returncode != 0
+  assert "model.norm: 'batch' -> 'layer'" in refused.stderr and 'seed: 0 -> 3' in refused.stderr
+  assert tree_hashes(workdir) == before  # nothing in the workdir changed
+
+  again = train(workdir)  # the same config on a finished run: reported, not retrained
+  assert again.returncode == 0 and 'already finished' in again.stdout
+  assert tree_hashes(workdir) == before
+
+  evaluated = run('eval.py', f'--workdir={workdir}', '--batch_sizes=1,8', '--max_examples=40')
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert 'eval (running averages)' in evaluated.stdout
+  assert evaluated.stdout.count('train (batch statistics)') == 2
+  assert (workdir / 'eval.json').exists()
+
+
+def test_workdir_with_foreign_files_is_refused(tmp_path):
+  (tmp_path / 'notes.txt').write_text('mine')
+  result = train(tmp_path)
+  assert result.returncode != 0 and 'not empty' in result.stderr
+  assert os.listdir(tmp_path) == ['notes.txt']
+
+
+def test_eval_of_missing_workdir_is_one_line(tmp_path):
+  result = run('eval.py', f'--workdir={tmp_path / "nothing"}')
+  assert result.returncode != 0 and 'holds no run' in result.stderr
+  assert 'Traceback' not in result.stderr

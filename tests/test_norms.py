@@ -1,0 +1,166 @@
+"""Every norm in the registry against an independent numpy computation of its formula."""
+
+import jax
+import numpy as np
+import pytest
+
+from errors import ConfigError
+from models import norms
+
+EPS = 1e-5
+RNG = np.random.default_rng(0)
+
+
+def apply(name, x, *, train=True, mask=None, pool_positions=True, groups=4, variables=None,
+          params_like_random=True):
+  """Initializes the registry's module, randomizes scale/bias, applies it."""
+  module = norms.make_norm(name, pool_positions=pool_positions, groups=groups, epsilon=EPS)()
+  if variables is None:
+    variables = module.init(jax.random.key(0), x, train=False)
+    if params_like_random:  # non-trivial affine parameters, so the test checks them too
+      variables = jax.tree_util.tree_map_with_path(
+          lambda path, v: (RNG.normal(size=v.shape).astype(np.float32)
+                           if path[0].key == 'params' else v), variables)
+  out, updates = module.apply(variables, x, train=train, mask=mask, mutable=['batch_stats'])
+  return np.asarray(out), variables, updates
+
+
+def affine(variables):
+  """The (scale, bias) of a module's variables, or (1, 0) where absent."""
+  leaves = {p[-1].key: np.asarray(v) for p, v in
+            jax.tree_util.tree_flatten_with_path(variables.get('params', {}))[0]}
+  return leaves.get('scale', 1.0), leaves.get('bias', 0.0)
+
+
+def normalize(x, axes, where=True, subtract_mean=True):
+  mean = x.mean(axis=axes, keepdims=True, where=where) if subtract_mean else 0.0
+  var = ((x - mean) ** 2).mean(axis=axes, keepdims=True, where=where)
+  return (x - mean) / np.sqrt(var + EPS)
+
+
+def images():
+  return RNG.normal(2.0, 3.0, size=(4, 5, 6, 8)).astype(np.float32)
+
+
+def sequences():
+  """(batch, time, features) with right padding filled with large garbage, and the mask."""
+  lengths = np.array([7, 3, 5, 1])
+  x = RNG.normal(1.0, 2.0, size=(4, 7, 8)).astype(np.float32)
+  mask = np.arange(7)[None, :] < lengths[:, None]
+  x = np.where(mask[..., None], x, 1e3)
+  return x, mask, lengths
+
+
+@pytest.mark.parametrize('name,axes,subtract_mean', [
+    ('batch', (0, 1, 2), True),
+    ('layer', (1, 2, 3), True),
+    ('rms', (1, 2, 3), False),
+    ('instance', (1, 2), True),
+])
+def test_norm_matches_numpy_on_images(name, axes, subtract_mean):
+  x = images()
+  out, variables, _ = apply(name, x)
+  scale, bias = affine(variables)
+  expected = normalize(x, axes, subtract_mean=subtract_mean) * scale + bias
+  np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-4)
+
+
+def test_group_norm_matches_numpy_on_images():
+  x = images()
+  out, variables, _ = apply('group', x, groups=4)
+  scale, bias = affine(variables)
+  g = x.reshape(4, 5, 6, 4, 2)  # 8 channels in 4 groups of 2
+  expected = normalize(g, (1, 2, 4)).reshape(x.shape) * scale + bias
+  np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-4)
+
+
+def test_none_is_identity():
+  x = images()
+  np.testing.assert_array_equal(apply('none', x)[0], x)
+
+
+def test_sequence_norms_per_position_ignore_other_positions():
+  """pool_positions=False (sequences): each token normalized over its own features."""
+  x, _, _ = sequences()
+  for name, subtract_mean in (('layer', True), ('rms', False)):
+    out, variables, _ = apply(name, x, pool_positions=False)
+    scale, bias = affine(variables)
+    expected = normalize(x, (2,), subtract_mean=subtract_mean) * scale + bias
+    np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-4)
+
+
+def test_masked_batch_norm_uses_valid_tokens_only():
+  x, mask, _ = sequences()
+  out, variables, _ = apply('batch', x, mask=mask)
+  scale, bias = affine(variables)
+  valid = x[mask]                                   # (num_valid_tokens, features)
+  mean, var = valid.mean(0), valid.var(0)
+  expected = (x - mean) / np.sqrt(var + EPS) * scale + bias  # padded positions normalized too
+  np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-3)
+  # Without the mask, the padding's garbage enters the statistics: outputs differ a lot.
+  unmasked, _, _ = apply('batch', x, variables=variables)
+  assert np.abs(unmasked[mask] - out[mask]).max() > 0.1
+
+
+@pytest.mark.parametrize('name', ['layer', 'rms', 'group', 'instance'])
+def test_masked_pooled_norm_equals_unpadded_computation(name):
+  """Statistics over positions with a mask == the same example run truncated, no mask."""
+  x, mask, lengths = sequences()
+  padded, variables, _ = apply(name, x, mask=mask, pool_positions=True)
+  for i, n in enumerate(lengths):
+    alone, _, _ = apply(name, x[i:i + 1, :n], pool_positions=True, variables=variables)
+    np.testing.assert_allclose(padded[i, :n], alone[0], rtol=2e-4, atol=2e-4)
+  unmasked, _, _ = apply(name, x, pool_positions=True, variables=variables)
+  assert np.abs(unmasked[mask] - padded[mask]).max() > 0.1  # the mask matters
+
+
+def test_batch_norm_running_averages_and_eval_mode():
+  x = images()
+  momentum = 0.8
+  module = norms.make_norm('batch', momentum=momentum, epsilon=EPS)()
+  variables = module.init(jax.random.key(0), x, train=False)
+  _, updates = module.apply(variables, x, train=True, mutable=['batch_stats'])
+  stats = updates['batch_stats']['bn']
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))  # flax keeps the biased batch variance
+  np.testing.assert_allclose(stats['mean'], (1 - momentum) * mean, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats['var'], momentum * 1.0 + (1 - momentum) * var, rtol=1e-4)
+  # A second step moves the averages again by the same rule.
+  variables = {**variables, 'batch_stats': updates['batch_stats']}
+  x2 = x * 0.5 + 1.0
+  _, updates2 = module.apply(variables, x2, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates2['batch_stats']['bn']['mean'],
+                             momentum * stats['mean'] + (1 - momentum) * x2.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-5)
+  # Eval mode normalizes with the running averages, not the batch's statistics.
+  out = module.apply(variables, x2, train=False)
+  expected = (x2 - stats['mean']) / np.sqrt(stats['var'] + EPS)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_masked_batch_norm_running_averages_ignore_padding():
+  x, mask, _ = sequences()
+  module = norms.make_norm('batch', momentum=0.0, epsilon=EPS)()  # momentum 0: ra = batch stat
+  variables = module.init(jax.random.key(0), x, train=False)
+  _, updates = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates['batch_stats']['bn']['mean'], x[mask].mean(0), rtol=1e-4)
+  np.testing.assert_allclose(updates['batch_stats']['bn']['var'], x[mask].var(0), rtol=1e-3)
+
+
+@pytest.mark.parametrize('name', ['layer', 'group', 'rms', 'instance', 'none'])
+def test_stateless_norms_identical_in_train_and_eval(name):
+  x = images()
+  train_out, variables, updates = apply(name, x, train=True)
+  eval_out, _, _ = apply(name, x, train=False, variables=variables)
+  np.testing.assert_array_equal(train_out, eval_out)
+  assert 'batch_stats' not in variables and not updates
+
+
+def test_unknown_norm_lists_valid_names():
+  with pytest.raises(ConfigError) as e:
+    norms.make_norm('batchnorm')
+  for name in norms.NORMS:
+    assert name in str(e.value)
+
+
+def test_registry_has_exactly_the_documented_norms():
+  assert set(norms.NORMS) == {'batch', 'layer', 'group', 'rms', 'instance', 'none'}

@@ -1,0 +1,113 @@
+"""The ResNet's skip switch against a hand-built block, and its size against He et al."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import models
+from configs import default
+from errors import ConfigError
+from models import norms, resnet
+
+
+def count_params(model, shape):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables['params']))
+
+
+def model_config(**kw):
+  cfg = default.get_config().model
+  cfg.unlock()
+  cfg.update(kw)
+  return cfg
+
+
+@pytest.mark.parametrize('depth,paper_params', [(20, 0.27e6), (56, 0.85e6), (110, 1.7e6)])
+def test_cifar_resnet_parameter_count_matches_he_et_al(depth, paper_params):
+  model = models.build_model(model_config(depth=depth), 10)
+  n = count_params(model, (1, 32, 32, 3))
+  assert abs(n - paper_params) / paper_params < 0.02, n
+
+
+@pytest.mark.parametrize('depth,torchvision_params', [(18, 11_689_512), (50, 25_557_032)])
+def test_imagenet_resnet_parameter_count_matches_torchvision(depth, torchvision_params):
+  model = models.build_model(model_config(name='resnet_imagenet', depth=depth, width=64), 1000)
+  assert count_params(model, (1, 224, 224, 3)) == torchvision_params
+
+
+def test_plain_and_residual_nets_have_the_same_parameters_with_option_a():
+  res = count_params(models.build_model(model_config(residual=True), 10), (1, 8, 8, 1))
+  plain = count_params(models.build_model(model_config(residual=False), 10), (1, 8, 8, 1))
+  assert res == plain
+
+
+def conv(x, kernel, stride):
+  """An independent convolution (lax, SAME padding, NHWC/HWIO)."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('strides,in_ch,out_ch', [(1, 8, 8), (2, 8, 16)])
+def test_basic_block_skip_switch_against_hand_built_block(strides, in_ch, out_ch):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, in_ch)), jnp.float32)
+  kwargs = dict(filters=out_ch, strides=strides, norm=norms.make_norm('none'),
+                conv=resnet._conv(use_bias=False), shortcut='A')
+  res_block = resnet.BasicBlock(residual=True, **kwargs)
+  plain_block = resnet.BasicBlock(residual=False, **kwargs)
+  params = res_block.init(jax.random.key(1), x, train=False)
+  k1, k2 = params['params']['Conv_0']['kernel'], params['params']['Conv_1']['kernel']
+  path = conv(jax.nn.relu(conv(x, k1, strides)), k2, 1)       # conv-relu-conv, no norm
+  skip = x[:, ::strides, ::strides, :]
+  pad = out_ch - in_ch
+  skip = jnp.pad(skip, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+  np.testing.assert_allclose(res_block.apply(params, x, train=False),
+                             jax.nn.relu(path + skip), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(plain_block.apply(params, x, train=False),
+                             jax.nn.relu(path), rtol=1e-5, atol=1e-5)
+
+
+def test_norm_sits_after_each_conv_in_the_block():
+  """With LayerNorm, the block equals conv -> LN -> relu -> conv -> LN -> (+x) -> relu."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
+  block = resnet.BasicBlock(filters=8, strides=1, residual=True, norm=norms.make_norm('layer'),
+                            conv=resnet._conv(use_bias=False), shortcut='A')
+  params = block.init(jax.random.key(1), x, train=False)
+  p = params['params']
+
+  def ln(y):
+    m = y.mean((1, 2, 3), keepdims=True)
+    return (y - m) / jnp.sqrt(((y - m) ** 2).mean((1, 2, 3), keepdims=True) + 1e-5)
+
+  h = jax.nn.relu(ln(conv(x, p['Conv_0']['kernel'], 1)))
+  expected = jax.nn.relu(ln(conv(h, p['Conv_1']['kernel'], 1)) + x)
+  np.testing.assert_allclose(block.apply(params, x, train=False), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('norm', list(norms.NORMS))
+def test_every_norm_builds_and_runs_in_the_resnet(norm):
+  model = models.build_model(model_config(depth=8, norm=norm, width=8), 10)
+  x = jnp.ones((2, 8, 8, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+  assert ('batch_stats' in variables) == (norm == 'batch')
+
+
+@pytest.mark.parametrize('depth', [21, 4, 18])
+def test_bad_cifar_depth_is_refused(depth):
+  with pytest.raises(ConfigError, match='6n\\+2'):
+    models.build_model(model_config(depth=depth), 10)
+
+
+def test_unknown_model_lists_valid_models():
+  with pytest.raises(ConfigError, match='resnet_imagenet'):
+    models.build_model(model_config(name='vgg'), 10)
+
+
+def test_config_is_locked():
+  config = default.get_config()
+  with pytest.raises(AttributeError):
+    config.model.nrom = 'layer'
+  assert isinstance(config, ml_collections.ConfigDict)

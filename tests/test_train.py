@@ -1,0 +1,89 @@
+"""The one train loop: it learns, it is deterministic, it writes a readable workdir."""
+
+import json
+import os
+
+import jax
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
+from conftest import tiny_config
+from data import pipeline
+from training import loop, tasks
+
+
+def test_train_step_decreases_loss_on_a_fixed_batch():
+  exp = loop.build_experiment(tiny_config(**{'optimizer.learning_rate': 0.05}))
+  state = loop.create_train_state(exp, jax.random.key(0))
+  step = loop.make_train_step(exp.model, exp.task)
+  batch = pipeline.TrainBatches(exp.dataset.train, 32, seed=0)(0)
+  losses = []
+  for _ in range(15):
+    state, sums = step(state, batch)
+    losses.append(tasks.summarize(jax.device_get(sums))['loss'])
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert int(state.step) == 15
+
+
+def test_train_step_updates_batch_norm_running_averages():
+  exp = loop.build_experiment(tiny_config())
+  state = loop.create_train_state(exp, jax.random.key(0))
+  before = jax.tree.map(np.asarray, state.batch_stats)
+  state, _ = loop.make_train_step(exp.model, exp.task)(
+      state, pipeline.TrainBatches(exp.dataset.train, 32, seed=0)(0))
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, state.batch_stats)
+  assert all(jax.tree.leaves(changed))
+
+
+def test_same_seed_gives_bit_identical_metrics(tmp_path):
+  a = loop.train_and_evaluate(tiny_config(), str(tmp_path / 'a'))
+  b = loop.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))
+  assert a['state'] == b['state'] == 'finished'
+  assert a['metrics'] == b['metrics']
+  c = loop.train_and_evaluate(tiny_config(seed=1), str(tmp_path / 'c'))
+  assert c['metrics'] != a['metrics']
+
+
+def test_workdir_holds_config_status_checkpoint_and_tensorboard_curves(tmp_path):
+  workdir = str(tmp_path / 'run')
+  result = loop.train_and_evaluate(tiny_config(), workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['depth'] == 8
+  with open(os.path.join(workdir, 'status.json')) as f:
+    status = json.load(f)
+  assert status['state'] == 'finished' and status['step'] == 20
+  assert status['metrics'] == result['metrics']
+  acc = event_accumulator.EventAccumulator(workdir)
+  acc.Reload()
+  tags = set(acc.Tags()['scalars'])
+  assert {'train/loss', 'train/accuracy', 'train/learning_rate', 'train/steps_per_sec',
+          'eval/loss', 'eval/accuracy'} <= tags
+  assert [e.step for e in acc.Scalars('train/loss')] == [10, 20]
+  assert acc.Scalars('eval/accuracy')[-1].value == np.float32(result['metrics']['accuracy'])
+
+
+def test_evaluate_aggregates_uneven_batches_exactly():
+  """Metrics over batches of 7 (last one smaller) equal those over one batch of everything."""
+  exp = loop.build_experiment(tiny_config(**{'model.norm': 'layer'}))
+  state = loop.create_train_state(exp, jax.random.key(0))
+  eval_step = loop.make_eval_step(exp.model, exp.task)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  small = loop.evaluate(eval_step, variables, exp.dataset.test, 7, max_examples=50)
+  whole = loop.evaluate(eval_step, variables, exp.dataset.test, 50, max_examples=50)
+  np.testing.assert_allclose(small['loss'], whole['loss'], rtol=1e-5)
+  assert small['accuracy'] == whole['accuracy']
+
+
+def test_eval_modes_identical_for_layer_norm_and_batch_dependent_for_batch_norm(tmp_path):
+  import eval as eval_lib
+  results = {}
+  for norm in ('layer', 'batch'):
+    workdir = str(tmp_path / norm)
+    loop.train_and_evaluate(tiny_config(**{'model.norm': norm, 'num_train_steps': 30}), workdir)
+    results[norm] = eval_lib.evaluate_workdir(workdir, [1, 8, 128], max_examples=64)['rows']
+  ln = results['layer']
+  for row in ln[1:]:
+    assert row['accuracy'] == ln[0]['accuracy']
+    np.testing.assert_allclose(row['loss'], ln[0]['loss'], rtol=1e-5)
+  bn_losses = [row['loss'] for row in results['batch']]
+  assert len({round(v, 4) for v in bn_losses}) == len(bn_losses)  # every mode/batch differs
