@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,6 +19,7 @@ import orbax.checkpoint as ocp
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int, read_only: bool = False):
+    self._read_only = read_only
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -38,14 +40,31 @@ class Checkpoints:
     Returns (step, tree), or (None, like) when there is no readable checkpoint.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    unreadable = []
     for step in reversed(self.steps()):
       try:
-        return step, self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        break
       except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        print(f'warning: checkpoint at step {step} is unreadable ({reason}); '
+        reason = ' '.join(str(e).split())[:160] or type(e).__name__
+        print(f'warning: checkpoint at step {step} is unreadable ({type(e).__name__}: {reason}); '
               'falling back to the previous one', file=sys.stderr, flush=True)
-    return None, like
+        unreadable.append(step)
+    else:
+      step, tree = None, like
+    if unreadable and not self._read_only:
+      self._set_aside(unreadable)
+    return step, tree
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable checkpoints out of the manager's way (kept for inspection, not
+    deleted), so that training can write those steps again."""
+    aside = self.directory + '_unreadable'
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      os.replace(os.path.join(self.directory, str(step)),
+                 os.path.join(aside, f'{step}.{int(time.time())}'))
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

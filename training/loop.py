@@ -208,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'resumed from the checkpoint at step {restored_step}', flush=True)
   start = int(state.step)
 
-  writer = MetricWriter(workdir, purge_step=start + 1 if start else None)
+  writer = MetricWriter(workdir, resume_step=start)
   train_step = make_train_step(exp.model, exp.task)
   eval_step = make_eval_step(exp.model, exp.task)
   batches = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, config.seed,
@@ -253,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           run_eval(done)
         if done % config.checkpoint_every_steps == 0 or preemption.requested:
           checkpoints.save(done, _checkpoint_tree(state, root_key))
+          writer.flush()  # curves up to a checkpoint survive a kill; later points are purged
           wd.write_status(workdir, 'running', step=done)
         if preemption.requested:
           final_state = 'interrupted'

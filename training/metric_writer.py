@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import time
+
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboardX import SummaryWriter
+
+
+def drop_events_after(logdir: str, step: int) -> int:
+  """Rewrites `logdir`'s event files without the summaries logged after `step`.
+
+  A run killed after its last checkpoint has logged points the resumed run will log again.
+  TensorBoard's purge of such "orphaned" points (SessionLog.START) is honoured by the legacy
+  Python reader but not by every reader (the Rust data server TensorBoard uses by default), so
+  we remove them from the files themselves: every reader then shows one clean curve.
+  Returns the number of events dropped.
+  """
+  dropped = 0
+  for path in sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*'))):
+    events = list(EventFileLoader(path).Load())
+    keep = [e for e in events if not (e.HasField('summary') and e.step > step)]
+    if len(keep) == len(events):
+      continue
+    dropped += len(events) - len(keep)
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+      writer = RecordWriter(f)
+      for event in keep:
+        writer.write(event.SerializeToString())
+      writer.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return dropped
 
 
 class MetricWriter:
   """Scalars under `workdir`, tagged `<prefix>/<name>` (e.g. train/loss, eval/accuracy)."""
 
-  def __init__(self, logdir: str, purge_step: int | None = None):
-    # purge_step: on resume, TensorBoard discards points at or after this step that an earlier
-    # (killed) process wrote, so curves have no duplicated or out-of-order points.
-    self._writer = SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=10)
+  def __init__(self, logdir: str, resume_step: int = 0):
+    if resume_step:
+      drop_events_after(logdir, resume_step)
+    # A unique suffix: tensorboardX names files by the second and would overwrite the file of a
+    # process that died in the same second.
+    self._writer = SummaryWriter(logdir=logdir, flush_secs=10,
+                                 filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
 
   def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
     for name, value in values.items():

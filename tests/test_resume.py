@@ -1,0 +1,178 @@
+"""Runs survive: kill -9 and SIGTERM resume to bit-identical results; damaged checkpoints are
+skipped; TensorBoard curves stay clean across restarts."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from conftest import tiny_config
+from training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, EVERY = 600, 50
+OVERRIDES = {'num_train_steps': STEPS, 'log_every_steps': 25, 'eval_every_steps': 300,
+             'checkpoint_every_steps': EVERY}
+CLI = ['--config.model.depth=8', '--config.model.width=8', '--config.data.batch_size=32'] + [
+    f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """The uninterrupted run's final status."""
+  return loop.train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path_factory.mktemp('ref')))
+
+
+def start(workdir):
+  return subprocess.Popen([sys.executable, 'train.py', '--config=configs/default.py',
+                           f'--workdir={workdir}', *CLI], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(workdir):
+  result = subprocess.run([sys.executable, 'train.py', '--config=configs/default.py',
+                           f'--workdir={workdir}', *CLI], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  return result
+
+
+def complete_checkpoints(workdir):
+  return sorted(int(os.path.basename(p)) for p in glob.glob(f'{workdir}/checkpoints/*')
+                if os.path.basename(p).isdigit())
+
+
+def wait_for_checkpoint(proc, workdir, timeout=120):
+  t0 = time.time()
+  while not complete_checkpoints(workdir):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t0 < timeout
+    time.sleep(0.02)
+
+
+def status(workdir):
+  with open(os.path.join(workdir, 'status.json')) as f:
+    return json.load(f)
+
+
+def raw_steps(workdir, tag):
+  """Steps of `tag` in every event file, read raw: no purge logic, as any reader sees them."""
+  steps = []
+  for path in sorted(glob.glob(f'{workdir}/events.out.tfevents.*')):
+    for event in EventFileLoader(path).Load():
+      steps += [event.step for v in event.summary.value if v.tag == tag]
+  return sorted(steps)
+
+
+def assert_clean_curves(workdir):
+  acc = event_accumulator.EventAccumulator(workdir)
+  acc.Reload()
+  for tag in ('train/loss', 'eval/accuracy'):
+    steps = raw_steps(workdir, tag)
+    assert steps == sorted(set(steps)), (tag, steps)  # no duplicated points in the files
+    assert [e.step for e in acc.Scalars(tag)] == steps
+  assert raw_steps(workdir, 'train/loss') == list(range(25, STEPS + 1, 25))
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path, reference):
+  workdir = str(tmp_path / 'run')
+  proc = start(workdir)
+  wait_for_checkpoint(proc, workdir)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert status(workdir)['state'] == 'running'  # killed mid-run, not finished
+  killed_at = complete_checkpoints(workdir)[-1]
+  assert killed_at < STEPS
+  result = finish(workdir)
+  assert f'resumed from the checkpoint at step {killed_at}' in result.stdout
+  final = status(workdir)
+  assert final['state'] == 'finished' and final['step'] == STEPS
+  assert final['metrics'] == reference['metrics']
+  assert_clean_curves(workdir)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
+  workdir = str(tmp_path / 'run')
+  proc = start(workdir)
+  wait_for_checkpoint(proc, workdir)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 143 and 'Traceback' not in stderr
+  interrupted = status(workdir)
+  assert interrupted['state'] == 'interrupted'
+  assert interrupted['step'] in complete_checkpoints(workdir)  # saved where it stopped
+  finish(workdir)
+  assert status(workdir)['metrics'] == reference['metrics']
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, reference, capfd):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(**OVERRIDES)
+  loop.train_and_evaluate(config, workdir)
+  latest = complete_checkpoints(workdir)[-1]
+  assert latest == STEPS
+  for path in glob.glob(f'{workdir}/checkpoints/{latest}/**/*', recursive=True):
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+      with open(path, 'r+b') as f:  # corrupt and truncate every file of the newest checkpoint
+        f.write(b'\x00garbage' * 4)
+        f.truncate(8)
+  os.remove(os.path.join(workdir, 'status.json'))  # as if killed right after the save
+  capfd.readouterr()
+  result = loop.train_and_evaluate(config, workdir)
+  out = capfd.readouterr()
+  assert f'checkpoint at step {latest} is unreadable' in out.err
+  assert f'resumed from the checkpoint at step {latest - EVERY}' in out.out
+  assert result['metrics'] == reference['metrics']
+  assert os.listdir(f'{workdir}/checkpoints_unreadable')  # set aside, not deleted
+  assert latest in complete_checkpoints(workdir)          # and written again, readable
+
+
+def test_logging_frequency_may_change_on_resume_but_nothing_else(tmp_path):
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(tiny_config(), workdir)
+  os.remove(os.path.join(workdir, 'status.json'))
+  loop.train_and_evaluate(tiny_config(log_every_steps=5, checkpoint_every_steps=5), workdir)
+  with pytest.raises(loop.ConfigError, match='optimizer.learning_rate'):
+    loop.train_and_evaluate(tiny_config(**{'optimizer.learning_rate': 0.5}), workdir)
+
+
+def test_checkpoint_holds_the_whole_train_state(tmp_path):
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(tiny_config(), workdir)
+  exp, state, step = loop.load_run(workdir)
+  assert step == int(state.step) == 20
+  fresh = loop.create_train_state(exp, loop.jax.random.key(0))
+  for name in ('params', 'batch_stats', 'opt_state'):
+    moved = loop.jax.tree.map(lambda a, b: not np.array_equal(a, b),
+                              getattr(state, name), getattr(fresh, name))
+    assert any(loop.jax.tree.leaves(moved)), name  # restored trained values, not the init
+
+
+def test_resumed_writer_drops_points_logged_after_the_checkpoint(tmp_path):
+  """A killed process logged steps 1..10 but its checkpoint is at 6: the resumed writer
+  removes 7..10 from the files before logging them again, so no reader sees duplicates."""
+  from training.metric_writer import MetricWriter
+  logdir = str(tmp_path)
+  killed = MetricWriter(logdir)
+  for step in range(1, 11):
+    killed.scalars(step, 'train', {'loss': float(step)})
+  killed.flush()  # (the process dies here; its file stays on disk)
+  resumed = MetricWriter(logdir, resume_step=6)
+  for step in range(7, 13):
+    resumed.scalars(step, 'train', {'loss': 100.0 + step})
+  resumed.close()
+  assert raw_steps(logdir, 'train/loss') == list(range(1, 13))
+  values = {}
+  for path in glob.glob(f'{logdir}/events.out.tfevents.*'):
+    for event in EventFileLoader(path).Load():
+      for v in event.summary.value:
+        values[event.step] = v.simple_value if v.HasField('simple_value') else None
+  assert values[6] == 6.0 and values[7] == 107.0
