@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util import tensor_util
 
 from conftest import tiny_config
 from training import loop
@@ -174,5 +175,5 @@ def test_resumed_writer_drops_points_logged_after_the_checkpoint(tmp_path):
   for path in glob.glob(f'{logdir}/events.out.tfevents.*'):
     for event in EventFileLoader(path).Load():
       for v in event.summary.value:
-        values[event.step] = v.simple_value if v.HasField('simple_value') else None
+        values[event.step] = float(tensor_util.make_ndarray(v.tensor))
   assert values[6] == 6.0 and values[7] == 107.0
