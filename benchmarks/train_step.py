@@ -38,8 +38,9 @@ def main():
   batch = {'inputs': rng.normal(size=(a.batch, *shape)).astype(np.float32),
            'targets': rng.integers(0, 10, a.batch).astype(np.int32)}
   split = ArraySplit(batch)
-  exp = loop.Experiment(config, Dataset(split, split, 10, shape),
-                        models.build_model(config.model, 10), tasks.classification,
+  dataset = Dataset(split, split, 10, shape)
+  exp = loop.Experiment(config, dataset, models.build_model(config.model, dataset),
+                        tasks.classification,
                         optim.make_optimizer(config.optimizer, 1000),
                         optim.make_schedule(config.optimizer, 1000))
   state = loop.create_train_state(exp, jax.random.key(0))

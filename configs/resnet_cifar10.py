@@ -5,18 +5,14 @@
 `cifar10` dataset prepared once (see README: it needs internet and TensorFlow for that step).
 """
 
-from configs import default
+from configs import common
 
 
 def get_config(arg: str | None = None):
-  config = default.get_config(arg)
-  config.data.name = 'cifar10'
+  model = common.model('resnet', 'batch', True, width=16, depth=int(arg) if arg else 20)
+  config = common.base(model, 'cifar10', batch_size=128, steps=64000, learning_rate=0.1,
+                       schedule='piecewise', log_every=100, eval_every=2000)
   config.data.augment = 'crop_flip'
   config.data.download = True
-  config.optimizer.schedule = 'piecewise'
   config.optimizer.boundaries = (32000, 48000)
-  config.num_train_steps = 64000
-  config.log_every_steps = 100
-  config.eval_every_steps = 2000
-  config.checkpoint_every_steps = 2000
-  return config
+  return config.lock()

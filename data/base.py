@@ -34,4 +34,6 @@ class Dataset:
   test: Split
   num_classes: int       # number of outputs of the model's head
   input_shape: tuple     # one example's `inputs` shape
-  task: str = 'classification'
+  task: str = 'classification'   # training.tasks: classification | language_model
+  kind: str = 'image'    # image (NHWC) | sequence (batch, time, features) | tokens (batch, time)
+  vocab_size: int = 0    # tokens only

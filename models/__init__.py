@@ -1,4 +1,7 @@
-"""The model registry: a model name -> a builder `build(model_config, num_outputs) -> nn.Module`.
+"""The model registry: a model name -> a builder `build(model_config, dataset) -> nn.Module`.
+
+The builder reads what it needs of the dataset (number of classes, kind of inputs, vocabulary,
+task) and refuses combinations that cannot work, with a clear message.
 
 Every model is a pure Flax module called as `model.apply(variables, inputs, train=..., mask=...)`
 that returns logits. The train loop only ever calls `build_model`; it never branches on the
@@ -12,17 +15,19 @@ from typing import Callable
 import flax.linen as nn
 
 from errors import ConfigError
-from models import norms, resnet
+from models import lstm, norms, resnet, transformer
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet': resnet.build_cifar,             # CIFAR-style, depth 6n+2
     'resnet_imagenet': resnet.build_imagenet,  # ResNet-18/34/50/101/152
+    'lstm': lstm.build,                       # stacked LSTM: classifier or LM
+    'transformer': transformer.build,         # encoder classifier or decoder-only LM
 }
 
 
-def build_model(model_config, num_outputs: int) -> nn.Module:
+def build_model(model_config, dataset) -> nn.Module:
   """Validates the names in `model_config` and returns the module (no parameters yet)."""
   if model_config.name not in MODELS:
     raise ConfigError(f'unknown model {model_config.name!r}; valid models: {", ".join(MODELS)}')
   norms.check_norm_name(model_config.norm)
-  return MODELS[model_config.name](model_config, num_outputs)
+  return MODELS[model_config.name](model_config, dataset)

@@ -147,20 +147,28 @@ def _norm_from_config(cfg) -> Callable[..., nn.Module]:
                          momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon)
 
 
-def build_cifar(cfg, num_classes: int) -> CifarResNet:
+def _check_images(name, dataset):
+  if dataset.kind != 'image':
+    raise ConfigError(f'model {name} needs an image dataset (digits, cifar10, mnist, '
+                      f'fashion_mnist); got {dataset.kind} data')
+
+
+def build_cifar(cfg, dataset) -> CifarResNet:
+  _check_images('resnet', dataset)
   if cfg.depth < 8 or (cfg.depth - 2) % 6:
     raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
                       f'got {cfg.depth}')
-  return CifarResNet(depth=cfg.depth, num_classes=num_classes, width=cfg.width,
+  return CifarResNet(depth=cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
                      residual=cfg.residual, norm=_norm_from_config(cfg),
                      use_bias=cfg.norm == 'none')
 
 
-def build_imagenet(cfg, num_classes: int) -> ImageNetResNet:
+def build_imagenet(cfg, dataset) -> ImageNetResNet:
+  _check_images('resnet_imagenet', dataset)
   if cfg.depth not in IMAGENET_DEPTHS:
     raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_DEPTHS)}; '
                       f'got {cfg.depth}')
   stages, bottleneck = IMAGENET_DEPTHS[cfg.depth]
-  return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=num_classes,
+  return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=dataset.num_classes,
                         width=cfg.width, residual=cfg.residual, norm=_norm_from_config(cfg),
                         use_bias=cfg.norm == 'none')

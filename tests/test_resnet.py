@@ -9,7 +9,12 @@ import pytest
 import models
 from configs import default
 from errors import ConfigError
+from data.base import Dataset
 from models import norms, resnet
+
+
+def info(num_classes):
+  return Dataset(None, None, num_classes, (32, 32, 3))
 
 
 def count_params(model, shape):
@@ -26,20 +31,20 @@ def model_config(**kw):
 
 @pytest.mark.parametrize('depth,paper_params', [(20, 0.27e6), (56, 0.85e6), (110, 1.7e6)])
 def test_cifar_resnet_parameter_count_matches_he_et_al(depth, paper_params):
-  model = models.build_model(model_config(depth=depth), 10)
+  model = models.build_model(model_config(depth=depth), info(10))
   n = count_params(model, (1, 32, 32, 3))
   assert abs(n - paper_params) / paper_params < 0.02, n
 
 
 @pytest.mark.parametrize('depth,torchvision_params', [(18, 11_689_512), (50, 25_557_032)])
 def test_imagenet_resnet_parameter_count_matches_torchvision(depth, torchvision_params):
-  model = models.build_model(model_config(name='resnet_imagenet', depth=depth, width=64), 1000)
+  model = models.build_model(model_config(name='resnet_imagenet', depth=depth, width=64), info(1000))
   assert count_params(model, (1, 224, 224, 3)) == torchvision_params
 
 
 def test_plain_and_residual_nets_have_the_same_parameters_with_option_a():
-  res = count_params(models.build_model(model_config(residual=True), 10), (1, 8, 8, 1))
-  plain = count_params(models.build_model(model_config(residual=False), 10), (1, 8, 8, 1))
+  res = count_params(models.build_model(model_config(residual=True), info(10)), (1, 8, 8, 1))
+  plain = count_params(models.build_model(model_config(residual=False), info(10)), (1, 8, 8, 1))
   assert res == plain
 
 
@@ -87,7 +92,7 @@ def test_norm_sits_after_each_conv_in_the_block():
 
 @pytest.mark.parametrize('norm', list(norms.NORMS))
 def test_every_norm_builds_and_runs_in_the_resnet(norm):
-  model = models.build_model(model_config(depth=8, norm=norm, width=8), 10)
+  model = models.build_model(model_config(depth=8, norm=norm, width=8), info(10))
   x = jnp.ones((2, 8, 8, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
@@ -98,12 +103,12 @@ def test_every_norm_builds_and_runs_in_the_resnet(norm):
 @pytest.mark.parametrize('depth', [21, 4, 18])
 def test_bad_cifar_depth_is_refused(depth):
   with pytest.raises(ConfigError, match='6n\\+2'):
-    models.build_model(model_config(depth=depth), 10)
+    models.build_model(model_config(depth=depth), info(10))
 
 
 def test_unknown_model_lists_valid_models():
   with pytest.raises(ConfigError, match='resnet_imagenet'):
-    models.build_model(model_config(name='vgg'), 10)
+    models.build_model(model_config(name='vgg'), info(10))
 
 
 def test_config_is_locked():

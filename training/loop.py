@@ -70,8 +70,8 @@ def check_config(config) -> None:
 
 def build_experiment(config) -> Experiment:
   check_config(config)
-  dataset = data_lib.load_dataset(config.data)
-  model = models.build_model(config.model, dataset.num_classes)
+  dataset = data_lib.load_dataset(config.data, config.seed)
+  model = models.build_model(config.model, dataset)
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule)
@@ -83,7 +83,8 @@ def named_key(root: jax.Array, name: str) -> jax.Array:
 
 
 def create_train_state(exp: Experiment, root_key: jax.Array) -> TrainState:
-  dummy = jnp.zeros((1, *exp.dataset.input_shape), jnp.float32)
+  dtype = jnp.int32 if exp.dataset.kind == 'tokens' else jnp.float32
+  dummy = jnp.zeros((1, *exp.dataset.input_shape), dtype)
   variables = exp.model.init(named_key(root_key, 'params'), dummy, train=False)
   return TrainState.create(apply_fn=exp.model.apply, params=variables['params'],
                            batch_stats=variables.get('batch_stats', {}), tx=exp.tx)
@@ -215,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   config.data.augment)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f'{config.model.name} norm={config.model.norm} residual={config.model.residual} '
-        f'depth={config.model.get("depth")} | {n_params / 1e6:.3f}M parameters | '
+        f'| {n_params / 1e6:.3f}M parameters | '
         f'{config.data.name}: {len(exp.dataset.train)} train / {len(exp.dataset.test)} test '
         f'| steps {start} -> {config.num_train_steps}', flush=True)
 

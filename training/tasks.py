@@ -22,7 +22,17 @@ def classification(logits, batch):
   return losses.mean(), {'loss': losses.sum(), 'accuracy': correct.sum(), 'count': count}
 
 
-TASKS = {'classification': classification}
+def language_model(logits, batch):
+  """Next-token cross-entropy, averaged over the real (unpadded) target tokens."""
+  targets, weights = batch['targets'], batch['mask'].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32) * weights
+  count = weights.sum()
+  return losses.sum() / jnp.maximum(count, 1.0), {
+      'loss': losses.sum(), 'accuracy': correct.sum(), 'count': count}
+
+
+TASKS = {'classification': classification, 'language_model': language_model}
 
 
 def get_task(name: str):

@@ -1,0 +1,58 @@
+"""Pieces every config shares: the norm keys, the data, the optimizer and the loop.
+
+A config file composes these and sets its model; every key a sweep may turn is created here or
+there, and the config is locked so a typo'd override fails.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def model(name: str, norm: str, residual: bool, width: int, **family_keys):
+  m = ml_collections.ConfigDict()
+  m.name = name                 # models.MODELS: resnet, resnet_imagenet, lstm, transformer
+  m.norm = norm                 # models.norms.NORMS: batch layer group rms instance none
+  m.residual = residual         # False: no skip connections
+  m.width = width               # ResNet: first-stage filters; LSTM: hidden size; Transformer: d_model
+  m.norm_groups = 8             # group norm: number of groups (capped at the width)
+  m.bn_momentum = 0.9           # running average: ra <- m * ra + (1 - m) * batch
+  m.norm_epsilon = 1e-5
+  m.update(family_keys)
+  return m
+
+
+def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_rate: float,
+         optimizer: str = 'sgd', schedule: str = 'cosine', weight_decay: float = 1e-4,
+         log_every: int = 25, eval_every: int = 100) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = data_name        # data.DATASETS
+  config.data.batch_size = batch_size
+  config.data.eval_batch_size = 128
+  config.data.augment = 'none'        # none | crop_flip (images)
+  config.data.variable_length = False  # sequences: cut each example to a random length, pad
+  config.data.min_length = 8          # ... drawn uniformly from [min_length, full length]
+  config.data.seq_length = 128        # text: tokens per example (LM windows; texts are cut)
+  config.data.data_dir = config_dict.placeholder(str)   # TFDS / cache dir (None: default)
+  config.data.download = False        # TFDS: allow download_and_prepare (needs internet)
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = optimizer   # sgd | adam | adamw
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.momentum = 0.9     # sgd
+  config.optimizer.nesterov = False   # sgd
+  config.optimizer.weight_decay = weight_decay  # on kernels only (not biases or norm params)
+  config.optimizer.schedule = schedule  # constant | cosine | piecewise
+  config.optimizer.warmup_steps = 0
+  config.optimizer.boundaries = ()      # piecewise: steps at which lr *= decay_factor
+  config.optimizer.decay_factor = 0.1
+
+  config.num_train_steps = steps
+  config.log_every_steps = log_every
+  config.eval_every_steps = eval_every
+  config.checkpoint_every_steps = eval_every
+  config.keep_checkpoints = 3
+  return config

@@ -1,0 +1,118 @@
+"""Transformer encoder (classifier) and decoder-only LM with a switchable norm, norm position
+and skip connections.
+
+Each block has two sub-layers, attention and MLP, combined in `_sublayer` (the one place where
+norm position and skip live):
+    pre-LN  (Xiong et al. 2020):  x + f(N(x))        residual=False:  f(N(x))
+    post-LN (Vaswani et al. 2017): N(x + f(x))        residual=False:  N(f(x))
+Pre-LN models end with a final norm before the head.
+
+Norms come from the registry with per-token statistics for layer/rms/group; `batch` pools over
+the batch and the valid (unpadded) tokens; `instance` pools over an example's valid tokens. The
+padding mask also masks attention keys, and the classifier mean-pools valid tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from errors import ConfigError
+from models import norms
+from models.sequence import InputEmbedding, check_length, full_mask, masked_mean
+
+NORM_POSITIONS = ('pre', 'post')
+
+
+class MLP(nn.Module):
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.hidden)(x)))
+
+
+class Block(nn.Module):
+  num_heads: int
+  mlp_dim: int
+  norm: Callable[..., nn.Module]
+  norm_position: str = 'pre'
+  residual: bool = True
+
+  def _sublayer(self, x, f, norm_name, *, train, norm_mask):
+    norm = self.norm(name=norm_name)
+    if self.norm_position == 'pre':
+      y = f(norm(x, train=train, mask=norm_mask))
+      return x + y if self.residual else y
+    y = f(x)
+    return norm(x + y if self.residual else y, train=train, mask=norm_mask)
+
+  @nn.compact
+  def __call__(self, x, attn_mask, norm_mask, *, train: bool):
+    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name='attention')
+    x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
+                       train=train, norm_mask=norm_mask)
+    return self._sublayer(x, MLP(self.mlp_dim, name='mlp'), 'norm_mlp', train=train,
+                          norm_mask=norm_mask)
+
+
+class Transformer(nn.Module):
+  num_outputs: int
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 128
+  norm: Callable[..., nn.Module] = norms.make_norm('layer', pool_positions=False)
+  norm_position: str = 'pre'
+  residual: bool = True
+  norm_uses_mask: bool = True
+  causal: bool = False          # True: a decoder-only language model, logits at every step
+  vocab_size: int = 0
+  max_length: int = 512
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    length = x.shape[1]
+    check_length(length, self.max_length)
+    mask = full_mask(x, mask)
+    norm_mask = mask if self.norm_uses_mask else None
+    h = InputEmbedding(self.d_model, self.vocab_size)(x)
+    pos = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_length, self.d_model))
+    h = h + pos[:length]
+    attn_mask = nn.make_attention_mask(mask, mask)            # padded keys are never attended
+    if self.causal:
+      attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
+    for layer in range(self.num_layers):
+      h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
+                name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
+    if self.norm_position == 'pre':
+      h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
+    if not self.causal:
+      h = masked_mean(h, mask)
+    return nn.Dense(self.num_outputs, name='head')(h)
+
+
+def build(cfg, dataset) -> Transformer:
+  if dataset.kind == 'image':
+    raise ConfigError('model transformer needs a sequence dataset; got images '
+                      '(try data.name=mnist1d or digits_rows)')
+  if cfg.norm_position not in NORM_POSITIONS:
+    raise ConfigError(f'unknown norm_position {cfg.norm_position!r}; valid: '
+                      f'{", ".join(NORM_POSITIONS)}')
+  causal = dataset.task == 'language_model'
+  if causal and cfg.norm == 'instance':
+    raise ConfigError('norm instance would leak future tokens into a causal language model '
+                      '(statistics over the whole sequence); valid norms for a transformer LM: '
+                      'batch, layer, group, rms, none')
+  if cfg.width % cfg.num_heads:
+    raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
+  norm = norms.make_norm(cfg.norm, pool_positions=False, groups=cfg.norm_groups,
+                         momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon)
+  return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
+                     num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                     mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,
+                     norm_position=cfg.norm_position, residual=cfg.residual,
+                     norm_uses_mask=cfg.norm_uses_mask, causal=causal,
+                     vocab_size=dataset.vocab_size, max_length=cfg.max_length)
