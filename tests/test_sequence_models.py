@@ -1,0 +1,175 @@
+"""Sequence models: padding never changes outputs at real positions (for every norm, both
+families, train and eval mode); the LN-LSTM step and the pre/post-LN blocks match hand
+computations."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from configs import lstm_mnist1d, transformer_mnist1d
+from data.base import Dataset
+from errors import ConfigError
+from models import lstm, norms, transformer
+
+T, F, C = 12, 3, 5   # time steps, input features, classes
+LSTM_NORMS = ['none', 'layer', 'batch', 'rms', 'group']
+TRANSFORMER_NORMS = list(norms.NORMS)
+
+
+def model_for(family, norm, *, task='classification', kind='sequence', uses_mask=True, **kw):
+  cfg = (lstm_mnist1d if family == 'lstm' else transformer_mnist1d).get_config()
+  cfg = cfg.model
+  cfg.unlock()
+  cfg.update(dict(norm=norm, width=16, num_layers=2, norm_groups=4, norm_uses_mask=uses_mask,
+                  residual=True, **kw))
+  if family == 'transformer':
+    cfg.num_heads = 2
+  vocab = 11 if kind == 'tokens' else 0
+  ds = Dataset(None, None, vocab or C, (T,) if kind == 'tokens' else (T, F), task=task,
+               kind=kind, vocab_size=vocab)
+  return models.build_model(cfg, ds)
+
+
+def example_batch(kind='sequence', lengths=(12, 5, 3)):
+  rng = np.random.default_rng(0)
+  b = len(lengths)
+  mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+  if kind == 'tokens':
+    x = rng.integers(1, 11, size=(b, T)).astype(np.int32)
+    x = np.where(mask, x, 7)                         # padding: arbitrary tokens
+  else:
+    x = rng.normal(size=(b, T, F)).astype(np.float32)
+    x = np.where(mask[..., None], x, 50.0)           # padding: large garbage
+  return x, mask, np.asarray(lengths)
+
+
+def init_and_train_a_bit(model, x, mask):
+  """Init, then one train-mode pass so BatchNorm's running averages are not the init values."""
+  variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+  if 'batch_stats' in variables:
+    _, updates = model.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
+    variables = {**variables, **updates}
+  return variables
+
+
+def run(model, variables, x, mask, train):
+  apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  out, _ = apply(variables, x, train=train, mask=mask, mutable=('batch_stats',))
+  return np.asarray(out)
+
+
+CASES = ([('lstm', n, 'classification', 'sequence') for n in LSTM_NORMS] +
+         [('lstm', n, 'language_model', 'tokens') for n in ('layer', 'batch')] +
+         [('transformer', n, 'classification', 'sequence') for n in TRANSFORMER_NORMS] +
+         [('transformer', n, 'language_model', 'tokens') for n in ('layer', 'batch', 'rms')])
+
+
+@pytest.mark.parametrize('family,norm,task,kind', CASES)
+@pytest.mark.parametrize('train', [False, True])
+def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kind, train):
+  model = model_for(family, norm, task=task, kind=kind)
+  x, mask, lengths = example_batch(kind)
+  variables = init_and_train_a_bit(model, x, mask)
+  real = (lambda out, n: out[:n]) if task == 'language_model' else (lambda out, n: out)
+  # Without batch statistics, a padded batch of many equals each example run alone.
+  batch_out = run(model, variables, x, mask, train) if norm != 'batch' or not train else None
+  for i, n in enumerate(lengths):
+    alone = run(model, variables, x[i:i + 1, :n], None, train)[0]   # unpadded, batch of one
+    padded = run(model, variables, x[i:i + 1], mask[i:i + 1], train)[0]  # padded to T + mask
+    np.testing.assert_allclose(real(padded, n), real(alone, n), rtol=2e-4, atol=2e-5)
+    if batch_out is not None:
+      np.testing.assert_allclose(real(batch_out[i], n), real(alone, n), rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize('family', ['lstm', 'transformer'])
+def test_batch_norm_without_the_mask_is_changed_by_padding(family):
+  """The seeds' point: BatchNorm whose statistics see the padding gives different outputs."""
+  x, mask, lengths = example_batch()
+  for uses_mask, should_match in ((True, True), (False, False)):
+    model = model_for(family, 'batch', uses_mask=uses_mask)
+    variables = init_and_train_a_bit(model, x, mask)
+    i, n = 1, lengths[1]
+    padded = run(model, variables, x[i:i + 1], mask[i:i + 1], train=True)
+    alone = run(model, variables, x[i:i + 1, :n], None, train=True)
+    assert np.allclose(padded, alone, rtol=2e-4, atol=2e-5) == should_match
+
+
+def test_ln_lstm_step_matches_ba_et_al_equations_in_numpy():
+  hidden, b = 6, 3
+  cell = lstm.LSTMCell(hidden, norms.make_norm('layer', pool_positions=False))
+  rng = np.random.default_rng(1)
+  c0, h0 = (rng.normal(size=(b, hidden)).astype(np.float32) for _ in range(2))
+  xw = rng.normal(size=(b, 4 * hidden)).astype(np.float32)  # already N(W_x x) + b
+  m = np.array([True, True, False])
+  variables = cell.init(jax.random.key(0), (c0, h0), (xw, m))
+  p = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32), variables)['params']
+  (c1, h1), out = cell.apply({'params': p}, (c0, h0), (xw, m))
+
+  def ln(v, scale, bias):
+    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+    return (v - mu) / np.sqrt(var + 1e-5) * scale + bias
+
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  w_h = p['hidden_to_hidden']['kernel']
+  g_hh = ln(h0 @ w_h, p['norm_hh']['ln']['scale'], p['norm_hh']['ln']['bias'])
+  i, f, g, o = np.split(xw + g_hh, 4, axis=-1)
+  c = sig(f) * c0 + sig(i) * np.tanh(g)
+  h = sig(o) * np.tanh(ln(c, p['norm_c']['ln']['scale'], p['norm_c']['ln']['bias']))
+  c, h = np.where(m[:, None], c, c0), np.where(m[:, None], h, h0)  # padded row: state kept
+  np.testing.assert_allclose(c1, c, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(h1, h, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out, h, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('position', ['pre', 'post'])
+@pytest.mark.parametrize('residual', [True, False])
+def test_transformer_block_pre_and_post_norm_against_hand_computation(position, residual):
+  d = 8
+  block = transformer.Block(num_heads=2, mlp_dim=16,
+                            norm=norms.make_norm('layer', pool_positions=False),
+                            norm_position=position, residual=residual)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, d)), jnp.float32)
+  mask = jnp.ones((2, 5), bool)
+  attn_mask = transformer.nn.make_attention_mask(mask, mask)
+  variables = block.init(jax.random.key(0), x, attn_mask, None, train=False)
+  p = jax.tree.map(lambda v: v + 0.1 * jnp.ones_like(v), variables)  # non-trivial LN affine
+  out = block.apply(p, x, attn_mask, None, train=False)
+
+  params = p['params']
+  def ln(v, name):
+    mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+    return ((v - mu) / jnp.sqrt(var + 1e-5) * params[name]['ln']['scale']
+            + params[name]['ln']['bias'])
+  attention = lambda v: transformer.nn.MultiHeadDotProductAttention(num_heads=2).apply(
+      {'params': params['attention']}, v, v, mask=attn_mask)
+  mlp = lambda v: transformer.MLP(16).apply({'params': params['mlp']}, v)
+  skip = (lambda v: v) if residual else (lambda v: 0.0)
+  if position == 'pre':   # x + f(N(x))
+    h = skip(x) + attention(ln(x, 'norm_attention'))
+    expected = skip(h) + mlp(ln(h, 'norm_mlp'))
+  else:                   # N(x + f(x))
+    h = ln(skip(x) + attention(x), 'norm_attention')
+    expected = ln(skip(h) + mlp(h), 'norm_mlp')
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_longer_than_max_length_is_a_clear_error():
+  model = model_for('transformer', 'layer', max_length=8)
+  x, mask, _ = example_batch()
+  with pytest.raises(ConfigError, match='exceeds the model.s maximum length 8'):
+    model.init(jax.random.key(0), x, train=False, mask=mask)
+
+
+def test_norms_that_cannot_work_are_refused_at_config_time():
+  with pytest.raises(ConfigError, match='instance does not fit an LSTM'):
+    model_for('lstm', 'instance')
+  with pytest.raises(ConfigError, match='leak future tokens'):
+    model_for('transformer', 'instance', task='language_model', kind='tokens')
+  with pytest.raises(ConfigError, match='needs a sequence dataset'):
+    models.build_model(lstm_mnist1d.get_config().model, Dataset(None, None, 10, (8, 8, 1)))
+  with pytest.raises(ConfigError, match="valid: pre, post"):
+    model_for('transformer', 'layer', norm_position='middle')
