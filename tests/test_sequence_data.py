@@ -1,0 +1,124 @@
+"""Sequence data: mnist1d generated offline and deterministically, variable lengths as a pure
+function of (seed, index), text datasets (offline and TFDS mock), and every sequence config
+learning on tiny data."""
+
+import random
+
+import jax
+import numpy as np
+import pytest
+
+import data as data_lib
+from configs import lstm_lm, lstm_mnist1d, transformer_lm, transformer_mnist1d
+from data import pipeline, sequences, text
+from errors import ConfigError
+from training import loop, tasks
+
+
+def data_config(name, **kw):
+  cfg = lstm_mnist1d.get_config().data
+  cfg.unlock()
+  cfg.update(dict(name=name, **kw))
+  return cfg
+
+
+def test_mnist1d_is_deterministic_cached_and_leaves_global_rngs_alone(tmp_path):
+  np.random.seed(123)
+  random.seed(7)
+  np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
+  a = sequences._mnist1d_arrays(str(tmp_path / 'a'))
+  b = sequences._mnist1d_arrays(str(tmp_path / 'b'))   # generated again, separately
+  np.testing.assert_array_equal(a['x'], b['x'])
+  np.testing.assert_array_equal(a['y_test'], b['y_test'])
+  assert a['x'].shape == (4000, 40) and a['x_test'].shape == (1000, 40)
+  np.testing.assert_array_equal(np.random.get_state()[1], np_before)
+  assert random.getstate() == py_before
+  assert len(list((tmp_path / 'a').glob('mnist1d_*.npz'))) == 1
+  ds = data_lib.load_dataset(data_config('mnist1d', data_dir=str(tmp_path / 'a')))
+  assert ds.input_shape == (40, 1) and ds.kind == 'sequence' and len(ds.train) == 4000
+
+
+def test_variable_length_is_a_pure_function_of_seed_and_index():
+  cfg = data_config('digits_rows', variable_length=True, min_length=3)
+  a, b = data_lib.load_dataset(cfg, seed=1), data_lib.load_dataset(cfg, seed=1)
+  c = data_lib.load_dataset(cfg, seed=2)
+  idx = np.array([5, 0, 17, 3])
+  ba, bb = a.train.get(idx), b.train.get(idx)
+  np.testing.assert_array_equal(ba['mask'], bb['mask'])
+  lengths = ba['mask'].sum(1)
+  assert lengths.min() >= 3 and lengths.max() <= 8
+  assert np.all(ba['inputs'][~ba['mask']] == 0)          # right-padded with zeros
+  assert np.all(ba['mask'][:, 0]) and np.all(np.diff(ba['mask'].astype(int), axis=1) <= 0)
+  all_idx = np.arange(len(a.train))
+  assert not np.array_equal(a.train.get(all_idx)['mask'], c.train.get(all_idx)['mask'])
+  # The test split's lengths do not depend on the run's seed.
+  np.testing.assert_array_equal(a.test.get(all_idx[:100])['mask'], c.test.get(all_idx[:100])['mask'])
+  # Real steps are the unpadded example's steps.
+  full = data_lib.load_dataset(data_config('digits_rows')).train.get(idx)
+  np.testing.assert_array_equal(ba['inputs'][ba['mask']], full['inputs'][ba['mask']])
+
+
+def test_variable_length_refused_for_images():
+  with pytest.raises(ConfigError, match='needs a sequence dataset'):
+    data_lib.load_dataset(data_config('digits', variable_length=True))
+
+
+def test_tiny_text_lm_targets_are_the_next_tokens():
+  ds = data_lib.load_dataset(data_config('tiny_text', seq_length=32))
+  batch = ds.train.get(np.arange(4))
+  assert batch['inputs'].shape == batch['targets'].shape == (4, 32)
+  np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  decoded = bytes((batch['inputs'][0] - 1).astype(np.uint8)).decode('utf-8', 'replace')
+  assert decoded.isprintable() or '\n' in decoded
+  assert ds.task == 'language_model' and ds.vocab_size == 257 and len(ds.test) > 10
+
+
+@pytest.mark.parametrize('name,task', [('imdb_reviews', 'classification'), ('lm1b', 'language_model')])
+def test_tfds_text_path_on_mock_data(name, task):
+  import tensorflow_datasets as tfds
+  cfg = data_config(name, seq_length=16)
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = data_lib.load_dataset(cfg)
+    batch = pipeline.TrainBatches(ds.train, 4, seed=0)(0)
+  assert ds.task == task and ds.kind == 'tokens'
+  assert batch['inputs'].shape == (4, 16) and batch['mask'].shape == (4, 16)
+  assert batch['inputs'].dtype == np.int32 and batch['inputs'].max() < 257
+  assert np.all(batch['inputs'][~batch['mask']] == 0) if task == 'classification' else True
+  if task == 'language_model':
+    np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+
+
+def test_byte_tokenizer_round_trips_and_pads():
+  tokens, mask = text.encode_bytes(['héllo', 'ab'], 8)
+  assert bytes((tokens[0][mask[0]] - 1).astype(np.uint8)).decode() == 'héllo'
+  assert mask.sum(1).tolist() == [6, 2] and tokens[1, 2:].tolist() == [0] * 6
+
+
+TINY = {'model.width': 16, 'model.num_layers': 1, 'data.batch_size': 16}
+
+
+@pytest.mark.parametrize('module,arg,overrides', [
+    (lstm_mnist1d, 'layer', {'data.name': 'digits_rows', 'data.variable_length': True,
+                             'data.min_length': 4}),
+    (lstm_mnist1d, 'batch', {'data.name': 'digits_rows'}),
+    (transformer_mnist1d, 'post', {'data.name': 'digits_rows', 'data.variable_length': True,
+                                   'data.min_length': 4, 'optimizer.warmup_steps': 0}),
+    (lstm_lm, None, {'data.seq_length': 16}),
+    (transformer_lm, None, {'data.seq_length': 16, 'optimizer.warmup_steps': 0}),
+])
+def test_each_sequence_config_learns_on_tiny_data(module, arg, overrides):
+  config = module.get_config(arg)
+  for key, value in {**TINY, **overrides}.items():
+    group, name = key.split('.')
+    config[group][name] = value
+  exp = loop.build_experiment(config)
+  state = loop.create_train_state(exp, jax.random.key(0))
+  step = loop.make_train_step(exp.model, exp.task)
+  batches = pipeline.TrainBatches(exp.dataset.train, 16, seed=0)
+  batch = batches(0)
+  state, sums = step(state, batch)
+  first = tasks.summarize(jax.device_get(sums))['loss']
+  for _ in range(40):
+    state, sums = step(state, batch)
+  last = tasks.summarize(jax.device_get(sums))['loss']
+  assert last < 0.9 * first, (first, last)
