@@ -55,4 +55,5 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.eval_every_steps = eval_every
   config.checkpoint_every_steps = eval_every
   config.keep_checkpoints = 3
+  config.divergence_threshold = 100.0  # a train loss above this (or NaN/inf) stops the run
   return config

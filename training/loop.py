@@ -7,7 +7,6 @@ task (training.tasks); nothing below branches on either. `train_step` is a pure 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -189,8 +188,25 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns its status dict (final metrics inside)."""
+# Config keys shown as hyperparameters in TensorBoard's HParams dashboard for a run outside a
+# sweep (a sweep shows its own axes instead).
+DEFAULT_HPARAMS = ('model.name', 'model.norm', 'model.residual', 'model.depth', 'model.width',
+                   'model.norm_position', 'data.name', 'data.batch_size', 'data.variable_length',
+                   'optimizer.name', 'optimizer.learning_rate', 'seed')
+HPARAM_METRICS = ['eval/accuracy', 'eval/loss', 'train/loss']
+
+
+def _default_hparams(config) -> dict:
+  flat = wd.flatten(wd.config_to_dict(config))
+  return {k: flat[k] for k in DEFAULT_HPARAMS if k in flat}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hparams: dict | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns its status dict (final metrics inside).
+
+  hparams: shown in TensorBoard's HParams dashboard (a sweep passes its overrides).
+  """
   status = claim_workdir(config, workdir)   # refuses a different config before writing
   if status is not None and status['state'] in ('finished', 'diverged'):
     print(f'{workdir}: run already {status["state"]} at step {status.get("step")}; '
@@ -210,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
 
   writer = MetricWriter(workdir, resume_step=start)
+  if start == 0:
+    writer.hparams(hparams or _default_hparams(config), HPARAM_METRICS)
   train_step = make_train_step(exp.model, exp.task)
   eval_step = make_eval_step(exp.model, exp.task)
   batches = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, config.seed,
@@ -247,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           print(f'step {done:>6}  train  loss {train["loss"]:.4f}  accuracy '
                 f'{train["accuracy"]:.4f}  lr {train["learning_rate"]:.4g}  '
                 f'{train["steps_per_sec"]:.1f} steps/s', flush=True)
-          if not math.isfinite(train['loss']):
+          if not train['loss'] <= config.divergence_threshold:  # also catches NaN
             final_state = 'diverged'
             break
         if done % config.eval_every_steps == 0 and done < config.num_train_steps:
@@ -270,9 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics = None
         print(f'run {final_state} at step {step}', flush=True, file=sys.stderr)
     except Exception as e:
+      final_state = 'failed'
       wd.write_status(workdir, 'failed', step=int(step), error=f'{type(e).__name__}: {e}')
       raise
     finally:
+      if final_state in ('finished', 'diverged'):
+        writer.end_session(hparams or _default_hparams(config), HPARAM_METRICS)
       writer.close()
       checkpoints.close()
   status = {'state': final_state, 'step': step, 'metrics': metrics}

@@ -9,6 +9,7 @@ import time
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summaries
 
 
 def drop_events_after(logdir: str, step: int) -> int:
@@ -52,6 +53,20 @@ class MetricWriter:
   def scalars(self, step: int, prefix: str, values: dict[str, float]) -> None:
     for name, value in values.items():
       self._writer.add_scalar(f'{prefix}/{name}', value, global_step=step)
+
+  def hparams(self, values: dict, metric_tags: list[str]) -> None:
+    """TensorBoard HParams plugin: this run's hyperparameters, and which scalar tags are its
+    metrics (their last values are the run's final metrics in the HParams table)."""
+    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+              for k, v in values.items()}
+    exp, session_start, session_end = hparams_summaries(values, {t: 0.0 for t in metric_tags})
+    del session_end  # written by `end_session`
+    self._writer.file_writer.add_summary(exp)
+    self._writer.file_writer.add_summary(session_start)
+
+  def end_session(self, values: dict, metric_tags: list[str]) -> None:
+    _, _, session_end = hparams_summaries(values, {t: 0.0 for t in metric_tags})
+    self._writer.file_writer.add_summary(session_end)
 
   def flush(self) -> None:
     self._writer.flush()

@@ -1,0 +1,121 @@
+"""Run a sweep: every run not yet finished, each in its own workdir under --dir.
+
+  python -m experiments.sweep --sweep=experiments/depth.py --dir=sweeps/depth [--shard=i/n]
+  python -m experiments.sweep --sweep=experiments/depth.py --dir=sweeps/depth --dry_run
+
+Re-running skips finished (and diverged) runs and resumes unfinished ones from their
+checkpoints. `--shard=i/n` (0 <= i < n) runs every n-th run starting at i, so a scheduler's
+array job spreads a sweep over machines with no coordinator. A run that crashes is recorded as
+`failed` and the sweep goes on; the exit status is non-zero if any run failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from absl import app, flags, logging
+
+import cli
+import data as data_lib
+import models
+from errors import ConfigError
+from experiments import sweeps
+from training import loop
+from training import workdir as wd
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('sweep', None, 'Sweep file: experiments/<name>.py[:arg].')
+flags.DEFINE_string('dir', None, 'Directory of the sweep: one workdir per run.')
+flags.DEFINE_string('shard', '0/1', 'i/n: run the i-th of n disjoint slices of the sweep.')
+flags.DEFINE_bool('dry_run', False, 'List the runs and their state; validate every config.')
+flags.mark_flags_as_required(['sweep', 'dir'])
+
+SWEEP_FILE = 'sweep.json'
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  try:
+    i, n = (int(p) for p in text.split('/'))
+  except ValueError:
+    raise ConfigError(f'--shard must be i/n with integers; got {text!r}') from None
+  if not (n >= 1 and 0 <= i < n):
+    raise ConfigError(f'--shard i/n needs 0 <= i < n; got {text!r}')
+  return i, n
+
+
+def shard(runs: list, i: int, n: int) -> list:
+  return runs[i::n]
+
+
+def run_state(workdir: str) -> str:
+  status = wd.read_status(workdir)
+  return 'pending' if status is None else status['state']
+
+
+def validate(runs: list) -> None:
+  """Builds every run's model (datasets loaded once per distinct data config) so that a bad
+  key or value fails before any run starts, naming the run."""
+  datasets = {}
+  for run in runs:
+    try:
+      loop.check_config(run.config)
+      key = run.config.data.to_json()
+      if key not in datasets:
+        datasets[key] = data_lib.load_dataset(run.config.data)
+      models.build_model(run.config.model, datasets[key])
+    except ConfigError as e:
+      raise ConfigError(f'run {run.name}: {e}') from None
+
+
+def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_shards: int = 1,
+              dry_run: bool = False) -> dict[str, str]:
+  """Runs (or lists) this shard's runs; returns {run name: final state}."""
+  runs = sweep.runs()
+  validate(runs)
+  mine = shard(runs, shard_index, num_shards)
+  states = {r.name: run_state(os.path.join(directory, r.name)) for r in mine}
+  if dry_run:
+    for r in mine:
+      print(f'{states[r.name]:<12} {r.name}')
+    print(f'{len(mine)} runs in shard {shard_index}/{num_shards} of {len(runs)}')
+    return states
+  os.makedirs(directory, exist_ok=True)
+  wd.write_json_atomic(os.path.join(directory, SWEEP_FILE), {
+      'keys': sweep.keys(), 'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs]})
+  for n, r in enumerate(mine):
+    workdir = os.path.join(directory, r.name)
+    if states[r.name] in ('finished', 'diverged'):
+      print(f'[{n + 1}/{len(mine)}] {r.name}: {states[r.name]}, skipped', flush=True)
+      continue
+    print(f'[{n + 1}/{len(mine)}] {r.name}', flush=True)
+    try:
+      states[r.name] = loop.train_and_evaluate(r.config, workdir, hparams=r.overrides)['state']
+    except ConfigError as e:   # e.g. the workdir holds a different run: never overwrite it
+      print(f'error: run {r.name}: {e}', file=sys.stderr, flush=True)
+      states[r.name] = 'refused'
+    except Exception as e:  # noqa: BLE001 - one crash must not stop the sweep
+      traceback.print_exc()
+      if run_state(workdir) != 'failed' and os.path.exists(os.path.join(workdir, wd.CONFIG_FILE)):
+        wd.write_status(workdir, 'failed', error=f'{type(e).__name__}: {e}')
+      states[r.name] = 'failed'
+  counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+  print('sweep done: ' + ', '.join(f'{v} {k}' for k, v in counts.items()), flush=True)
+  return states
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    i, n = parse_shard(FLAGS.shard)
+    states = run_sweep(sweeps.load_sweep(FLAGS.sweep), FLAGS.dir, i, n, FLAGS.dry_run)
+  except ConfigError as e:
+    cli.fail(str(e))
+  if any(s in ('failed', 'refused') for s in states.values()):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)
