@@ -39,11 +39,11 @@ def read_run(directory: str, run: dict) -> dict:
   scalars = read_scalars(workdir) if os.path.isdir(workdir) else {}
   train_loss = scalars.get('train/loss', [])
   speeds = [v for _, v in scalars.get('train/steps_per_sec', [])[1:]]  # first includes compile
-  metrics = status.get('metrics') or {}
+  eval_acc = scalars.get('eval/accuracy', [])
   return {**run, 'state': status['state'], 'step': status.get('step'),
           'error': status.get('error'), 'scalars': scalars,
           'train_loss': train_loss[-1][1] if train_loss else None,
-          'test_accuracy': metrics.get('accuracy'),
+          'test_accuracy': eval_acc[-1][1] if eval_acc else None,   # the final evaluation
           'steps_per_sec': float(np.median(speeds)) if speeds else None}
 
 

@@ -1,0 +1,157 @@
+"""Sweeps: expansion, shards, resume after a kill, divergence, failure isolation, report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from errors import ConfigError
+from experiments import report, sweep, sweeps
+from experiments.sweeps import Sweep, product, zipped
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_product_and_zipped_axes_expand_with_stable_unique_names():
+  s = Sweep(tiny_config(), [product('model.norm', ['batch', 'layer']),
+                            zipped({'model.depth': [8, 14], 'optimizer.learning_rate': [0.1, 0.05]}),
+                            product('seed', [0, 1, 2])])
+  runs = s.runs()
+  assert len(runs) == 2 * 2 * 3
+  names = [r.name for r in runs]
+  assert len(set(names)) == len(names)
+  assert names[0] == 'norm=batch,depth=8,learning_rate=0.1,seed=0'
+  assert names == [r.name for r in s.runs()]                 # stable
+  by_name = {r.name: r for r in runs}
+  r = by_name['norm=layer,depth=14,learning_rate=0.05,seed=2']
+  assert (r.config.model.norm, r.config.model.depth, r.config.optimizer.learning_rate,
+          r.config.seed) == ('layer', 14, 0.05, 2)
+  assert s.runs()[0].config.model.depth == 8 and tiny_config().model.depth == 8  # base untouched
+
+
+def test_colliding_short_names_use_the_full_key():
+  s = Sweep(tiny_config(), [product('model.name', ['resnet']), product('data.name', ['digits'])])
+  assert s.runs()[0].name == 'model.name=resnet,data.name=digits'
+
+
+@pytest.mark.parametrize('n', [1, 3, 5])
+def test_shards_are_disjoint_and_cover_the_sweep(n):
+  runs = Sweep(tiny_config(), [product('model.norm', ['batch', 'layer', 'rms']),
+                               product('seed', [0, 1, 2, 3])]).runs()
+  slices = [sweep.shard(runs, i, n) for i in range(n)]
+  names = [r.name for part in slices for r in part]
+  assert sorted(names) == sorted(r.name for r in runs) and len(names) == len(set(names))
+
+
+def test_bad_axis_fails_at_dry_run_naming_the_run(tmp_path):
+  with pytest.raises(ConfigError, match=r'run norm=batch,nrom=layer: cannot set model.nrom'):
+    Sweep(tiny_config(), [product('model.norm', ['batch']), product('model.nrom', ['layer'])]).runs()
+  bad_value = Sweep(tiny_config(), [product('model.depth', [8, 21])])
+  with pytest.raises(ConfigError, match=r'run depth=21: .*6n\+2'):
+    sweep.run_sweep(bad_value, str(tmp_path / 's'), dry_run=True)
+  bad_norm = Sweep(tiny_config(), [product('model.norm', ['batch', 'weight'])])
+  with pytest.raises(ConfigError, match=r'run norm=weight: unknown norm'):
+    sweep.run_sweep(bad_norm, str(tmp_path / 's'), dry_run=True)
+  with pytest.raises(ConfigError, match='run depth=x: cannot set model.depth'):
+    Sweep(tiny_config(), [product('model.depth', ['x'])]).runs()
+  assert not (tmp_path / 's').exists()
+
+
+def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+  s = Sweep(tiny_config(**{'model.norm': 'none'}),
+            [product('optimizer.learning_rate', [0.05, 1e6])])
+  states = sweep.run_sweep(s, str(tmp_path))
+  assert states == {'learning_rate=0.05': 'finished', 'learning_rate=1000000.0': 'diverged'}
+  status = json.load(open(tmp_path / 'learning_rate=1000000.0' / 'status.json'))
+  assert status['state'] == 'diverged' and status['step'] > 0
+  again = sweep.run_sweep(s, str(tmp_path))   # nothing is re-run
+  assert again == states
+  text = open(report.write_report(str(tmp_path))).read()
+  assert 'learning_rate=1000000.0: **diverged** at step' in text
+
+
+def test_crashing_run_is_failed_and_the_sweep_goes_on(tmp_path):
+  # A 0-example eval batch size passes the config checks but crashes inside the run.
+  s = Sweep(tiny_config(), [product('data.eval_batch_size', [0, 64])])
+  states = sweep.run_sweep(s, str(tmp_path))
+  assert states == {'eval_batch_size=0': 'failed', 'eval_batch_size=64': 'finished'}
+  status = json.load(open(tmp_path / 'eval_batch_size=0' / 'status.json'))
+  assert status['state'] == 'failed' and status['error']
+
+
+FOUR_RUNS = """
+from experiments import smoke
+from experiments.sweeps import Sweep, product
+def get_sweep(arg=None):
+  return Sweep(smoke.get_sweep('30').base, [product('model.norm', ['batch', 'layer']),
+                                            product('seed', [0, 1])])
+"""
+
+
+def sweep_cmd(directory):
+  sweep_file = directory.parent / 'four.py'
+  sweep_file.write_text(FOUR_RUNS)
+  return [sys.executable, '-m', 'experiments.sweep', f'--sweep={sweep_file}', f'--dir={directory}']
+
+
+def final_metrics(directory):
+  out = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    path = os.path.join(directory, name, 'status.json')
+    if os.path.exists(path):
+      status = json.load(open(path))
+      out[name] = (status['state'], status.get('metrics'))
+  return out
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
+  reference, interrupted = tmp_path / 'ref', tmp_path / 'killed'
+  subprocess.run(sweep_cmd(reference), cwd=ROOT, check=True, capture_output=True, timeout=600)
+  proc = subprocess.Popen(sweep_cmd(interrupted), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  t0 = time.time()
+  while sum(s == 'finished' for s, _ in final_metrics(interrupted).values()) < 2:
+    assert proc.poll() is None and time.time() - t0 < 300
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  finished_before = {n: os.path.getmtime(interrupted / n / 'status.json')
+                     for n, (s, _) in final_metrics(interrupted).items() if s == 'finished'}
+  assert 2 <= len(finished_before) < 4
+  result = subprocess.run(sweep_cmd(interrupted), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr
+  for name, mtime in finished_before.items():
+    assert f'{name}: finished, skipped' in result.stdout
+    assert os.path.getmtime(interrupted / name / 'status.json') == mtime  # not re-run
+  assert final_metrics(interrupted) == final_metrics(reference)
+
+
+def test_report_groups_and_numbers_match_the_event_files(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  s = sweeps.load_sweep('experiments/smoke.py')
+  sweep.run_sweep(s, str(tmp_path))
+  path = report.write_report(str(tmp_path))
+  text = open(path).read()
+  assert os.path.exists(tmp_path / 'train_loss.png')
+  rows = {tuple(c.strip() for c in line.strip('|').split('|')[:2]): line
+          for line in text.splitlines() if line.startswith('| batch') or line.startswith('| layer')}
+  assert set(rows) == {(n, r) for n in ('batch', 'layer') for r in ('True', 'False')}
+  for (norm, residual), line in rows.items():
+    losses, accs = [], []
+    for seed in (0, 1):
+      workdir = tmp_path / f'norm={norm},residual={residual},seed={seed}'
+      acc = event_accumulator.EventAccumulator(str(workdir))
+      acc.Reload()
+      losses.append(acc.Scalars('train/loss')[-1].value)
+      accs.append(acc.Scalars('eval/accuracy')[-1].value)
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    assert cells[2] == '2'
+    assert cells[3] == f'{np.mean(losses):.4f} ± {np.std(losses, ddof=1):.4f}'
+    assert cells[4] == f'{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}'
