@@ -59,14 +59,19 @@ class TrainBatches:
     return batch
 
   def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Yields (step, batch) for start <= step < stop, preparing the next batch in a thread."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      future = pool.submit(self, start) if start < stop else None
-      for step in range(start, stop):
-        batch = future.result()
-        if step + 1 < stop:
-          future = pool.submit(self, step + 1)
-        yield step, batch
+    return prefetch(self, start, stop)
+
+
+def prefetch(batch_of_step, start: int, stop: int) -> Iterator[tuple[int, dict]]:
+  """Yields (step, batch_of_step(step)) for start <= step < stop, preparing the next batch in a
+  background thread while the current step runs."""
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    future = pool.submit(batch_of_step, start) if start < stop else None
+    for step in range(start, stop):
+      batch = future.result()
+      if step + 1 < stop:
+        future = pool.submit(batch_of_step, step + 1)
+      yield step, batch
 
 
 def eval_batches(split: Split, batch_size: int,

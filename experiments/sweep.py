@@ -30,6 +30,10 @@ flags.DEFINE_string('sweep', None, 'Sweep file: experiments/<name>.py[:arg].')
 flags.DEFINE_string('dir', None, 'Directory of the sweep: one workdir per run.')
 flags.DEFINE_string('shard', '0/1', 'i/n: run the i-th of n disjoint slices of the sweep.')
 flags.DEFINE_bool('dry_run', False, 'List the runs and their state; validate every config.')
+flags.DEFINE_enum('seeds_in_one_program', 'auto', ['auto', 'true', 'false'],
+                  'Train runs that differ only in their seed as one vmapped program. auto: on '
+                  'GPU/TPU yes; on CPU no (vmapped convolutions run slower there than a loop: '
+                  'python -m benchmarks.seeds).')
 flags.mark_flags_as_required(['sweep', 'dir'])
 
 SWEEP_FILE = 'sweep.json'
@@ -69,8 +73,24 @@ def validate(runs: list) -> None:
       raise ConfigError(f'run {run.name}: {e}') from None
 
 
+def seed_groups(runs: list, together: bool) -> list[list]:
+  """Runs that differ only in `seed` form one group (in sweep order) when `together`."""
+  if not together:
+    return [[r] for r in runs]
+  groups = {}
+  for r in runs:
+    key = tuple(sorted((k, repr(v)) for k, v in r.overrides.items() if k != 'seed'))
+    groups.setdefault(key, []).append(r)
+  return list(groups.values())
+
+
+def resolve_together(flag: str) -> bool:
+  import jax
+  return flag == 'true' or (flag == 'auto' and jax.default_backend() != 'cpu')
+
+
 def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_shards: int = 1,
-              dry_run: bool = False) -> dict[str, str]:
+              dry_run: bool = False, seeds_in_one_program: str = 'auto') -> dict[str, str]:
   """Runs (or lists) this shard's runs; returns {run name: final state}."""
   runs = sweep.runs()
   validate(runs)
@@ -84,22 +104,27 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
   os.makedirs(directory, exist_ok=True)
   wd.write_json_atomic(os.path.join(directory, SWEEP_FILE), {
       'keys': sweep.keys(), 'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs]})
-  for n, r in enumerate(mine):
-    workdir = os.path.join(directory, r.name)
-    if states[r.name] in ('finished', 'diverged'):
-      print(f'[{n + 1}/{len(mine)}] {r.name}: {states[r.name]}, skipped', flush=True)
-      continue
-    print(f'[{n + 1}/{len(mine)}] {r.name}', flush=True)
+  todo = [r for r in mine if states[r.name] not in ('finished', 'diverged')]
+  for r in mine:
+    if r not in todo:
+      print(f'{r.name}: {states[r.name]}, skipped', flush=True)
+  for n, group in enumerate(seed_groups(todo, resolve_together(seeds_in_one_program))):
+    names = [r.name for r in group]
+    print(f'[group {n + 1}] {" + ".join(names)}', flush=True)
+    workdirs = [os.path.join(directory, name) for name in names]
     try:
-      states[r.name] = loop.train_and_evaluate(r.config, workdir, hparams=r.overrides)['state']
+      results = loop.train_seeds([r.config for r in group], workdirs,
+                                 [r.overrides for r in group])
+      states.update({name: res['state'] for name, res in zip(names, results)})
     except ConfigError as e:   # e.g. the workdir holds a different run: never overwrite it
-      print(f'error: run {r.name}: {e}', file=sys.stderr, flush=True)
-      states[r.name] = 'refused'
+      print(f'error: {", ".join(names)}: {e}', file=sys.stderr, flush=True)
+      states.update({name: 'refused' for name in names})
     except Exception as e:  # noqa: BLE001 - one crash must not stop the sweep
       traceback.print_exc()
-      if run_state(workdir) != 'failed' and os.path.exists(os.path.join(workdir, wd.CONFIG_FILE)):
-        wd.write_status(workdir, 'failed', error=f'{type(e).__name__}: {e}')
-      states[r.name] = 'failed'
+      for name, workdir in zip(names, workdirs):
+        if run_state(workdir) != 'failed' and os.path.exists(os.path.join(workdir, wd.CONFIG_FILE)):
+          wd.write_status(workdir, 'failed', error=f'{type(e).__name__}: {e}')
+        states[name] = 'failed'
   counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
   print('sweep done: ' + ', '.join(f'{v} {k}' for k, v in counts.items()), flush=True)
   return states
@@ -110,7 +135,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     i, n = parse_shard(FLAGS.shard)
-    states = run_sweep(sweeps.load_sweep(FLAGS.sweep), FLAGS.dir, i, n, FLAGS.dry_run)
+    states = run_sweep(sweeps.load_sweep(FLAGS.sweep), FLAGS.dir, i, n, FLAGS.dry_run,
+                       FLAGS.seeds_in_one_program)
   except ConfigError as e:
     cli.fail(str(e))
   if any(s in ('failed', 'refused') for s in states.values()):

@@ -93,8 +93,8 @@ def _variables(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def make_train_step(model: nn.Module, task: Callable):
-  """Returns the jitted, pure `train_step(state, batch) -> (state, summed metrics)`."""
+def train_step_fn(model: nn.Module, task: Callable):
+  """The pure `train_step(state, batch) -> (state, summed metrics)` (not yet jitted)."""
 
   def train_step(state: TrainState, batch: dict):
     def loss_fn(params):
@@ -109,7 +109,12 @@ def make_train_step(model: nn.Module, task: Callable):
                                   batch_stats=updates.get('batch_stats', state.batch_stats))
     return state, sums
 
-  return jax.jit(train_step, donate_argnums=0)
+  return train_step
+
+
+def make_train_step(model: nn.Module, task: Callable):
+  """The jitted train step; the state's buffers are donated (updated in place)."""
+  return jax.jit(train_step_fn(model, task), donate_argnums=0)
 
 
 def make_eval_step(model: nn.Module, task: Callable):
@@ -207,98 +212,179 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   hparams: shown in TensorBoard's HParams dashboard (a sweep passes its overrides).
   """
-  status = claim_workdir(config, workdir)   # refuses a different config before writing
-  if status is not None and status['state'] in ('finished', 'diverged'):
-    print(f'{workdir}: run already {status["state"]} at step {status.get("step")}; '
-          f'metrics {status.get("metrics")}', flush=True)
-    return status
-  exp = build_experiment(config)            # all names validated, data loaded: nothing written yet
+  return train_seeds([config], [workdir], [hparams])[0]
 
-  root_key = jax.random.key(config.seed)
-  state = create_train_state(exp, root_key)
-  os.makedirs(workdir, exist_ok=True)
-  wd.write_json_atomic(os.path.join(workdir, wd.CONFIG_FILE), wd.config_to_dict(config))
-  checkpoints = ckpt_lib.Checkpoints(workdir, config.keep_checkpoints)
-  restored_step, tree = checkpoints.restore_latest(_checkpoint_tree(state, root_key))
-  if restored_step is not None:
-    state = restore_state(state, tree)
-    print(f'resumed from the checkpoint at step {restored_step}', flush=True)
-  start = int(state.step)
 
-  writer = MetricWriter(workdir, resume_step=start)
-  if start == 0:
-    writer.hparams(hparams or _default_hparams(config), HPARAM_METRICS)
-  train_step = make_train_step(exp.model, exp.task)
+class _Run:
+  """One member of a population: its config, workdir, writer, checkpoints and state."""
+
+  def __init__(self, config, workdir, hparams, exp):
+    self.config, self.workdir, self.exp = config, workdir, exp
+    self.hparams = hparams or _default_hparams(config)
+    self.root_key = jax.random.key(config.seed)
+    self.state_name = 'finished'   # what it ends as unless something happens
+    self.metrics = None
+
+  def open(self, state):
+    os.makedirs(self.workdir, exist_ok=True)
+    wd.write_json_atomic(os.path.join(self.workdir, wd.CONFIG_FILE), wd.config_to_dict(self.config))
+    self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
+    step, tree = self.checkpoints.restore_latest(_checkpoint_tree(state, self.root_key))
+    if step is not None:
+      state = restore_state(state, tree)
+      print(f'{self.workdir}: resumed from the checkpoint at step {step}', flush=True)
+    return state
+
+  def start_logging(self, start: int):
+    self.writer = MetricWriter(self.workdir, resume_step=start)
+    if start == 0:
+      self.writer.hparams(self.hparams, HPARAM_METRICS)
+    wd.write_status(self.workdir, 'running', step=start)
+
+  def save(self, state, step):
+    self.checkpoints.save(step, _checkpoint_tree(state, self.root_key))
+    self.writer.flush()  # curves up to a checkpoint survive a kill; later points are dropped
+    wd.write_status(self.workdir, 'running', step=step)
+
+  def close(self, step):
+    if self.state_name in ('finished', 'diverged'):
+      self.writer.end_session(self.hparams, HPARAM_METRICS)
+    self.writer.close()
+    self.checkpoints.close()
+    wd.write_status(self.workdir, self.state_name, step=step, metrics=self.metrics)
+    return {'state': self.state_name, 'step': step, 'metrics': self.metrics}
+
+
+def _check_population(configs) -> None:
+  """Seeds share one program only if their configs differ in nothing but the seed."""
+  first = wd.config_to_dict(configs[0])
+  for c in configs[1:]:
+    diff = [k for k in wd.config_diff(first, wd.config_to_dict(c)) if k != 'seed']
+    if diff:
+      raise ConfigError(f'seeds in one program must share their config; they differ in {diff}')
+
+
+def _stack(trees):
+  return trees[0] if len(trees) == 1 else jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+def _member(tree, k: int, population: int):
+  return tree if population == 1 else jax.tree.map(lambda x: x[k], tree)
+
+
+def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None) -> list[dict]:
+  """The one train loop, for one run or for several seeds of one config trained as one compiled
+  program (`jax.vmap` over parameters, optimizer state and data order). Each seed keeps its own
+  workdir, checkpoints, TensorBoard run and status, exactly as if trained alone."""
+  hparams = hparams or [None] * len(configs)
+  _check_population(configs)
+  statuses = [claim_workdir(c, w) for c, w in zip(configs, workdirs)]  # refuses before writing
+  done = [s for s in statuses if s is not None and s['state'] in ('finished', 'diverged')]
+  if done:
+    if len(configs) == 1:
+      s = statuses[0]
+      print(f'{workdirs[0]}: run already {s["state"]} at step {s.get("step")}; '
+            f'metrics {s.get("metrics")}', flush=True)
+      return [s]
+    raise ConfigError('a population of seeds must not include finished runs; train the '
+                      'unfinished ones')
+  exps = [build_experiment(c) for c in configs]  # names validated, data loaded: nothing written
+  config, exp, population = configs[0], exps[0], len(configs)
+  runs = [_Run(c, w, h, e) for c, w, h, e in zip(configs, workdirs, hparams, exps)]
+  states = [r.open(create_train_state(exp, r.root_key)) for r in runs]  # one model, one tx
+  starts = {int(s.step) for s in states}
+  if len(starts) > 1:
+    for r in runs:
+      r.checkpoints.close()
+    print(f'seeds resume from different steps {sorted(starts)}: training them one by one',
+          flush=True)
+    return [train_seeds([c], [w], [h])[0] for c, w, h in zip(configs, workdirs, hparams)]
+  start = starts.pop()
+  for r in runs:
+    r.start_logging(start)
+  state = _stack(states)
+
+  step_fn = train_step_fn(exp.model, exp.task)
+  train_step = jax.jit(step_fn if population == 1 else jax.vmap(step_fn), donate_argnums=0)
   eval_step = make_eval_step(exp.model, exp.task)
-  batches = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, config.seed,
-                                  config.data.augment)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size, c.seed,
+                                   config.data.augment) for e, c in zip(exps, configs)]
+  n_params = sum(x.size for x in jax.tree.leaves(states[0].params))
   print(f'{config.model.name} norm={config.model.norm} residual={config.model.residual} '
-        f'| {n_params / 1e6:.3f}M parameters | '
-        f'{config.data.name}: {len(exp.dataset.train)} train / {len(exp.dataset.test)} test '
+        f'| {n_params / 1e6:.3f}M parameters | {config.data.name}: {len(exp.dataset.train)} '
+        f'train / {len(exp.dataset.test)} test | seeds {[c.seed for c in configs]} '
         f'| steps {start} -> {config.num_train_steps}', flush=True)
 
-  def run_eval(step):
-    metrics = evaluate(eval_step, _variables(state), exp.dataset.test,
+  def run_eval(k, step):
+    r = runs[k]
+    metrics = evaluate(eval_step, _variables(_member(state, k, population)), r.exp.dataset.test,
                        config.data.eval_batch_size)
-    writer.scalars(step, 'eval', metrics)
-    print(f'step {step:>6}  eval   loss {metrics["loss"]:.4f}  '
+    r.writer.scalars(step, 'eval', metrics)
+    print(f'{_tag(k)}step {step:>6}  eval   loss {metrics["loss"]:.4f}  '
           f'accuracy {metrics["accuracy"]:.4f}', flush=True)
     return metrics
 
-  wd.write_status(workdir, 'running', step=start)
-  pending, last_time, last_step = [], time.perf_counter(), start
-  final_state, step = 'finished', start
+  def _tag(k):
+    return f'[seed {configs[k].seed}] ' if population > 1 else ''
+
+  def population_batch(step):
+    return _stack([b(step) for b in batches]) if population > 1 else batches[0](step)
+
+  live = lambda: [k for k, r in enumerate(runs) if r.state_name == 'finished']
+  pending, last_time, last_step, step = [], time.perf_counter(), start, start
   with _Preemption() as preemption:
     try:
-      for step, batch in batches.prefetch(start, config.num_train_steps):
+      for step, batch in pipeline.prefetch(population_batch, start, config.num_train_steps):
         state, sums = train_step(state, batch)
         pending.append(sums)
         done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
-          train = tasks.summarize(jax.device_get(jax.tree.map(lambda *x: sum(x), *pending)))
+          totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
           now = time.perf_counter()
-          train['steps_per_sec'] = (done - last_step) / (now - last_time)
-          train['learning_rate'] = float(exp.schedule(step))
+          speed = (done - last_step) / (now - last_time)
           pending, last_time, last_step = [], now, done
-          writer.scalars(done, 'train', train)
-          print(f'step {done:>6}  train  loss {train["loss"]:.4f}  accuracy '
-                f'{train["accuracy"]:.4f}  lr {train["learning_rate"]:.4g}  '
-                f'{train["steps_per_sec"]:.1f} steps/s', flush=True)
-          if not train['loss'] <= config.divergence_threshold:  # also catches NaN
-            final_state = 'diverged'
+          for k in live():
+            train = tasks.summarize(_member(totals, k, population))
+            train['steps_per_sec'] = speed
+            train['learning_rate'] = float(exp.schedule(step))
+            runs[k].writer.scalars(done, 'train', train)
+            print(f'{_tag(k)}step {done:>6}  train  loss {train["loss"]:.4f}  accuracy '
+                  f'{train["accuracy"]:.4f}  lr {train["learning_rate"]:.4g}  '
+                  f'{speed:.1f} steps/s', flush=True)
+            if not train['loss'] <= config.divergence_threshold:  # also catches NaN
+              runs[k].state_name, runs[k].diverged_at = 'diverged', done
+              print(f'{_tag(k)}diverged at step {done} (train loss {train["loss"]})',
+                    file=sys.stderr, flush=True)
+          if not live():
             break
         if done % config.eval_every_steps == 0 and done < config.num_train_steps:
-          run_eval(done)
+          for k in live():
+            run_eval(k, done)
         if done % config.checkpoint_every_steps == 0 or preemption.requested:
-          checkpoints.save(done, _checkpoint_tree(state, root_key))
-          writer.flush()  # curves up to a checkpoint survive a kill; later points are purged
-          wd.write_status(workdir, 'running', step=done)
+          for k in live():
+            runs[k].save(_member(state, k, population), done)
         if preemption.requested:
-          final_state = 'interrupted'
+          for k in live():
+            runs[k].state_name = 'interrupted'
           break
-      step = int(state.step)
-      if final_state == 'finished':
-        metrics = run_eval(step)
-        if step not in checkpoints.steps():
-          checkpoints.save(step, _checkpoint_tree(state, root_key))
-        print(f'final test accuracy {metrics["accuracy"]:.4f} (loss {metrics["loss"]:.4f}) '
-              f'at step {step}', flush=True)
-      else:
-        metrics = None
-        print(f'run {final_state} at step {step}', flush=True, file=sys.stderr)
+      step = int(np.max(jax.device_get(state.step)))
+      for k in live():
+        runs[k].metrics = run_eval(k, step)
+        if step not in runs[k].checkpoints.steps():
+          runs[k].save(_member(state, k, population), step)
+        print(f'{_tag(k)}final test accuracy {runs[k].metrics["accuracy"]:.4f} '
+              f'(loss {runs[k].metrics["loss"]:.4f}) at step {step}', flush=True)
+      for r in runs:
+        if r.state_name == 'interrupted':
+          print(f'run interrupted at step {step}', flush=True, file=sys.stderr)
     except Exception as e:
-      final_state = 'failed'
-      wd.write_status(workdir, 'failed', step=int(step), error=f'{type(e).__name__}: {e}')
+      for r in runs:
+        r.state_name = 'failed'
+        r.writer.close()
+        r.checkpoints.close()
+        wd.write_status(r.workdir, 'failed', step=int(step), error=f'{type(e).__name__}: {e}')
       raise
-    finally:
-      if final_state in ('finished', 'diverged'):
-        writer.end_session(hparams or _default_hparams(config), HPARAM_METRICS)
-      writer.close()
-      checkpoints.close()
-  status = {'state': final_state, 'step': step, 'metrics': metrics}
-  wd.write_status(workdir, final_state, step=step, metrics=metrics)
-  return status
+  return [r.close(getattr(r, 'diverged_at', step)) for r in runs]
 
 
 def load_run(workdir: str) -> tuple[Experiment, TrainState, int]:

@@ -1,0 +1,49 @@
+"""Seeds trained as one compiled program (vmap) equal the same seeds trained one by one."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from errors import ConfigError
+from training import loop
+
+
+@pytest.mark.parametrize('overrides', [
+    {},
+    {'model.norm': 'layer', 'data.augment': 'none'},
+])
+def test_vmapped_seeds_equal_sequential_seeds(tmp_path, overrides):
+  configs = [tiny_config(seed=s, **overrides) for s in (0, 1, 2)]
+  together = loop.train_seeds(configs, [str(tmp_path / f'v{s}') for s in (0, 1, 2)])
+  alone = [loop.train_and_evaluate(c, str(tmp_path / f's{c.seed}')) for c in configs]
+  for a, b in zip(together, alone):
+    assert a['state'] == b['state'] == 'finished' and a['step'] == b['step'] == 20
+    np.testing.assert_allclose(a['metrics']['loss'], b['metrics']['loss'], rtol=1e-4)
+    assert abs(a['metrics']['accuracy'] - b['metrics']['accuracy']) <= 1 / 360 + 1e-9
+  assert together[0]['metrics'] != together[1]['metrics']  # the seeds really differ
+  for s in (0, 1, 2):  # each seed has its own complete workdir, as if trained alone
+    _, state_v, _ = loop.load_run(str(tmp_path / f'v{s}'))
+    _, state_s, _ = loop.load_run(str(tmp_path / f's{s}'))
+    for a, b in zip(loop.jax.tree.leaves(state_v.params), loop.jax.tree.leaves(state_s.params)):
+      np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+    status = json.load(open(tmp_path / f'v{s}' / 'status.json'))
+    assert status['state'] == 'finished'
+    assert any(f.startswith('events.out') for f in os.listdir(tmp_path / f'v{s}'))
+
+
+def test_a_diverging_seed_does_not_stop_the_others(tmp_path):
+  configs = [tiny_config(seed=s, **{'model.norm': 'none', 'divergence_threshold': 2.25})
+             for s in range(3)]
+  results = loop.train_seeds(configs, [str(tmp_path / str(s)) for s in range(3)])
+  alone = [loop.train_and_evaluate(c, str(tmp_path / f'a{c.seed}')) for c in configs]
+  assert [r['state'] for r in results] == [r['state'] for r in alone]
+
+
+def test_population_must_differ_only_in_seed(tmp_path):
+  with pytest.raises(ConfigError, match='model.norm'):
+    loop.train_seeds([tiny_config(seed=0), tiny_config(seed=1, **{'model.norm': 'layer'})],
+                     [str(tmp_path / 'a'), str(tmp_path / 'b')])
+  assert not os.listdir(tmp_path)
