@@ -20,7 +20,8 @@ from training import workdir as wd
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A workdir written by train.py.')
-flags.DEFINE_list('batch_sizes', ['1', '8', '128'], 'Batch sizes for the batch-statistics mode.')
+flags.DEFINE_list('batch_sizes', ['1', '2', '8', '32', '128'],
+                  'Batch sizes for the batch-statistics (train) mode.')
 flags.DEFINE_integer('max_examples', None, 'Evaluate only the first N test examples.')
 flags.mark_flag_as_required('workdir')
 
@@ -43,10 +44,11 @@ def evaluate_workdir(workdir: str, batch_sizes, max_examples=None) -> dict:
 def format_table(result: dict) -> str:
   base = result['rows'][0]
   lines = [f'{result["workdir"]}  (norm={result["norm"]}, step {result["step"]})',
-           f'{"mode":<26} {"batch":>6} {"loss":>9} {"accuracy":>9} {"Δacc vs eval":>13}']
+           f'{"mode":<26} {"batch":>6} {"loss":>9} {"accuracy":>9} {"Δloss vs eval":>14} '
+           f'{"Δacc vs eval":>13}']
   for r in result['rows']:
     lines.append(f'{r["mode"]:<26} {r["batch_size"]:>6} {r["loss"]:>9.4f} {r["accuracy"]:>9.4f} '
-                 f'{r["accuracy"] - base["accuracy"]:>+13.4f}')
+                 f'{r["loss"] - base["loss"]:>+14.4f} {r["accuracy"] - base["accuracy"]:>+13.4f}')
   return '\n'.join(lines)
 
 
@@ -62,6 +64,21 @@ def main(argv):
     cli.fail(str(e))
   print(format_table(result))
   wd.write_json_atomic(os.path.join(FLAGS.workdir, 'eval.json'), result)
+  log_to_tensorboard(FLAGS.workdir, result)
+
+
+def log_to_tensorboard(workdir: str, result: dict) -> None:
+  """Scalars `eval_modes/<metric>/<mode>_bs<N>` at the run's step, and the gap to eval mode."""
+  from training.metric_writer import MetricWriter
+  writer = MetricWriter(workdir)
+  base = result['rows'][0]
+  for r in result['rows']:
+    mode = 'running_avg' if r['mode'].startswith('eval') else 'batch_stats'
+    tag = f'{mode}_bs{r["batch_size"]}'
+    writer.scalars(result['step'], 'eval_modes', {
+        f'accuracy/{tag}': r['accuracy'], f'loss/{tag}': r['loss'],
+        f'accuracy_gap_to_eval_mode/{tag}': r['accuracy'] - base['accuracy']})
+  writer.close()
 
 
 if __name__ == '__main__':

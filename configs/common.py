@@ -17,6 +17,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.norm_groups = 8             # group norm: number of groups (capped at the width)
   m.bn_momentum = 0.9           # running average: ra <- m * ra + (1 - m) * batch
   m.norm_epsilon = 1e-5
+  m.bn_scope = 'global'         # batch norm statistics: global | per_device | ghost
+  m.bn_ghost_size = 0           # ghost: examples per statistics group
   m.update(family_keys)
   return m
 
@@ -55,5 +57,6 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.eval_every_steps = eval_every
   config.checkpoint_every_steps = eval_every
   config.keep_checkpoints = 3
+  config.diagnostics_every_steps = 0  # > 0: per-layer grad/activation statistics every N steps
   config.divergence_threshold = 100.0  # a train loss above this (or NaN/inf) stops the run
   return config

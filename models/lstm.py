@@ -110,10 +110,9 @@ def build(cfg, dataset) -> LSTM:
   if cfg.norm == 'instance':
     raise ConfigError('norm instance does not fit an LSTM (statistics over a whole sequence '
                       'inside a recurrence); valid norms for lstm: batch, layer, group, rms, none')
-  kw = dict(groups=cfg.norm_groups, momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
-            pool_positions=False)
-  input_norm = norms.make_norm(cfg.norm, **kw)
-  cell_norm = norms.make_norm('none' if cfg.norm == 'batch' else cfg.norm, **kw)
+  input_norm = norms.from_config(cfg, pool_positions=False)
+  cell_norm = norms.from_config(cfg, pool_positions=False,
+                                name='none' if cfg.norm == 'batch' else cfg.norm)
   return LSTM(num_outputs=dataset.num_classes, hidden=cfg.width, num_layers=cfg.num_layers,
               residual=cfg.residual, input_norm=input_norm, cell_norm=cell_norm,
               norm_uses_mask=cfg.norm_uses_mask,

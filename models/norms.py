@@ -29,6 +29,7 @@ import functools
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from errors import ConfigError
@@ -52,14 +53,53 @@ class BatchNorm(nn.Module):
 
   Running averages follow flax's convention: ra <- momentum * ra + (1 - momentum) * batch_stat,
   with the biased (1/N) batch variance. `train=False` normalizes with the running averages.
+
+  groups > 1: "ghost" / per-device BatchNorm: the batch is split into `groups` equal, contiguous
+  groups that are normalized with their own statistics (under data parallelism with one group
+  per device, each device's share: no cross-device communication). The running averages take the
+  mean of the groups' statistics. groups == 1 is flax's BatchNorm (under SPMD jit over a sharded
+  batch its statistics are global: XLA inserts the all-reduce).
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
+  groups: int = 1        # a fixed number of groups (per-device: the number of devices)
+  group_size: int = 0    # or examples per group (ghost batch norm); 0: unused
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                        epsilon=self.epsilon, name='bn')(x, mask=_feature_mask(x, mask))
+    groups = x.shape[0] // self.group_size if self.group_size else self.groups
+    if self.group_size and x.shape[0] % self.group_size:
+      raise ConfigError(f'ghost batch norm with {self.group_size} examples per group needs a '
+                        f'batch size divisible by {self.group_size}; got {x.shape[0]}')
+    if groups <= 1:
+      return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                          epsilon=self.epsilon, name='bn')(x, mask=_feature_mask(x, mask))
+    return self._grouped(x, train, _feature_mask(x, mask), groups)
+
+  def _grouped(self, x, train, mask, groups):
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    if train:
+      if x.shape[0] % groups:
+        raise ConfigError(f'batch norm with {groups} groups needs a batch size divisible '
+                          f'by {groups}; got {x.shape[0]}')
+      g = x.reshape(groups, x.shape[0] // groups, *x.shape[1:]).astype(jnp.float32)
+      w = (jnp.ones_like(g) if mask is None else mask.reshape(g.shape)).astype(jnp.float32)
+      axes = tuple(range(1, g.ndim - 1))
+      count = jnp.maximum(w.sum(axes, keepdims=True), 1.0)
+      mean = (g * w).sum(axes, keepdims=True) / count
+      var = (((g - mean) ** 2) * w).sum(axes, keepdims=True) / count
+      y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(groups, c).mean(0)
+        ra_var.value = m * ra_var.value + (1 - m) * var.reshape(groups, c).mean(0)
+    else:
+      y = (x - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    return (y * scale + bias).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -152,16 +192,29 @@ def check_norm_name(name: str) -> None:
     raise ConfigError(f'unknown norm {name!r}; valid norms: {", ".join(NORMS)}')
 
 
+BN_SCOPES = ('global', 'per_device', 'ghost')
+
+
 def make_norm(name: str, *, pool_positions: bool = True, groups: int = 8,
-              momentum: float = 0.9, epsilon: float = 1e-5) -> Callable[..., nn.Module]:
+              momentum: float = 0.9, epsilon: float = 1e-5, bn_scope: str = 'global',
+              bn_ghost_size: int = 0) -> Callable[..., nn.Module]:
   """Returns a factory: `factory(name=None) -> nn.Module` with the shared call signature.
 
   pool_positions: whether per-example norms (layer, rms, group) pool over positions.
     True for images (normalize over H, W, C), False for sequences (each token on its own).
+  bn_scope: which examples BatchNorm's statistics pool over in train mode: `global` (the
+    whole, possibly sharded, batch: cross-device all-reduce), `per_device` (each device's
+    share: no communication), `ghost` (groups of `bn_ghost_size` examples).
   """
   check_norm_name(name)
+  if bn_scope not in BN_SCOPES:
+    raise ConfigError(f'unknown bn_scope {bn_scope!r}; valid: {", ".join(BN_SCOPES)}')
+  if bn_scope == 'ghost' and bn_ghost_size < 1:
+    raise ConfigError(f'bn_scope ghost needs bn_ghost_size >= 1; got {bn_ghost_size}')
+  bn_groups = {'global': {}, 'per_device': {'groups': jax.device_count()},
+               'ghost': {'group_size': bn_ghost_size}}[bn_scope]
   kwargs = {
-      'batch': dict(momentum=momentum, epsilon=epsilon),
+      'batch': dict(momentum=momentum, epsilon=epsilon, **bn_groups),
       'layer': dict(epsilon=epsilon, pool_positions=pool_positions),
       'rms': dict(epsilon=epsilon, pool_positions=pool_positions),
       'group': dict(groups=groups, epsilon=epsilon, pool_positions=pool_positions),
@@ -169,6 +222,13 @@ def make_norm(name: str, *, pool_positions: bool = True, groups: int = 8,
       'none': {},
   }[name]
   return functools.partial(NORMS[name], **kwargs)
+
+
+def from_config(cfg, *, pool_positions: bool, name: str | None = None):
+  """`make_norm` with the norm keys of a model config (`name` overrides cfg.norm)."""
+  return make_norm(name or cfg.norm, pool_positions=pool_positions, groups=cfg.norm_groups,
+                   momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
+                   bn_scope=cfg.get('bn_scope', 'global'), bn_ghost_size=cfg.get('bn_ghost_size', 0))
 
 
 def has_running_stats(name: str) -> bool:

@@ -143,8 +143,7 @@ IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
 
 
 def _norm_from_config(cfg) -> Callable[..., nn.Module]:
-  return norms.make_norm(cfg.norm, pool_positions=True, groups=cfg.norm_groups,
-                         momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon)
+  return norms.from_config(cfg, pool_positions=True)
 
 
 def _check_images(name, dataset):

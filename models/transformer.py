@@ -108,8 +108,7 @@ def build(cfg, dataset) -> Transformer:
                       'batch, layer, group, rms, none')
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
-  norm = norms.make_norm(cfg.norm, pool_positions=False, groups=cfg.norm_groups,
-                         momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon)
+  norm = norms.from_config(cfg, pool_positions=False)
   return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
                      num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                      mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,

@@ -35,7 +35,7 @@ def tree_hashes(path):
 @pytest.mark.parametrize('override,expected', [
     ('--config.model.norm=batchnorm', 'batch, layer, group, rms, instance, none'),
     ('--config.model.name=vgg', 'resnet, resnet_imagenet'),
-    ('--config.data.name=imagenet', 'digits, cifar10, mnist, fashion_mnist'),
+    ('--config.data.name=imagenet', 'digits, digits_rows, mnist1d, tiny_text'),
     ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),
     ('--config.optimizer.schedule=linear', 'constant, cosine, piecewise'),
     ('--config.model.depth=21', '6n+2'),

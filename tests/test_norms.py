@@ -164,3 +164,27 @@ def test_unknown_norm_lists_valid_names():
 
 def test_registry_has_exactly_the_documented_norms():
   assert set(norms.NORMS) == {'batch', 'layer', 'group', 'rms', 'instance', 'none'}
+
+
+def test_ghost_batch_norm_normalizes_each_group_with_its_own_statistics():
+  x = images()   # batch of 4 -> 2 groups of 2
+  module = norms.make_norm('batch', bn_scope='ghost', bn_ghost_size=2, momentum=0.5,
+                           epsilon=EPS)()
+  variables = module.init(jax.random.key(0), x, train=False)
+  out, updates = module.apply(variables, x, train=True, mutable=['batch_stats'])
+  groups = [x[:2], x[2:]]
+  expected = np.concatenate([normalize(g, (0, 1, 2)) for g in groups])
+  np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-4)
+  mean = np.mean([g.mean((0, 1, 2)) for g in groups], axis=0)
+  var = np.mean([g.var((0, 1, 2)) for g in groups], axis=0)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], 0.5 * mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(updates['batch_stats']['var'], 0.5 + 0.5 * var, rtol=1e-4)
+  variables = {**variables, **updates}
+  eval_out = module.apply(variables, x, train=False)
+  np.testing.assert_allclose(eval_out, (x - 0.5 * mean) / np.sqrt(0.5 + 0.5 * var + EPS),
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(ConfigError, match='divisible by 3'):
+    norms.make_norm('batch', bn_scope='ghost', bn_ghost_size=3)().init(
+        jax.random.key(0), x, train=True)
+  with pytest.raises(ConfigError, match='global, per_device, ghost'):
+    norms.make_norm('batch', bn_scope='device')

@@ -27,13 +27,14 @@ import models
 from data import pipeline
 from errors import ConfigError
 from training import checkpoints as ckpt_lib
-from training import optim, tasks
+from training import diagnostics as diag_lib
+from training import optim, parallel, tasks
 from training import workdir as wd
 from training.metric_writer import MetricWriter
 
 # Keys that may differ when resuming a workdir: they change logging and checkpointing only.
 RESUMABLE_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-                  'keep_checkpoints')
+                  'keep_checkpoints', 'diagnostics_every_steps')
 
 
 class TrainState(train_state.TrainState):
@@ -291,7 +292,9 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
   exps = [build_experiment(c) for c in configs]  # names validated, data loaded: nothing written
   config, exp, population = configs[0], exps[0], len(configs)
   runs = [_Run(c, w, h, e) for c, w, h, e in zip(configs, workdirs, hparams, exps)]
-  states = [r.open(create_train_state(exp, r.root_key)) for r in runs]  # one model, one tx
+  fresh = [create_train_state(exp, r.root_key) for r in runs]  # one model, one tx for all
+  layers = list(fresh[0].params)  # in the order the model defines them (input first)
+  states = [r.open(f) for r, f in zip(runs, fresh)]
   starts = {int(s.step) for s in states}
   if len(starts) > 1:
     for r in runs:
@@ -300,12 +303,19 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
           flush=True)
     return [train_seeds([c], [w], [h])[0] for c, w, h in zip(configs, workdirs, hparams)]
   start = starts.pop()
+  mesh = parallel.data_mesh()
+  parallel.check_batch(config.data.batch_size, mesh)
   for r in runs:
     r.start_logging(start)
-  state = _stack(states)
+  state = parallel.replicate(_stack(states), mesh)
 
   step_fn = train_step_fn(exp.model, exp.task)
   train_step = jax.jit(step_fn if population == 1 else jax.vmap(step_fn), donate_argnums=0)
+  diag_every = config.get('diagnostics_every_steps', 0)
+  if diag_every:
+    diag_fn = diag_lib.diagnose_fn(exp.model, exp.task, exp.tx)
+    diagnose = jax.jit(diag_fn if population == 1 else jax.vmap(diag_fn))
+    grad_history = [[] for _ in runs]
   eval_step = make_eval_step(exp.model, exp.task)
   batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size, c.seed,
                                    config.data.augment) for e, c in zip(exps, configs)]
@@ -328,13 +338,25 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     return f'[seed {configs[k].seed}] ' if population > 1 else ''
 
   def population_batch(step):
-    return _stack([b(step) for b in batches]) if population > 1 else batches[0](step)
+    batch = _stack([b(step) for b in batches]) if population > 1 else batches[0](step)
+    return parallel.shard_batch(batch, mesh, population)
 
   live = lambda: [k for k, r in enumerate(runs) if r.state_name == 'finished']
   pending, last_time, last_step, step = [], time.perf_counter(), start, start
   with _Preemption() as preemption:
     try:
       for step, batch in pipeline.prefetch(population_batch, start, config.num_train_steps):
+        if diag_every and step % diag_every == 0:   # statistics of the state before this step
+          stats = jax.device_get(diagnose(state, batch))
+          for k in live():
+            mine = _member(stats, k, population)
+            for stat, per_layer in mine.items():
+              runs[k].writer.scalars(step, stat, {l: float(per_layer[l]) for l in layers
+                                                  if l in per_layer})
+            grad_history[k].append(np.array([mine['grad_norm'][l] for l in layers]))
+            # rows: layers from the input down; columns: diagnostic steps
+            runs[k].writer.image(step, 'grad_norm/heatmap',
+                                 diag_lib.heatmap(grad_history[k], layers))
         state, sums = train_step(state, batch)
         pending.append(sums)
         done = step + 1

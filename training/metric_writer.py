@@ -54,6 +54,9 @@ class MetricWriter:
     for name, value in values.items():
       self._writer.add_scalar(f'{prefix}/{name}', value, global_step=step)
 
+  def image(self, step: int, tag: str, image_hwc) -> None:
+    self._writer.add_image(tag, image_hwc, global_step=step, dataformats='HWC')
+
   def hparams(self, values: dict, metric_tags: list[str]) -> None:
     """TensorBoard HParams plugin: this run's hyperparameters, and which scalar tags are its
     metrics (their last values are the run's final metrics in the HParams table)."""

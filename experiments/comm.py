@@ -1,0 +1,63 @@
+"""What each norm communicates under data parallelism, read off the compiled train step.
+
+  python -m experiments.comm                                  # ResNet-20 on 8 CPU devices
+  python -m experiments.comm --config=configs/transformer_mnist1d.py --devices=8
+
+Compiles one train step per (norm, BatchNorm scope) with the batch split over a Mesh of
+`--devices` devices and counts the collectives in the optimized HLO (number and bytes). On CPU
+the devices are simulated (XLA_FLAGS=--xla_force_host_platform_device_count, set here before
+JAX starts); the HLO is what XLA would run on that many real devices. XLA may combine several
+all-reduces into one, so compare bytes as well as counts.
+"""
+
+import argparse
+import os
+import sys
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--config', default='configs/default.py')
+  p.add_argument('--devices', type=int, default=8)
+  p.add_argument('--norms', default='batch:global,batch:per_device,layer,group,rms,none')
+  a = p.parse_args()
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             f' --xla_force_host_platform_device_count={a.devices}')
+  import jax  # noqa: E402  (after XLA_FLAGS)
+  from cli import _load_config  # noqa: E402
+  rows = measure(_load_config([f'--config={a.config}']), a.norms.split(','), jax.devices()[:a.devices])
+  print(f'{a.config}: collectives per train step on {a.devices} devices '
+        f'(batch {rows[0]["batch"]}, {jax.default_backend()})')
+  print(f'{"norm":<22} {"all-reduce":>10} {"other":>6} {"bytes":>12} {"beyond gradients":>18}')
+  for r in rows:
+    print(f'{r["norm"]:<22} {r["all-reduce"]:>10} {r["other"]:>6} {r["bytes"]:>12,} '
+          f'{r["extra_bytes"]:>+18,}')
+
+
+def measure(base_config, norm_specs, devices):
+  import jax
+  from training import loop, parallel
+  rows = []
+  for spec in norm_specs:
+    norm, _, scope = spec.partition(':')
+    config = base_config.copy_and_resolve_references()
+    config.model.norm = norm
+    config.model.bn_scope = scope or 'global'
+    mesh = parallel.data_mesh(devices)
+    exp = loop.build_experiment(config)
+    state = parallel.replicate(loop.create_train_state(exp, jax.random.key(0)), mesh)
+    batch = parallel.shard_batch(exp.dataset.train.get(range(config.data.batch_size)), mesh)
+    hlo = loop.make_train_step(exp.model, exp.task).lower(state, batch).compile().as_text()
+    found = parallel.collectives(hlo)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    total = sum(b for _, b in found)
+    rows.append({'norm': spec, 'batch': config.data.batch_size,
+                 'all-reduce': sum(op == 'all-reduce' for op, _ in found),
+                 'other': sum(op != 'all-reduce' for op, _ in found), 'bytes': total,
+                 # gradients (float32) + the summed metrics are the floor every norm pays
+                 'extra_bytes': total - 4 * n_params})
+  return rows
+
+
+if __name__ == '__main__':
+  sys.exit(main())
