@@ -83,6 +83,7 @@ def assert_clean_curves(workdir):
   assert raw_steps(workdir, 'train/loss') == list(range(25, STEPS + 1, 25))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(tmp_path, reference):
   workdir = str(tmp_path / 'run')
   proc = start(workdir)
@@ -100,6 +101,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path, reference):
   assert_clean_curves(workdir)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
   workdir = str(tmp_path / 'run')
   proc = start(workdir)
@@ -165,7 +167,7 @@ def test_resumed_writer_drops_points_logged_after_the_checkpoint(tmp_path):
   killed = MetricWriter(logdir)
   for step in range(1, 11):
     killed.scalars(step, 'train', {'loss': float(step)})
-  killed.flush()  # (the process dies here; its file stays on disk)
+  killed.close()  # the process dies here; what it wrote stays on disk
   resumed = MetricWriter(logdir, resume_step=6)
   for step in range(7, 13):
     resumed.scalars(step, 'train', {'loss': 100.0 + step})

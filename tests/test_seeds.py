@@ -13,7 +13,7 @@ from training import loop
 
 @pytest.mark.parametrize('overrides', [
     {},
-    {'model.norm': 'layer', 'data.augment': 'none'},
+    pytest.param({'model.norm': 'layer'}, marks=pytest.mark.slow),
 ])
 def test_vmapped_seeds_equal_sequential_seeds(tmp_path, overrides):
   configs = [tiny_config(seed=s, **overrides) for s in (0, 1, 2)]
@@ -34,6 +34,7 @@ def test_vmapped_seeds_equal_sequential_seeds(tmp_path, overrides):
     assert any(f.startswith('events.out') for f in os.listdir(tmp_path / f'v{s}'))
 
 
+@pytest.mark.slow
 def test_a_diverging_seed_does_not_stop_the_others(tmp_path):
   configs = [tiny_config(seed=s, **{'model.norm': 'none', 'divergence_threshold': 2.25})
              for s in range(3)]

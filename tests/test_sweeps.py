@@ -110,6 +110,7 @@ def final_metrics(directory):
   return out
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
   reference, interrupted = tmp_path / 'ref', tmp_path / 'killed'
   subprocess.run(sweep_cmd(reference), cwd=ROOT, check=True, capture_output=True, timeout=600)
@@ -157,6 +158,7 @@ def test_report_groups_and_numbers_match_the_event_files(tmp_path):
     assert cells[4] == f'{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}'
 
 
+@pytest.mark.slow
 def test_sweep_with_seeds_in_one_program_matches_one_by_one(tmp_path):
   s = Sweep(tiny_config(), [product('model.norm', ['batch', 'rms']), product('seed', [0, 1])])
   sweep.run_sweep(s, str(tmp_path / 'vmap'), seeds_in_one_program='true')

@@ -55,6 +55,7 @@ def server(tmp_path):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_scalars_and_hparams_of_every_run(server):
   url, directory, runs = server
   names = {r.name for r in runs}
