@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms
-from models.sequence import InputEmbedding, check_length, full_mask, last_valid
+from models.sequence import (InputEmbedding, check_length, check_sequence_dataset, full_mask,
+                             last_valid)
 
 
 def _gate_bias_init(key, shape, dtype=jnp.float32):
@@ -104,9 +105,7 @@ class LSTM(nn.Module):
 
 
 def build(cfg, dataset) -> LSTM:
-  if dataset.kind == 'image':
-    raise ConfigError('model lstm needs a sequence dataset; got images '
-                      '(try data.name=mnist1d or digits_rows)')
+  check_sequence_dataset('lstm', dataset)
   if cfg.norm == 'instance':
     raise ConfigError('norm instance does not fit an LSTM (statistics over a whole sequence '
                       'inside a recurrence); valid norms for lstm: batch, layer, group, rms, none')

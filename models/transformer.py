@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms
-from models.sequence import InputEmbedding, check_length, full_mask, masked_mean
+from models.sequence import (InputEmbedding, check_length, check_sequence_dataset, full_mask,
+                             masked_mean)
 
 NORM_POSITIONS = ('pre', 'post')
 
@@ -95,9 +96,7 @@ class Transformer(nn.Module):
 
 
 def build(cfg, dataset) -> Transformer:
-  if dataset.kind == 'image':
-    raise ConfigError('model transformer needs a sequence dataset; got images '
-                      '(try data.name=mnist1d or digits_rows)')
+  check_sequence_dataset('transformer', dataset)
   if cfg.norm_position not in NORM_POSITIONS:
     raise ConfigError(f'unknown norm_position {cfg.norm_position!r}; valid: '
                       f'{", ".join(NORM_POSITIONS)}')
