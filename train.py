@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 import cli
 from errors import ConfigError
-from training import loop
+from training import loop, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
@@ -23,8 +23,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config = cli.config_or_fail(FLAGS.config)
+  parallel.maybe_initialize_distributed(config)
   try:
-    status = loop.train_and_evaluate(cli.config_or_fail(FLAGS.config), FLAGS.workdir)
+    status = loop.train_and_evaluate(config, FLAGS.workdir)
   except ConfigError as e:
     cli.fail(str(e))
   if status['state'] == 'interrupted':

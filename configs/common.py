@@ -58,5 +58,6 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.checkpoint_every_steps = eval_every
   config.keep_checkpoints = 3
   config.diagnostics_every_steps = 0  # > 0: per-layer grad/activation statistics every N steps
+  config.distributed = False          # multi-host: jax.distributed.initialize() at start
   config.divergence_threshold = 100.0  # a train loss above this (or NaN/inf) stops the run
   return config

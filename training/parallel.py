@@ -32,9 +32,28 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
 
 
 def shard_batch(batch, mesh: Mesh, population: int = 1):
-  """Splits the batch axis over the mesh (axis 1 when a population of seeds leads)."""
-  spec = P('data') if population == 1 else P(None, 'data')
-  return jax.device_put(batch, NamedSharding(mesh, spec))
+  """Splits the batch axis over the mesh (axis 1 when a population of seeds leads).
+
+  Every process computes the same global batch (a pure function of seed and step); with several
+  processes (multi-host) each one contributes only its own contiguous slice of it.
+  """
+  axis = 0 if population == 1 else 1
+  sharding = NamedSharding(mesh, P('data') if population == 1 else P(None, 'data'))
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+
+  def local(x):
+    n = x.shape[axis] // jax.process_count()
+    part = np.take(x, np.arange(jax.process_index() * n, (jax.process_index() + 1) * n), axis)
+    return jax.make_array_from_process_local_data(sharding, part)
+  return jax.tree.map(local, batch)
+
+
+def maybe_initialize_distributed(config) -> None:
+  """Multi-host: `config.distributed=True` calls jax.distributed.initialize() (which reads the
+  cluster from the environment: Slurm, TPU pods, or JAX_COORDINATOR_ADDRESS etc.)."""
+  if config.get('distributed', False):
+    jax.distributed.initialize()
 
 
 def replicate(tree, mesh: Mesh):
