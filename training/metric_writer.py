@@ -39,10 +39,24 @@ def drop_events_after(logdir: str, step: int) -> int:
   return dropped
 
 
+class _NullWriter:
+  """What MetricWriter writes to on processes other than 0: nothing."""
+
+  def __getattr__(self, name):
+    return self
+
+  def __call__(self, *args, **kwargs):
+    return None
+
+
 class MetricWriter:
   """Scalars under `workdir`, tagged `<prefix>/<name>` (e.g. train/loss, eval/accuracy)."""
 
   def __init__(self, logdir: str, resume_step: int = 0):
+    from training.workdir import is_primary
+    if not is_primary():   # multi-host: one process writes the curves
+      self._writer = _NullWriter()
+      return
     if resume_step:
       drop_events_after(logdir, resume_step)
     # A unique suffix: tensorboardX names files by the second and would overwrite the file of a

@@ -49,8 +49,16 @@ def read_json(path: str) -> dict | None:
     return None
 
 
+def is_primary() -> bool:
+  """Multi-host: only process 0 writes a workdir's files (orbax coordinates checkpoints)."""
+  import jax
+  return jax.process_index() == 0
+
+
 def write_json_atomic(path: str, obj: dict) -> None:
-  """Write to a temporary file and rename: a reader never sees half a file."""
+  """Write to a temporary file and rename: a reader never sees half a file. Process 0 only."""
+  if not is_primary():
+    return
   tmp = f'{path}.tmp.{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, sort_keys=True)
