@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Callable
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms

@@ -2,7 +2,6 @@
 families, train and eval mode); the LN-LSTM step and the pre/post-LN blocks match hand
 computations."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
