@@ -291,6 +291,10 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
                       'unfinished ones')
   exps = [build_experiment(c) for c in configs]  # names validated, data loaded: nothing written
   config, exp, population = configs[0], exps[0], len(configs)
+  mesh = parallel.data_mesh()
+  parallel.check_batch(config.data.batch_size, mesh)
+  batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size, c.seed,
+                                   config.data.augment) for e, c in zip(exps, configs)]
   runs = [_Run(c, w, h, e) for c, w, h, e in zip(configs, workdirs, hparams, exps)]
   fresh = [create_train_state(exp, r.root_key) for r in runs]  # one model, one tx for all
   layers = list(fresh[0].params)  # in the order the model defines them (input first)
@@ -303,8 +307,6 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
           flush=True)
     return [train_seeds([c], [w], [h])[0] for c, w, h in zip(configs, workdirs, hparams)]
   start = starts.pop()
-  mesh = parallel.data_mesh()
-  parallel.check_batch(config.data.batch_size, mesh)
   for r in runs:
     r.start_logging(start)
   state = parallel.replicate(_stack(states), mesh)
@@ -317,8 +319,6 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     diagnose = jax.jit(diag_fn if population == 1 else jax.vmap(diag_fn))
     grad_history = [[] for _ in runs]
   eval_step = make_eval_step(exp.model, exp.task)
-  batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size, c.seed,
-                                   config.data.augment) for e, c in zip(exps, configs)]
   n_params = sum(x.size for x in jax.tree.leaves(states[0].params))
   print(f'{config.model.name} norm={config.model.norm} residual={config.model.residual} '
         f'| {n_params / 1e6:.3f}M parameters | {config.data.name}: {len(exp.dataset.train)} '
