@@ -7,12 +7,14 @@ Norms (from the registry), following the papers:
   pre-activations W_h h_{t-1}, and to the cell state before its tanh:
       (i, f, g, o) = N(W_x x_t) + N(W_h h_{t-1}) + b
       c_t = σ(f) c_{t-1} + σ(i) tanh(g);   h_t = σ(o) tanh(N(c_t))
-- `batch`: BatchNorm on the input-to-hidden pre-activations W_x x_t with statistics over the
-  batch and the *valid* time steps (the padding mask excludes padding), with running averages
-  for eval. The recurrent term and the cell are not batch-normalized: their statistics over
-  time cannot be known before the recurrence has run (Laurent et al. 2016 normalize the same
-  way; Cooijmans et al. 2016 additionally keep per-time-step statistics for the recurrent term,
-  which this model does not do).
+- `batch`: recurrent BatchNorm (Cooijmans et al. 2016): the hidden-to-hidden pre-activations
+  and the cell are batch-normalized at every time step with that step's statistics over the
+  examples still valid at that step, and per-time-step running averages for eval (steps beyond
+  `max_length` share the last); their scales start at 0.1 as in the paper. The input-to-hidden
+  pre-activations (computable for all steps before the recurrence) are batch-normalized with
+  statistics over the batch and all valid time steps together. Padding never enters any
+  statistic. Note what the per-step statistics imply for variable lengths: at a step where one
+  example is left, its normalized values are 0 (a batch of one has no spread).
 - `instance` is refused: statistics over an example's whole sequence do not fit a recurrence.
 
 The recurrence runs with `nn.scan` over time (one compiled loop). At padded steps the state is
@@ -41,39 +43,98 @@ def _gate_bias_init(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
 
 
+def _step_batch_norm(v, valid, stats, train, epsilon):
+  """BatchNorm of (batch, features) at one time step. Train: statistics over the examples
+  valid at this step (none valid: harmless zeros, never used: those rows are carried over).
+  Eval: the running averages given for this step. Returns (normalized, (mean, var, count))."""
+  if train:
+    w = valid[:, None].astype(v.dtype)
+    count = w.sum()
+    mean = (v * w).sum(0) / jnp.maximum(count, 1.0)
+    var = (((v - mean) ** 2) * w).sum(0) / jnp.maximum(count, 1.0)
+  else:
+    (mean, var), count = stats, jnp.zeros(())
+  return (v - mean) * jax.lax.rsqrt(var + epsilon), (mean, var, count)
+
+
 class LSTMCell(nn.Module):
-  """One time step. `inputs` = (normalized W_x x_t + b, mask_t)."""
+  """One time step: xw = normalized W_x x_t + b, m = mask_t, stats = running stats for step t.
+
+  recurrent_bn (Cooijmans et al. 2016): the hidden-to-hidden pre-activations and the cell are
+  batch-normalized with this step's statistics over the valid examples (train) or this step's
+  running averages (eval); scales start at 0.1 as in the paper. The statistics used are
+  returned so the layer can update the per-step running averages.
+  """
   hidden: int
   cell_norm: Callable[..., nn.Module]
+  recurrent_bn: bool = False
+  train: bool = False
+  epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, carry, inputs):
+  def __call__(self, carry, xw, m, stat_m, stats):
+    """stat_m: the examples whose values enter this step's batch statistics (normally m)."""
     c, h = carry
-    xw, m = inputs
+    hh_stats, c_stats = stats
     hw = nn.Dense(4 * self.hidden, use_bias=False, name='hidden_to_hidden')(h)
-    gates = xw + self.cell_norm(name='norm_hh')(hw, train=False)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    step_stats = ()
+    if self.recurrent_bn:
+      hw, hh_used = _step_batch_norm(hw, stat_m, hh_stats, self.train, self.epsilon)
+      hw = hw * self.param('hh_scale', nn.initializers.constant(0.1), (4 * self.hidden,))
+      step_stats += (hh_used,)
+    else:
+      hw = self.cell_norm(name='norm_hh')(hw, train=False)
+    i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
     c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(self.cell_norm(name='norm_c')(c_new, train=False))
+    if self.recurrent_bn:
+      c_normed, c_used = _step_batch_norm(c_new, stat_m, c_stats, self.train, self.epsilon)
+      c_normed = (c_normed * self.param('c_scale', nn.initializers.constant(0.1), (self.hidden,))
+                  + self.param('c_bias', nn.initializers.zeros, (self.hidden,)))
+      step_stats += (c_used,)
+    else:
+      c_normed = self.cell_norm(name='norm_c')(c_new, train=False)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_normed)
     m = m[:, None]
     c, h = jnp.where(m, c_new, c), jnp.where(m, h_new, h)  # padding: carry the state on
-    return (c, h), h
+    return (c, h), (h, step_stats)
 
 
 class LSTMLayer(nn.Module):
   hidden: int
   input_norm: Callable[..., nn.Module]
   cell_norm: Callable[..., nn.Module]
+  recurrent_bn: bool = False
+  max_steps: int = 512          # per-step running averages; later steps share the last one
+  momentum: float = 0.9
+  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x, mask, norm_mask, *, train: bool):
     xw = nn.Dense(4 * self.hidden, use_bias=False, name='input_to_hidden')(x)
     xw = self.input_norm(name='norm_ih')(xw, train=train, mask=norm_mask)
     xw = xw + self.param('bias', _gate_bias_init, (4 * self.hidden,))
+    steps = jnp.minimum(jnp.arange(x.shape[1]), self.max_steps - 1)
+    if self.recurrent_bn:
+      ra = {name: (self.variable('batch_stats', f'{name}_mean', jnp.zeros, (self.max_steps, n)),
+                   self.variable('batch_stats', f'{name}_var', jnp.ones, (self.max_steps, n)))
+            for name, n in (('hh', 4 * self.hidden), ('c', self.hidden))}
+      # (time, batch-independent) running stats, scanned over time next to the inputs
+      per_step = tuple((mean.value[steps], var.value[steps]) for mean, var in ra.values())
+    else:
+      per_step = ((jnp.zeros(x.shape[1]),) * 2,) * 2
     scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
-                   in_axes=1, out_axes=1)
+                   in_axes=(1, 1, 1, 0), out_axes=(1, 0))
+    stat_mask = mask if norm_mask is not None else jnp.ones_like(mask)  # norm_uses_mask=False
     zeros = jnp.zeros((x.shape[0], self.hidden), x.dtype)
-    _, hs = scan(self.hidden, self.cell_norm, name='cell')((zeros, zeros), (xw, mask))
+    _, (hs, used) = scan(self.hidden, self.cell_norm, self.recurrent_bn, train, self.epsilon,
+                         name='cell')((zeros, zeros), xw, mask, stat_mask, per_step)
+    if self.recurrent_bn and train and not self.is_initializing():
+      for (mean_var, (mean, var, count)) in zip(ra.values(), used):
+        seen = (count > 0)[:, None]   # steps where some example was real
+        for variable, new in zip(mean_var, (mean, var)):
+          old = variable.value[steps]
+          updated = jnp.where(seen, self.momentum * old + (1 - self.momentum) * new, old)
+          variable.value = variable.value.at[steps].set(updated)
     return hs
 
 
@@ -84,6 +145,9 @@ class LSTM(nn.Module):
   residual: bool = False
   input_norm: Callable[..., nn.Module] = norms.make_norm('none')
   cell_norm: Callable[..., nn.Module] = norms.make_norm('none')
+  recurrent_bn: bool = False     # batch norm: also normalize the recurrence (Cooijmans et al.)
+  momentum: float = 0.9
+  epsilon: float = 1e-5
   norm_uses_mask: bool = True    # False: padding enters the norms' statistics (for comparison)
   per_token_outputs: bool = False  # True: a language model (logits at every step)
   vocab_size: int = 0
@@ -96,7 +160,8 @@ class LSTM(nn.Module):
     norm_mask = mask if self.norm_uses_mask else None
     h = InputEmbedding(self.hidden, self.vocab_size)(x)
     for layer in range(self.num_layers):
-      y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, name=f'lstm{layer + 1}')(
+      y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, self.recurrent_bn,
+                    self.max_length, self.momentum, self.epsilon, name=f'lstm{layer + 1}')(
           h, mask, norm_mask, train=train)
       h = h + y if self.residual else y
     if not self.per_token_outputs:
@@ -114,6 +179,8 @@ def build(cfg, dataset) -> LSTM:
                                 name='none' if cfg.norm == 'batch' else cfg.norm)
   return LSTM(num_outputs=dataset.num_classes, hidden=cfg.width, num_layers=cfg.num_layers,
               residual=cfg.residual, input_norm=input_norm, cell_norm=cell_norm,
+              recurrent_bn=cfg.norm == 'batch', momentum=cfg.bn_momentum,
+              epsilon=cfg.norm_epsilon,
               norm_uses_mask=cfg.norm_uses_mask,
               per_token_outputs=dataset.task == 'language_model',
               vocab_size=dataset.vocab_size, max_length=cfg.max_length)

@@ -79,7 +79,13 @@ def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kin
   x, mask, lengths = example_batch(kind)
   variables = init_and_train_a_bit(model, x, mask)
   real = (lambda out, n: out[:n]) if task == 'language_model' else (lambda out, n: out)
+  other_padding = (np.where(mask, x, 3) if kind == 'tokens'
+                   else np.where(mask[..., None], x, -30.0).astype(np.float32))
   for train in (False, True):   # eval mode (running averages) and train mode (batch statistics)
+    # A padded batch: other values in the padding change nothing at real positions.
+    keep = (lambda out: out[mask]) if task == 'language_model' else (lambda out: out)
+    np.testing.assert_allclose(keep(run(model, variables, other_padding, mask, train)),
+                               keep(run(model, variables, x, mask, train)), rtol=2e-4, atol=2e-5)
     # Without batch statistics, a padded batch of many equals each example run alone.
     batch_out = run(model, variables, x, mask, train) if norm != 'batch' or not train else None
     for i, n in enumerate(lengths):
@@ -92,15 +98,16 @@ def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kin
 
 @pytest.mark.parametrize('family', ['lstm', 'transformer'])
 def test_batch_norm_without_the_mask_is_changed_by_padding(family):
-  """The seeds' point: BatchNorm whose statistics see the padding gives different outputs."""
-  x, mask, lengths = example_batch()
+  """The seeds' point: BatchNorm whose statistics see the padding gives different outputs when
+  only the padding changes; with the mask, nothing changes."""
+  x, mask, _ = example_batch()
+  other_padding = np.where(mask[..., None], x, -30.0).astype(np.float32)
   for uses_mask, should_match in ((True, True), (False, False)):
     model = model_for(family, 'batch', uses_mask=uses_mask)
     variables = init_and_train_a_bit(model, x, mask)
-    i, n = 1, lengths[1]
-    padded = run(model, variables, x[i:i + 1], mask[i:i + 1], train=True)
-    alone = run(model, variables, x[i:i + 1, :n], None, train=True)
-    assert np.allclose(padded, alone, rtol=2e-4, atol=2e-5) == should_match
+    a = run(model, variables, x, mask, train=True)
+    b = run(model, variables, other_padding, mask, train=True)
+    assert np.allclose(a, b, rtol=2e-4, atol=2e-5) == should_match
 
 
 def test_ln_lstm_step_matches_ba_et_al_equations_in_numpy():
@@ -110,9 +117,10 @@ def test_ln_lstm_step_matches_ba_et_al_equations_in_numpy():
   c0, h0 = (rng.normal(size=(b, hidden)).astype(np.float32) for _ in range(2))
   xw = rng.normal(size=(b, 4 * hidden)).astype(np.float32)  # already N(W_x x) + b
   m = np.array([True, True, False])
-  variables = cell.init(jax.random.key(0), (c0, h0), (xw, m))
+  unused_stats = ((None, None), (None, None))  # running stats: only for recurrent BN
+  variables = cell.init(jax.random.key(0), (c0, h0), xw, m, m, unused_stats)
   p = jax.tree.map(lambda v: rng.normal(size=v.shape).astype(np.float32), variables)['params']
-  (c1, h1), out = cell.apply({'params': p}, (c0, h0), (xw, m))
+  (c1, h1), (out, _) = cell.apply({'params': p}, (c0, h0), xw, m, m, unused_stats)
 
   def ln(v, scale, bias):
     mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
