@@ -39,19 +39,25 @@ def parse_flags(argv):
   except flags.Error as e:
     fail(str(e).splitlines()[0])
   except (AttributeError, KeyError, TypeError) as e:  # ml_collections: override of an unknown key
-    fail(_bad_override(_load_config(argv), argv) or str(e).replace('\n', ' '))
+    fail(_bad_override(load_config(argv), argv) or str(e).replace('\n', ' '))
 
 
-def _load_config(argv):
+def import_file(path: str, name: str):
+  """Imports a Python file by path (configs and sweeps are files, not packages)."""
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(argv):
   """The config named by --config=path[:arg], loaded as config_flags would (for messages)."""
   spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if spec is None:
     return None
   path, _, arg = spec.partition(':')
   try:
-    module_spec = importlib.util.spec_from_file_location('_config_for_message', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = import_file(path, '_config')
     return module.get_config(arg) if arg else module.get_config()
   except Exception:  # noqa: BLE001 - only used to improve a message
     return None

@@ -24,8 +24,8 @@ def main():
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={a.devices}')
   import jax  # noqa: E402  (after XLA_FLAGS)
-  from cli import _load_config  # noqa: E402
-  rows = measure(_load_config([f'--config={a.config}']), a.norms.split(','), jax.devices()[:a.devices])
+  from cli import load_config  # noqa: E402
+  rows = measure(load_config([f'--config={a.config}']), a.norms.split(','), jax.devices()[:a.devices])
   print(f'{a.config}: collectives per train step on {a.devices} devices '
         f'(batch {rows[0]["batch"]}, {jax.default_backend()})')
   print(f'{"norm":<22} {"all-reduce":>10} {"other":>6} {"bytes":>12} {"beyond gradients":>18}')

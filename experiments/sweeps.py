@@ -20,12 +20,12 @@ the same sweep file always gives the same names, so a re-run finds its workdirs 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 from typing import Any
 
 import ml_collections
 
+import cli
 from errors import ConfigError
 
 
@@ -110,9 +110,7 @@ def load_sweep(spec: str) -> Sweep:
   """`path/to/sweep.py[:arg]` -> the Sweep its get_sweep returns."""
   path, _, arg = spec.partition(':')
   try:
-    module_spec = importlib.util.spec_from_file_location('_sweep', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = cli.import_file(path, '_sweep')
   except (FileNotFoundError, OSError) as e:
     raise ConfigError(f'cannot load sweep file {path}: {e.strerror or e}') from None
   return module.get_sweep(arg) if arg else module.get_sweep()
