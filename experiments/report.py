@@ -94,6 +94,7 @@ def label(group_keys, key) -> str:
 
 def plot_curves(directory, group_keys, groups, tag='train/loss') -> str:
   fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, len(groups))])
   for key, members in groups.items():
     curves = [dict(r['scalars'].get(tag, [])) for r in members if r['scalars'].get(tag)]
     if not curves:

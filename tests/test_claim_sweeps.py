@@ -25,3 +25,18 @@ def test_claim_sweep_is_valid_and_its_smoke_version_runs(path, tmp_path):
   text = open(report.write_report(str(tmp_path))).read()
   rows = [line for line in text.splitlines() if line.startswith('| ') and 'seeds' not in line]
   assert len(rows) == 2   # one group per smoke run (no seed axis in the smoke version)
+
+
+@pytest.mark.slow
+def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
+  from experiments import findings
+  sweep.run_sweep(sweeps.load_sweep(os.path.join(ROOT, 'experiments/claims/depth.py:smoke')),
+                  str(tmp_path / 'sweeps' / 'depth'))
+  out = tmp_path / 'FINDINGS.md'
+  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}'])
+  findings.main()
+  text = out.read_text()
+  assert '## depth' in text and '**Verdict:' in text and (tmp_path / 'depth_train_loss.png').exists()
+  depth_part = text.split('## depth')[1].split('## ')[0]
+  assert '| 8 | True |' in depth_part and '| 8 | False |' in depth_part
+  assert 'Not run yet' in text.split('## batch_size')[1].split('## ')[0]

@@ -18,3 +18,29 @@ def get_sweep(arg=None):
           product('model.norm', ['batch', 'none'])]
   smoke = [product('model.depth', [8]), product('model.residual', [True, False])]
   return finish(config, axes, arg, smoke)
+
+
+def verdict(group_keys, groups):
+  """Reproduced if, with BatchNorm, the plain net's final train loss rises from the shallowest
+  to the deepest net beyond the seed spread while the residual net's does not."""
+  from experiments.findings import clearly_greater, group_stat
+  index = {k: i for i, k in enumerate(group_keys)}
+  def stat(depth, residual, norm='batch'):
+    for key, members in groups.items():
+      norm_ok = 'model.norm' not in index or key[index['model.norm']] == norm
+      if norm_ok and (key[index['model.depth']], key[index['model.residual']]) == (depth, residual):
+        return group_stat(members)
+    return float('nan'), float('nan')
+  depths = sorted({k[index['model.depth']] for k in groups})
+  lo, hi = depths[0], depths[-1]
+  plain_worse = clearly_greater(stat(hi, False), stat(lo, False))
+  residual_worse = clearly_greater(stat(hi, True), stat(lo, True))
+  numbers = (f'final train loss with BN: plain {lo}: {stat(lo, False)[0]:.4f}, plain {hi}: '
+             f'{stat(hi, False)[0]:.4f}; residual {lo}: {stat(lo, True)[0]:.4f}, residual {hi}: '
+             f'{stat(hi, True)[0]:.4f}')
+  if plain_worse and not residual_worse:
+    return 'reproduced', numbers + '.'
+  if plain_worse or not residual_worse:
+    return 'partly', numbers + ('.' if plain_worse else
+                                '; the plain net does not degrade measurably at this scale.')
+  return 'not reproduced', numbers + '.'
