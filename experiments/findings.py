@@ -38,6 +38,17 @@ def clearly_greater(a, b) -> bool:
   return a[0] - b[0] > max(a[1], b[1])
 
 
+def wall_minutes(directory, runs) -> float:
+  """From the first run's config.json to the last status.json written."""
+  starts, ends = [], []
+  for r in runs:
+    workdir = os.path.join(directory, r['name'])
+    if os.path.exists(os.path.join(workdir, 'status.json')):
+      starts.append(os.path.getmtime(os.path.join(workdir, 'config.json')))
+      ends.append(os.path.getmtime(os.path.join(workdir, 'status.json')))
+  return (max(ends) - min(starts)) / 60 if starts else float('nan')
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--sweeps', default='sweeps')
@@ -62,7 +73,9 @@ def main():
     group_keys, groups, runs = report.summarize(directory)
     lines += [f'Command: `python -m experiments.sweep --sweep=experiments/claims/{name}.py '
               f'--dir={a.sweeps}/{name}` then `python -m experiments.findings`. '
-              f'{sum(r["state"] == "finished" for r in runs)}/{len(runs)} runs finished.', '']
+              f'{sum(r["state"] == "finished" for r in runs)}/{len(runs)} runs finished; '
+              f'seeds {sorted({r["overrides"].get("seed") for r in runs}, key=str)}; '
+              f'wall time {wall_minutes(directory, runs):.1f} min.', '']
     lines += report.table(group_keys, groups) + ['']
     plot = os.path.join(directory, 'train_loss.png')
     if os.path.exists(plot):
