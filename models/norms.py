@@ -229,10 +229,3 @@ def from_config(cfg, *, pool_positions: bool, name: str | None = None):
   return make_norm(name or cfg.norm, pool_positions=pool_positions, groups=cfg.norm_groups,
                    momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
                    bn_scope=cfg.get('bn_scope', 'global'), bn_ghost_size=cfg.get('bn_ghost_size', 0))
-
-
-def has_running_stats(name: str) -> bool:
-  """Whether the norm behaves differently at train and eval time."""
-  check_norm_name(name)
-  return name == 'batch'
-
