@@ -15,11 +15,10 @@ import time
 import jax
 import numpy as np
 
-import models
 from configs import default
 from data.base import ArraySplit, Dataset
 from training import checkpoints as ckpt_lib
-from training import loop, optim, tasks
+from training import loop
 
 
 def dir_size(path):
@@ -41,10 +40,7 @@ def main():
              'targets': rng.integers(0, 10, 128).astype(np.int32)}
     split = ArraySplit(batch)
     dataset = Dataset(split, split, 10, (size, size, channels))
-    exp = loop.Experiment(config, dataset, models.build_model(config.model, dataset),
-                          tasks.classification,
-                          optim.make_optimizer(config.optimizer, 1000),
-                          optim.make_schedule(config.optimizer, 1000))
+    exp = loop.build_experiment(config, dataset)
     state = loop.create_train_state(exp, root)
     step = loop.make_train_step(exp.model, exp.task)
     state, m = step(state, batch)

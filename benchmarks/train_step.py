@@ -16,8 +16,7 @@ import numpy as np
 
 from configs import default
 from data.base import ArraySplit, Dataset
-from training import loop, optim, tasks
-import models
+from training import loop
 
 
 def main():
@@ -39,10 +38,7 @@ def main():
            'targets': rng.integers(0, 10, a.batch).astype(np.int32)}
   split = ArraySplit(batch)
   dataset = Dataset(split, split, 10, shape)
-  exp = loop.Experiment(config, dataset, models.build_model(config.model, dataset),
-                        tasks.classification,
-                        optim.make_optimizer(config.optimizer, 1000),
-                        optim.make_schedule(config.optimizer, 1000))
+  exp = loop.build_experiment(config, dataset)
   state = loop.create_train_state(exp, jax.random.key(0))
   step = loop.make_train_step(exp.model, exp.task)
 

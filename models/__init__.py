@@ -25,9 +25,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(model_config, dataset) -> nn.Module:
-  """Validates the names in `model_config` and returns the module (no parameters yet)."""
+def check_model_names(model_config) -> None:
+  """The model and norm names, checked without building anything."""
   if model_config.name not in MODELS:
     raise ConfigError(f'unknown model {model_config.name!r}; valid models: {", ".join(MODELS)}')
   norms.check_norm_name(model_config.norm)
+
+
+def build_model(model_config, dataset) -> nn.Module:
+  """Validates the names in `model_config` and returns the module (no parameters yet)."""
+  check_model_names(model_config)
   return MODELS[model_config.name](model_config, dataset)

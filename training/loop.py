@@ -55,10 +55,9 @@ class Experiment:
 def check_config(config) -> None:
   """Cheap checks of every name in the config, before any data is loaded or file written."""
   data_lib.check_dataset_name(config.data.name)
-  if config.model.name not in models.MODELS:
-    raise ConfigError(f'unknown model {config.model.name!r}; valid models: {", ".join(models.MODELS)}')
-  models.norms.check_norm_name(config.model.norm)
-  optim.make_optimizer(config.optimizer, config.num_train_steps)
+  models.check_model_names(config.model)
+  optim.make_optimizer(config.optimizer,
+                       optim.make_schedule(config.optimizer, config.num_train_steps))
   if config.data.augment not in pipeline.AUGMENTATIONS:
     raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
                       f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
@@ -68,12 +67,14 @@ def check_config(config) -> None:
       raise ConfigError(f'{key} must be positive; got {config[key]}')
 
 
-def build_experiment(config) -> Experiment:
+def build_experiment(config, dataset: data_lib.Dataset | None = None) -> Experiment:
+  """Everything `config` describes; `dataset` replaces loading config.data (benchmarks)."""
   check_config(config)
-  dataset = data_lib.load_dataset(config.data, config.seed)
+  if dataset is None:
+    dataset = data_lib.load_dataset(config.data, config.seed)
   model = models.build_model(config.model, dataset)
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  tx = optim.make_optimizer(config.optimizer, schedule)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule)
 
 
@@ -338,7 +339,10 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     return f'[seed {configs[k].seed}] ' if population > 1 else ''
 
   def population_batch(step):
-    batch = _stack([b(step) for b in batches]) if population > 1 else batches[0](step)
+    if population == 1:
+      batch = batches[0](step)
+    else:  # stacked on the host: one transfer, straight into the sharded layout
+      batch = jax.tree.map(lambda *x: np.stack(x), *[b(step) for b in batches])
     return parallel.shard_batch(batch, mesh, population)
 
   live = lambda: [k for k, r in enumerate(runs) if r.state_name == 'finished']

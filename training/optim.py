@@ -35,10 +35,9 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg, num_train_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f'unknown optimizer {cfg.name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
-  schedule = make_schedule(cfg, num_train_steps)
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
     return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
   if cfg.name == 'sgd':
