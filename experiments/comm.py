@@ -20,6 +20,7 @@ def main():
   p.add_argument('--config', default='configs/default.py')
   p.add_argument('--devices', type=int, default=8)
   p.add_argument('--norms', default='batch:global,batch:per_device,layer,group,rms,none')
+  p.add_argument('--json', default=None, help='also write the rows to this JSON file')
   a = p.parse_args()
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={a.devices}')
@@ -32,6 +33,11 @@ def main():
   for r in rows:
     print(f'{r["norm"]:<22} {r["all-reduce"]:>10} {r["other"]:>6} {r["bytes"]:>12,} '
           f'{r["extra_bytes"]:>+18,}')
+  if a.json:
+    import json
+    with open(a.json, 'w') as f:
+      json.dump({'config': a.config, 'devices': a.devices, 'backend': jax.default_backend(),
+                 'rows': rows}, f, indent=1)
 
 
 def measure(base_config, norm_specs, devices):

@@ -12,7 +12,9 @@ A sweep file (experiments/<name>.py) defines `get_sweep(arg=None) -> Sweep`:
           product('seed', [0, 1, 2]),
       ])
 
-`product` axes multiply; a `zipped` axis moves its keys together. Each run is named from its
+`product` axes multiply; a `zipped` axis moves its keys together. To sweep over model families
+whose configs have different keys, pass a dict of named base configs and an axis over `config`:
+`Sweep({'lstm': lstm_cfg, 'transformer': tf_cfg}, [product('config', ['lstm', 'transformer']), ...])`. Each run is named from its
 overrides, in axis order (`norm=layer,depth=56,learning_rate=0.05,seed=1`), which is stable:
 the same sweep file always gives the same names, so a re-run finds its workdirs again.
 """
@@ -55,7 +57,7 @@ class Run:
 
 @dataclasses.dataclass
 class Sweep:
-  base: ml_collections.ConfigDict
+  base: ml_collections.ConfigDict | dict[str, ml_collections.ConfigDict]
   axes: list[Axis]
 
   def keys(self) -> list[str]:
@@ -68,12 +70,22 @@ class Sweep:
     for point in itertools.product(*(axis.values for axis in self.axes)):
       overrides = dict(zip(keys, itertools.chain.from_iterable(point)))
       name = ','.join(f'{labels[k]}={_fmt(v)}' for k, v in overrides.items())
-      runs.append(Run(name, overrides, apply_overrides(self.base, overrides, name)))
+      runs.append(Run(name, overrides, apply_overrides(self._base(overrides, name),
+                                                       overrides, name)))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
       raise ConfigError('sweep has duplicate runs: ' + ', '.join(
           sorted({n for n in names if names.count(n) > 1})))
     return runs
+
+
+  def _base(self, overrides, name):
+    if not isinstance(self.base, dict):
+      return self.base
+    if overrides.get('config') not in self.base:
+      raise ConfigError(f'run {name}: a sweep over several base configs needs an axis over '
+                        f'`config` with values in {sorted(self.base)}')
+    return self.base[overrides['config']]
 
 
 def _short_labels(keys: list[str]) -> dict[str, str]:
@@ -92,6 +104,8 @@ def apply_overrides(base, overrides: dict[str, Any], run_name: str):
   config = base.copy_and_resolve_references()
   config.lock()
   for key, value in overrides.items():
+    if key == 'config':    # names the base config (Sweep with several bases)
+      continue
     node = config
     *path, last = key.split('.')
     try:
