@@ -2,6 +2,7 @@
 steps) trains and reports, so the sweeps never rot."""
 
 import glob
+import json
 import os
 
 import pytest
@@ -9,8 +10,32 @@ import pytest
 from experiments import report, sweep, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLAIMS = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', 'claims', '*.py'))
-                if not os.path.basename(p).startswith(('__', 'common')))
+ALL_CLAIMS = sorted(p for p in glob.glob(os.path.join(ROOT, 'experiments', 'claims', '*.py'))
+                    if not os.path.basename(p).startswith(('__', 'common')))
+
+
+def _module(path):
+  import cli
+  return cli.import_file(path, '_claim_' + os.path.basename(path)[:-3])
+
+
+# Claims with a training sweep of their own (gradients reads the depth sweep; collectives
+# measures compiled programs and trains nothing).
+CLAIMS = [p for p in ALL_CLAIMS if hasattr(_module(p), 'get_sweep')
+          and not hasattr(_module(p), 'SWEEP')]
+
+
+def test_every_claim_has_a_verdict_and_a_way_to_its_numbers():
+  names = {os.path.basename(p)[:-3] for p in ALL_CLAIMS}
+  assert names == {'batch_size', 'collectives', 'depth', 'gradients', 'lstm_norms', 'padding',
+                   'train_test_mode', 'warmup'}
+  for path in ALL_CLAIMS:
+    module = _module(path)
+    assert hasattr(module, 'verdict') and module.__doc__
+    assert hasattr(module, 'get_sweep') or hasattr(module, 'measure')
+    if hasattr(module, 'get_sweep') and not hasattr(module, 'SWEEP'):
+      full = module.get_sweep('full').runs()
+      assert len({r.overrides['seed'] for r in full}) >= 3
 
 
 @pytest.mark.slow
@@ -33,10 +58,87 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   sweep.run_sweep(sweeps.load_sweep(os.path.join(ROOT, 'experiments/claims/depth.py:smoke')),
                   str(tmp_path / 'sweeps' / 'depth'))
   out = tmp_path / 'FINDINGS.md'
-  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}'])
+  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}',
+                                   '--only=depth,batch_size,gradients'])
   findings.main()
   text = out.read_text()
   assert '## depth' in text and '**Verdict:' in text and (tmp_path / 'depth_train_loss.png').exists()
   depth_part = text.split('## depth')[1].split('## ')[0]
   assert '| 8 | True |' in depth_part and '| 8 | False |' in depth_part
   assert 'Not run yet' in text.split('## batch_size')[1].split('## ')[0]
+  # gradients reads the depth sweep's runs: its section has the depth table and its own plot
+  gradients_part = text.split('## gradients')[1].split('## ')[0]
+  assert '| 8 | True |' in gradients_part and (tmp_path / 'gradients_gradients.png').exists()
+
+
+def _smoke(name, tmp_path):
+  directory = str(tmp_path / name)
+  states = sweep.run_sweep(sweeps.load_sweep(os.path.join(ROOT, f'experiments/claims/{name}.py:smoke')),
+                           directory)
+  assert set(states.values()) == {'finished'}
+  group_keys, groups, _ = report.summarize(directory)
+  return directory, group_keys, groups
+
+
+@pytest.mark.slow
+def test_train_test_mode_analysis_runs_eval_in_both_modes(tmp_path):
+  from experiments.claims import train_test_mode
+  directory, group_keys, groups = _smoke('train_test_mode', tmp_path)
+  analysis = train_test_mode.analyze(directory, group_keys, groups)
+  assert set(analysis['gaps']['layer']) == set(train_test_mode.BATCH_SIZES)
+  assert all(g == 0.0 for gs in analysis['gaps']['layer'].values() for g in gs)
+  bn = json.load(open(os.path.join(directory, 'norm=batch', 'eval.json')))['rows']
+  assert bn[1]['batch_size'] == 1 and bn[1]['loss'] != bn[0]['loss']   # BN: modes differ
+  assert os.path.exists(analysis['plot'])
+
+
+@pytest.mark.slow
+def test_padding_analysis_shows_the_unmasked_batchnorm_seeing_the_padding(tmp_path):
+  from experiments.claims import padding
+  directory, group_keys, groups = _smoke('padding', tmp_path)
+  analysis = padding.analyze(directory, group_keys, groups)
+  mask_i = group_keys.index('model.norm_uses_mask')
+  for key, errors in analysis['errors'].items():
+    (e,) = errors
+    if key[mask_i]:
+      assert e['train_mode'] < 1e-5 and e['eval_mode'] < 1e-5
+    else:
+      assert e['train_mode'] > 1e-3
+  assert os.path.exists(os.path.join(directory, group_keys and list(groups.values())[0][0]['name'],
+                                     'padding_invariance.json'))
+
+
+def test_gradient_blocks_are_ordered_from_input_to_output():
+  from experiments.claims import gradients
+  tags = ['grad_norm/head', 'grad_norm/stage2_block1', 'grad_norm/stage1_block10',
+          'grad_norm/stage1_block9', 'grad_norm/stem_conv', 'grad_norm/stage1_block1', 'loss']
+  assert gradients._blocks(tags) == ['grad_norm/stage1_block1', 'grad_norm/stage1_block9',
+                                     'grad_norm/stage1_block10', 'grad_norm/stage2_block1']
+
+
+def test_lstm_steps_to_target_and_verdict():
+  from experiments.claims import lstm_norms
+  run = {'scalars': {'eval/accuracy': [(100, 0.3), (200, 0.55), (300, 0.4)]}}
+  assert lstm_norms.steps_to_target(run) == 200
+  assert lstm_norms.steps_to_target({'scalars': {'eval/accuracy': [(100, 0.3)]}}) == float('inf')
+  keys = ['model.norm', 'data.variable_length']
+  def stats(ln_steps, none_steps):
+    out = {}
+    for variable in (False, True):
+      for norm, steps in (('layer', ln_steps), ('none', none_steps), ('batch', ln_steps)):
+        out[(norm, variable)] = {'steps': steps, 'losses': [1.0, 1.1, 0.9]}
+    return {'stats': out}
+  inf = float('inf')
+  assert lstm_norms.verdict(keys, {}, stats([200, 300, 200], [inf, 900, inf]))[0] == 'reproduced'
+  assert lstm_norms.verdict(keys, {}, stats([200, 300, 200], [300, 200, 200]))[0] == 'not reproduced'
+
+
+def test_collectives_verdict():
+  from experiments.claims import collectives
+  def table(bn, ln):
+    row = lambda norm, n, extra: {'norm': norm, 'all-reduce': n, 'other': 0, 'extra_bytes': extra}
+    return {'config': 'c.py', 'rows': [row('batch:global', *bn), row('batch:per_device', 1, 8),
+                                       row('layer', *ln), row('none', 1, 8)]}
+  assert collectives.verdict({'tables': [table((39, 8000), (1, 8))]})[0] == 'reproduced'
+  assert collectives.verdict({'tables': [table((39, 8000), (3, 64))]})[0] == 'partly'
+  assert collectives.verdict({'tables': [table((1, 8), (3, 64))]})[0] == 'not reproduced'

@@ -34,35 +34,37 @@ def analyze(directory, group_keys, groups):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  index = {k: i for i, k in enumerate(group_keys)}
+  from training import workdir as wd
   ratios = {}    # (residual, norm) -> {depth: [log10 first/last block grad norm at init]}
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-  colors = {}
-  for key, members in groups.items():
-    d, res, norm = (key[index[k]] for k in ('model.depth', 'model.residual', 'model.norm'))
-    style = (res, norm)
-    colors.setdefault(style, f'C{len(colors)}')
+  by_style = {}  # (residual, norm) -> {depth: runs}
+  for members in groups.values():
     for r in members:
-      blocks = _blocks(r['scalars'])
-      if not blocks:
+      if not _blocks(r['scalars']):
         continue
-      first, last = _at(r['scalars'], blocks[0], 0), _at(r['scalars'], blocks[-1], 0)
-      ratios.setdefault(style, {}).setdefault(d, []).append(np.log10(first / last))
-    if d == max(k[index['model.depth']] for k in groups):
-      runs = [r for r in members if _blocks(r['scalars'])]
-      if not runs:
+      model = wd.read_config(os.path.join(directory, r['name'])).model
+      by_style.setdefault((model.residual, model.norm), {}).setdefault(model.depth, []).append(r)
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+  colors = {style: f'C{i}' for i, style in enumerate(by_style)}
+  deepest = max(d for runs in by_style.values() for d in runs)
+  for style, by_depth in by_style.items():
+    for d, runs in by_depth.items():
+      for r in runs:
+        blocks = _blocks(r['scalars'])
+        first, last = _at(r['scalars'], blocks[0], 0), _at(r['scalars'], blocks[-1], 0)
+        ratios.setdefault(style, {}).setdefault(d, []).append(np.log10(first / last))
+    runs = by_depth.get(deepest, [])
+    if not runs:
+      continue
+    blocks = _blocks(runs[0]['scalars'])
+    steps = sorted(s for s, _ in runs[0]['scalars'][blocks[0]])
+    for step, ls in ((steps[0], '-'), (steps[-1], '--')):
+      logs = np.array([[np.log(_at(r['scalars'], b, step)) for b in blocks] for r in runs])
+      if not np.isfinite(logs).any():    # e.g. the loss went NaN before this step
         continue
-      blocks = _blocks(runs[0]['scalars'])
-      steps = sorted(s for s, _ in runs[0]['scalars'][blocks[0]])
-      for step, ls in ((steps[0], '-'), (steps[-1], '--')):
-        logs = np.array([[np.log(_at(r['scalars'], b, step)) for b in blocks] for r in runs])
-        if not np.isfinite(logs).any():    # e.g. the loss went NaN before this step
-          continue
-        values = np.exp(np.nanmean(logs, axis=0))
-        left.plot(range(1, len(blocks) + 1), values, ls, color=colors[style],
-                  label=f'residual={res}, norm={norm}, step {step}')
+      left.plot(range(1, len(blocks) + 1), np.exp(np.nanmean(logs, axis=0)), ls,
+                color=colors[style], label=f'residual={style[0]}, norm={style[1]}, step {step}')
   left.set_yscale('log')
-  left.set_xlabel(f'block (input → output), depth {max(k[index["model.depth"]] for k in groups)}')
+  left.set_xlabel(f'block (input → output), depth {deepest}')
   left.set_ylabel('gradient norm (geometric mean over seeds)')
   left.legend(fontsize=6)
   left.grid(alpha=0.3)
@@ -98,6 +100,8 @@ def verdict(group_keys, groups, analysis):
   from the shallowest to the deepest net by more than the seed spread and ends above 1 (a factor
   of 10 between the ends of the net), while with skips and BN it stays below 1."""
   ratios = analysis['ratios']
+  if (False, 'none') not in ratios or (True, 'batch') not in ratios:
+    return 'not run', 'the depth sweep has no plain net without norm or no residual BN net.'
   plain, resnet = ratios[(False, 'none')], ratios[(True, 'batch')]
   lo, hi = min(plain), max(plain)
   grows = (abs(np.mean(plain[hi])) - abs(np.mean(plain[lo])) >
