@@ -8,6 +8,11 @@
 
 `residual=False` gives the paper's *plain* nets: the same blocks with the skip removed. The
 skip and the norm placement live in `_finish_block`, one place for both block types.
+
+Every block's output passes through `materialize` (unless `fusion_barriers=False`): the same
+values, but XLA stores them instead of recomputing the residual stream from the start of its stage
+inside later fusions, which made the backward pass quadratic in depth on XLA:CPU (ResNet-110's
+gradient cost 13× ResNet-20's for 5.5× the FLOPs; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from errors import ConfigError
@@ -23,6 +29,22 @@ from models import norms
 
 # He et al. 2015 ("Delving deep into rectifiers") initialization, as the paper uses.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def materialize(x):
+  """The identity, as a boundary XLA does not fuse across, so that `x` is computed once.
+
+  A residual stream is a chain of cheap elementwise ops (norm, add, ReLU) from block to block;
+  XLA's fusion duplicates cheap producers into each consumer, and it duplicated the whole chain
+  back to the stage's first block into each block's backward fusions (O(depth²) work).
+  `lax.optimization_barrier` would say this, but XLA:CPU removes barriers before fusion; a
+  conditional is kept. The taken branch returns `x` itself; the other (`x + 0.0`, only taken when
+  x's first element is NaN or inf, and equal to x but for the sign of zeros) only exists because
+  XLA removes a conditional whose branches are identical. Under vmap the predicate is batched and
+  the cond becomes a select, which XLA may fuse again (vmapped seeds run on GPU/TPU, where this
+  matters less).
+  """
+  return jax.lax.cond(jnp.isfinite(x.reshape(-1)[0]), lambda v: v, lambda v: v + 0.0, x)
 
 
 def _shortcut_a(x, filters: int, strides: int):
@@ -90,6 +112,7 @@ class CifarResNet(nn.Module):
   residual: bool = True
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
   use_bias: bool = False  # biases are redundant after a norm with a shift; on for norm='none'
+  fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -103,6 +126,8 @@ class CifarResNet(nn.Module):
         x = BasicBlock(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                        self.residual, self.norm, conv, 'A',
                        name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+        x = materialize(x) if self.fusion_barriers else x
+        x = materialize(x) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name='head')(x)
 
@@ -115,6 +140,7 @@ class ImageNetResNet(nn.Module):
   residual: bool = True
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
   use_bias: bool = False
+  fusion_barriers: bool = True
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -129,6 +155,7 @@ class ImageNetResNet(nn.Module):
         x = block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                   self.residual, self.norm, conv, 'B',
                   name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+        x = materialize(x) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name='head')(x)
 

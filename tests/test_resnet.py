@@ -116,3 +116,34 @@ def test_config_is_locked():
   with pytest.raises(AttributeError):
     config.model.nrom = 'layer'
   assert isinstance(config, ml_collections.ConfigDict)
+
+
+@pytest.mark.parametrize('model_fn', [
+    lambda fb: resnet.CifarResNet(depth=14, fusion_barriers=fb),
+    lambda fb: resnet.ImageNetResNet(stage_sizes=(1, 1), width=8, fusion_barriers=fb)],
+    ids=['cifar14', 'imagenet_tiny'])
+def test_fusion_barriers_change_neither_outputs_nor_gradients(model_fn):
+  """`materialize` after each block is the faster path on XLA:CPU; it must compute the same
+  function: outputs, BN statistics and gradients equal the model without it (and under vmap)."""
+  x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  fast, plain = model_fn(True), model_fn(False)
+  variables = plain.init(jax.random.key(0), x, train=False)
+
+  def loss(model, params):
+    logits, updates = model.apply({**variables, 'params': params}, x, train=True,
+                                  mutable=['batch_stats'])
+    return jnp.sum(logits ** 2), (logits, updates)
+
+  (l1, (o1, u1)), g1 = jax.jit(jax.value_and_grad(lambda p: loss(fast, p), has_aux=True))(
+      variables['params'])
+  (l2, (o2, u2)), g2 = jax.jit(jax.value_and_grad(lambda p: loss(plain, p), has_aux=True))(
+      variables['params'])
+  np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((u1, g1)), jax.tree.leaves((u2, g2))):   # float32 reordering
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(np.max(np.abs(b))))
+  # the barrier is really in the compiled program (as a conditional) when on, and absent when off
+  hlo = lambda m: jax.jit(lambda p: loss(m, p)[0]).lower(variables['params']).compile().as_text()
+  assert ' conditional(' in hlo(fast) and ' conditional(' not in hlo(plain)
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a]), variables['params'])
+  v1 = jax.vmap(lambda p: loss(fast, p)[1][0])(stacked)
+  np.testing.assert_allclose(v1[0], o2, rtol=1e-5, atol=1e-6)
