@@ -26,47 +26,53 @@ def main():
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--repeats', type=int, default=3)
   a = p.parse_args()
+  med = measure(a.depth, a.seeds, a.steps, a.repeats)
   config = default.get_config(str(a.depth))
-  exp = loop.build_experiment(config)
-  fn = loop.train_step_fn(exp.model, exp.task)
-  single = jax.jit(fn, donate_argnums=0)
-  vmapped = jax.jit(jax.vmap(fn), donate_argnums=0)
-  states = [loop.create_train_state(exp, jax.random.key(s)) for s in range(a.seeds)]
-  batches = [TrainBatches(exp.dataset.train, config.data.batch_size, s)(0) for s in range(a.seeds)]
-  stacked_state = jax.tree.map(lambda *x: np.stack(x), *states)
-  stacked_batch = jax.tree.map(lambda *x: np.stack(x), *batches)
-
-  def run_single(n_seeds):
-    nonlocal states
-    for _ in range(a.steps):
-      for k in range(n_seeds):
-        states[k], m = single(states[k], batches[k])
-    jax.block_until_ready(states[:n_seeds])
-
-  def run_vmapped():
-    nonlocal stacked_state
-    for _ in range(a.steps):
-      stacked_state, m = vmapped(stacked_state, stacked_batch)
-    jax.block_until_ready(stacked_state)
-
-  variants = {'1 seed': lambda: run_single(1),
-              f'{a.seeds} seeds one by one': lambda: run_single(a.seeds),
-              f'{a.seeds} seeds vmapped': run_vmapped}
-  for f in variants.values():  # compile
-    f()
-  times = {k: [] for k in variants}
-  for _ in range(a.repeats):
-    for name, f in variants.items():
-      t0 = time.perf_counter()
-      f()
-      times[name].append((time.perf_counter() - t0) / a.steps)
-  med = {k: statistics.median(v) for k, v in times.items()}
   print(f'resnet-{a.depth} on digits 8x8, batch {config.data.batch_size}, {a.seeds} seeds, '
         f'{jax.default_backend()}: median seconds per step over {a.repeats} interleaved repeats')
   for name, t in med.items():
     print(f'  {name:<24} {t * 1e3:9.1f} ms/step  ({t / med["1 seed"]:.2f}x one seed)')
   one_by_one, vm = med[f'{a.seeds} seeds one by one'], med[f'{a.seeds} seeds vmapped']
   print(f'  vmapped / one-by-one: {vm / one_by_one:.2f}  (< 1: vmapping is faster here)')
+
+
+def measure(depth: int, n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
+  """{variant: median seconds per step}: 1 seed, n seeds one by one, n seeds vmapped."""
+  config = default.get_config(str(depth))
+  exp = loop.build_experiment(config)
+  fn = loop.train_step_fn(exp.model, exp.task)
+  single = jax.jit(fn, donate_argnums=0)
+  vmapped = jax.jit(jax.vmap(fn), donate_argnums=0)
+  states = [loop.create_train_state(exp, jax.random.key(s)) for s in range(n_seeds)]
+  batches = [TrainBatches(exp.dataset.train, config.data.batch_size, s)(0) for s in range(n_seeds)]
+  stacked_state = jax.tree.map(lambda *x: np.stack(x), *states)
+  stacked_batch = jax.tree.map(lambda *x: np.stack(x), *batches)
+
+  def run_single(count):
+    nonlocal states
+    for _ in range(steps):
+      for k in range(count):
+        states[k], m = single(states[k], batches[k])
+    jax.block_until_ready(states[:count])
+
+  def run_vmapped():
+    nonlocal stacked_state
+    for _ in range(steps):
+      stacked_state, m = vmapped(stacked_state, stacked_batch)
+    jax.block_until_ready(stacked_state)
+
+  variants = {'1 seed': lambda: run_single(1),
+              f'{n_seeds} seeds one by one': lambda: run_single(n_seeds),
+              f'{n_seeds} seeds vmapped': run_vmapped}
+  for f in variants.values():  # compile
+    f()
+  times = {k: [] for k in variants}
+  for _ in range(repeats):
+    for name, f in variants.items():
+      t0 = time.perf_counter()
+      f()
+      times[name].append((time.perf_counter() - t0) / steps)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
 if __name__ == '__main__':

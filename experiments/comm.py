@@ -24,8 +24,9 @@ def main():
   a = p.parse_args()
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count={a.devices}')
-  import jax  # noqa: E402  (after XLA_FLAGS)
-  from cli import load_config  # noqa: E402
+  import jax
+
+  from cli import load_config
   rows = measure(load_config([f'--config={a.config}']), a.norms.split(','), jax.devices()[:a.devices])
   print(f'{a.config}: collectives per train step on {a.devices} devices '
         f'(batch {rows[0]["batch"]}, {jax.default_backend()})')
@@ -42,6 +43,7 @@ def main():
 
 def measure(base_config, norm_specs, devices):
   import jax
+
   from training import loop, parallel
   rows = []
   for spec in norm_specs:

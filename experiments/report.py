@@ -18,11 +18,11 @@ from collections import OrderedDict
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
 
-from training import workdir as wd  # noqa: E402
+from training import workdir as wd
 
 SWEEP_FILE = 'sweep.json'
 

@@ -10,7 +10,7 @@ family. To add a family: write its module file and add one line to MODELS.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 
@@ -25,11 +25,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Compute precision of convolutions and matmuls; parameters, norm statistics and the loss stay
+# float32 (mixed precision with float32 master weights).
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
 def check_model_names(model_config) -> None:
   """The model and norm names, checked without building anything."""
   if model_config.name not in MODELS:
     raise ConfigError(f'unknown model {model_config.name!r}; valid models: {", ".join(MODELS)}')
   norms.check_norm_name(model_config.norm)
+  dtype = model_config.get('compute_dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f'unknown model.compute_dtype {dtype!r}; valid: {", ".join(COMPUTE_DTYPES)}')
+  if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
+    raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
+                      f'{model_config.name} computes in float32')
 
 
 def build_model(model_config, dataset) -> nn.Module:

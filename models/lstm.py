@@ -24,7 +24,7 @@ carried unchanged, so each example's last valid output does not depend on its pa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -32,8 +32,13 @@ import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms
-from models.sequence import (InputEmbedding, check_length, check_sequence_dataset, full_mask,
-                             last_valid)
+from models.sequence import (
+  InputEmbedding,
+  check_length,
+  check_sequence_dataset,
+  full_mask,
+  last_valid,
+)
 
 
 def _gate_bias_init(key, shape, dtype=jnp.float32):

@@ -26,7 +26,7 @@ The wrappers below only choose axes and pass the mask; the arithmetic is flax.li
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -73,7 +73,7 @@ class BatchNorm(nn.Module):
                         f'batch size divisible by {self.group_size}; got {x.shape[0]}')
     if groups <= 1:
       return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                          epsilon=self.epsilon, name='bn')(x, mask=_feature_mask(x, mask))
+                          epsilon=self.epsilon, dtype=x.dtype, name='bn')(x, mask=_feature_mask(x, mask))
     return self._grouped(x, train, _feature_mask(x, mask), groups)
 
   def _grouped(self, x, train, mask, groups):
@@ -111,10 +111,10 @@ class LayerNorm(nn.Module):
   def __call__(self, x, *, train: bool, mask=None):
     del train  # LayerNorm computes the same thing at train and test time.
     if not self.pool_positions:  # statistics per position: padding cannot leak in
-      return nn.LayerNorm(epsilon=self.epsilon, name='ln')(x)
+      return nn.LayerNorm(epsilon=self.epsilon, dtype=x.dtype, name='ln')(x)
     axes = _position_axes(x) + (x.ndim - 1,)
     return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=axes, feature_axes=-1,
-                        name='ln')(x, mask=_feature_mask(x, mask))
+                        dtype=x.dtype, name='ln')(x, mask=_feature_mask(x, mask))
 
 
 class RMSNorm(nn.Module):
@@ -126,10 +126,10 @@ class RMSNorm(nn.Module):
   def __call__(self, x, *, train: bool, mask=None):
     del train
     if not self.pool_positions:
-      return nn.RMSNorm(epsilon=self.epsilon, name='rms')(x)
+      return nn.RMSNorm(epsilon=self.epsilon, dtype=x.dtype, name='rms')(x)
     axes = _position_axes(x) + (x.ndim - 1,)
     return nn.RMSNorm(epsilon=self.epsilon, reduction_axes=axes, feature_axes=-1,
-                      name='rms')(x, mask=_feature_mask(x, mask))
+                      dtype=x.dtype, name='rms')(x, mask=_feature_mask(x, mask))
 
 
 class GroupNorm(nn.Module):
@@ -153,7 +153,7 @@ class GroupNorm(nn.Module):
     axes = (_position_axes(x) if self.pool_positions else ()) + (x.ndim - 1,)
     mask = _feature_mask(x, mask) if self.pool_positions else None
     return nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, reduction_axes=axes,
-                        name='gn')(x, mask=mask)
+                        dtype=x.dtype, name='gn')(x, mask=mask)
 
 
 class InstanceNorm(nn.Module):
@@ -165,7 +165,7 @@ class InstanceNorm(nn.Module):
     del train
     if x.ndim < 3:
       raise ConfigError('instance norm needs inputs with positions (images or sequences)')
-    return nn.InstanceNorm(epsilon=self.epsilon, name='in')(x, mask=_feature_mask(x, mask))
+    return nn.InstanceNorm(epsilon=self.epsilon, dtype=x.dtype, name='in')(x, mask=_feature_mask(x, mask))
 
 
 class Identity(nn.Module):

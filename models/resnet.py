@@ -18,7 +18,8 @@ gradient cost 13× ResNet-20's for 5.5× the FLOPs; benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -113,11 +114,13 @@ class CifarResNet(nn.Module):
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
   use_bias: bool = False  # biases are redundant after a norm with a shift; on for norm='none'
   fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
+  dtype: Any = jnp.float32       # compute dtype of convs and the head (params stay float32)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
-    conv = _conv(self.use_bias)
+    conv = _conv(self.use_bias, self.dtype)
+    x = x.astype(self.dtype)
     n = (self.depth - 2) // 6
     x = conv(self.width, (3, 3), name='stem_conv')(x)
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
@@ -127,9 +130,8 @@ class CifarResNet(nn.Module):
                        self.residual, self.norm, conv, 'A',
                        name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x) if self.fusion_barriers else x
-        x = materialize(x) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name='head')(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
 
 class ImageNetResNet(nn.Module):
@@ -141,11 +143,13 @@ class ImageNetResNet(nn.Module):
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
   use_bias: bool = False
   fusion_barriers: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask
-    conv = _conv(self.use_bias)
+    conv = _conv(self.use_bias, self.dtype)
+    x = x.astype(self.dtype)
     block = BottleneckBlock if self.bottleneck else BasicBlock
     x = conv(self.width, (7, 7), strides=2, name='stem_conv')(x)
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
@@ -157,11 +161,12 @@ class ImageNetResNet(nn.Module):
                   name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name='head')(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
 
-def _conv(use_bias: bool) -> Callable[..., Any]:
-  return functools.partial(nn.Conv, use_bias=use_bias, padding='SAME', kernel_init=conv_init)
+def _conv(use_bias: bool, dtype=jnp.float32) -> Callable[..., Any]:
+  return functools.partial(nn.Conv, use_bias=use_bias, padding='SAME', kernel_init=conv_init,
+                           dtype=dtype)
 
 
 IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
@@ -186,7 +191,7 @@ def build_cifar(cfg, dataset) -> CifarResNet:
                       f'got {cfg.depth}')
   return CifarResNet(depth=cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
                      residual=cfg.residual, norm=_norm_from_config(cfg),
-                     use_bias=cfg.norm == 'none')
+                     use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype))
 
 
 def build_imagenet(cfg, dataset) -> ImageNetResNet:
@@ -197,4 +202,4 @@ def build_imagenet(cfg, dataset) -> ImageNetResNet:
   stages, bottleneck = IMAGENET_DEPTHS[cfg.depth]
   return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=dataset.num_classes,
                         width=cfg.width, residual=cfg.residual, norm=_norm_from_config(cfg),
-                        use_bias=cfg.norm == 'none')
+                        use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype))

@@ -14,14 +14,19 @@ padding mask also masks attention keys, and the classifier mean-pools valid toke
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 
 from errors import ConfigError
 from models import norms
-from models.sequence import (InputEmbedding, check_length, check_sequence_dataset, full_mask,
-                             masked_mean)
+from models.sequence import (
+  InputEmbedding,
+  check_length,
+  check_sequence_dataset,
+  full_mask,
+  masked_mean,
+)
 
 NORM_POSITIONS = ('pre', 'post')
 

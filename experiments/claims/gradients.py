@@ -34,6 +34,7 @@ def analyze(directory, group_keys, groups):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   from training import workdir as wd
   ratios = {}    # (residual, norm) -> {depth: [log10 first/last block grad norm at init]}
   by_style = {}  # (residual, norm) -> {depth: runs}

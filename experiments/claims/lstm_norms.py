@@ -51,6 +51,7 @@ def analyze(directory, group_keys, groups):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   from experiments.report import label
   stats, lines = {}, [f'Steps until test accuracy first reaches {TARGET:.0%} and mean train loss '
                       'over the run (mean ± std over seeds):', '',

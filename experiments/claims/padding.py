@@ -40,6 +40,7 @@ def get_sweep(arg=None):
 def invariance_errors(workdir, n=256, noise=3.0) -> dict[str, float]:
   """Largest |Δ logit| when only the padding values change, in train and eval mode."""
   import jax
+
   from training import loop
   exp, state, _ = loop.load_run(workdir)
   batch = exp.dataset.test.get(np.arange(min(n, len(exp.dataset.test))))
@@ -82,6 +83,7 @@ def _plot(directory, group_keys, groups):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   from experiments.findings import group_stat
   from experiments.report import label
   fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -1,0 +1,358 @@
+"""The speed suite: normlab against PyTorch on the same machine, and the costs a sweep pays.
+
+  pip install -r benchmarks/requirements.txt          # adds torch==2.13.0 (CPU wheel)
+  python -m benchmarks.run                             # all sections; table + benchmarks/results.json
+  python -m benchmarks.run --only=resnet,norms --repeats=7 --out=/tmp/bench.json
+
+Sections (each prints its rows; all rows go to one JSON file):
+  resnet       ResNet-20 (BN, residual) train step, batch 128, 32x32x3: normlab (jax.jit, float32,
+               and the opt-in bfloat16 compute) vs PyTorch eager (NCHW and channels_last), same
+               network and optimizer (benchmarks/torch_models.py).
+  sequence     LSTM classifier (configs/lstm_mnist1d.py, norm none) vs torch nn.LSTM, and the
+               Transformer LM (configs/transformer_lm.py) vs a hand-written PyTorch pre-LN block.
+  norms        step time of every norm in the registry on ResNet-20 and on the Transformer LM.
+  depth        compile time and step time of ResNet-20/56/110, and ResNet-110 without the
+               fusion barriers (models/resnet.py `materialize`) to show what they buy.
+  data         the default experiment's step with its real input pipeline vs the same step on
+               one cached batch: the fraction of step time spent waiting for data.
+  seeds        8 seeds: one after another vs vmapped (ResNet-20 on digits), vs one seed.
+Every timed comparison interleaves its contenders (A B C A B C ...) over --repeats rounds and
+reports the median rate with its min-max spread, so machine noise hits all contenders alike;
+compare ratios within a section, not absolute numbers across runs. GFLOP/s uses XLA's cost
+analysis of normlab's compiled step (for ResNet also an analytic count of the convolutions and
+the head: 3x the forward multiply-adds x 2); PyTorch rows are credited with the same FLOPs.
+Peak: cores x FLOP/cycle x clock (see `machine_peak`). Memory: XLA's planned memory for the
+compiled step (arguments + outputs + temporaries) and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default, lstm_mnist1d, transformer_lm
+from data.base import ArraySplit, Dataset
+from data.pipeline import TrainBatches, prefetch
+from training import loop
+
+SECTIONS = ('resnet', 'sequence', 'norms', 'depth', 'data', 'seeds')
+
+
+@dataclasses.dataclass
+class Contender:
+  name: str
+  run: Callable[[int], None]       # run(n): n train steps, finished on return
+  flops: float = float('nan')      # per step
+  items: int = 0                   # examples per step
+  compile_s: float = float('nan')
+  memory_mb: float = float('nan')  # XLA's planned memory of the compiled step
+
+
+def machine_peak() -> tuple[float, str]:
+  """float32 GFLOP/s peak of this CPU and how it was derived."""
+  cores = len(os.sched_getaffinity(0))
+  flags, mhz = '', 0.0
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags') and not flags:
+          flags = line
+        if line.startswith('cpu MHz') and not mhz:
+          mhz = float(line.split(':')[1])
+  except OSError:
+    pass
+  # 2 FMA pipes x 8 float32 lanes (256-bit) x 2 FLOP per FMA: AVX2+FMA cores, and AMD Zen 4,
+  # whose AVX-512 runs as two 256-bit halves. (Intel cores with two 512-bit FMA units: 64.)
+  per_cycle = 32 if ' fma' in flags else 16
+  peak = cores * per_cycle * mhz / 1e3
+  return peak, f'{cores} cores x {per_cycle} FLOP/cycle x {mhz:.0f} MHz'
+
+
+def interleave(contenders: list[Contender], steps: int, repeats: int) -> list[dict]:
+  for c in contenders:        # warm up (and finish any compilation) outside the timing
+    c.run(1)
+  rates = {c.name: [] for c in contenders}
+  for _ in range(repeats):
+    for c in contenders:
+      t0 = time.perf_counter()
+      c.run(steps)
+      rates[c.name].append(steps / (time.perf_counter() - t0))
+  rows = []
+  for c in contenders:
+    r = rates[c.name]
+    med = statistics.median(r)
+    rows.append({'name': c.name, 'steps_per_s': med, 'min': min(r), 'max': max(r),
+                 'items_per_s': med * c.items, 'gflops': c.flops * med / 1e9,
+                 'compile_s': c.compile_s, 'memory_mb': c.memory_mb})
+  return rows
+
+
+# ----------------------------------------------------------------------------- normlab steps
+
+def synthetic_images(batch: int, size: int, num_classes: int = 10) -> Dataset:
+  rng = np.random.default_rng(0)
+  split = ArraySplit({'inputs': rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+                      'targets': rng.integers(0, num_classes, batch).astype(np.int32)})
+  return Dataset(split, split, num_classes, (size, size, 3))
+
+
+def jax_contender(name: str, config, dataset: Dataset | None = None, model_fn=None,
+                  batch: dict | None = None) -> Contender:
+  """A jitted normlab train step of `config` on one fixed batch (the first training batch)."""
+  exp = loop.build_experiment(config, dataset)
+  model = model_fn(exp.model) if model_fn else exp.model
+  state = loop.create_train_state(exp, jax.random.key(0))
+  if batch is None:
+    batch = TrainBatches(exp.dataset.train, config.data.batch_size, 0)(0)
+  batch = jax.device_put(batch)
+  t0 = time.perf_counter()
+  compiled = loop.make_train_step(model, exp.task).lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, list) else cost
+  mem = compiled.memory_analysis()
+  memory_mb = ((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
+               / 2**20 if mem is not None else float('nan'))
+  holder = [state]
+
+  def run(n):
+    s = holder[0]
+    for _ in range(n):
+      s, metrics = compiled(s, batch)
+    jax.block_until_ready(metrics)
+    holder[0] = s
+
+  return Contender(name, run, cost.get('flops', float('nan')),
+                   len(next(iter(batch.values()))), compile_s, memory_mb)
+
+
+def torch_contender(name: str, step, items: int, flops: float) -> Contender:
+  def run(n):
+    for _ in range(n):
+      step.step()     # float(loss) synchronizes
+  return Contender(name, run, flops, items)
+
+
+def resnet_config(depth=20, norm='batch', batch=128, compute_dtype='float32'):
+  config = default.get_config(str(depth))
+  config.model.norm = norm
+  config.model.compute_dtype = compute_dtype
+  config.data.batch_size = batch
+  return config
+
+
+def resnet_analytic_flops(depth: int, batch: int, size: int = 32, width: int = 16) -> float:
+  """3 x forward FLOPs (forward, input gradient, weight gradient) of the convolutions and head."""
+  n = (depth - 2) // 6
+  macs = size * size * 3 * width * 9          # stem
+  ch, hw = width, size
+  for stage in range(3):
+    out = width * 2 ** stage
+    for i in range(n):
+      if stage > 0 and i == 0:
+        hw //= 2
+      macs += hw * hw * 9 * (ch * out + out * out)
+      ch = out
+  macs += ch * 10
+  return 3 * 2 * macs * batch
+
+
+# ----------------------------------------------------------------------------- sections
+
+def section_resnet(a, peak):
+  from benchmarks import torch_models
+  batch, size = 128, 32
+  flops = resnet_analytic_flops(20, batch, size)
+  ds = synthetic_images(batch, size)
+  jax32 = jax_contender('normlab jax float32', resnet_config(), ds)
+  jax16 = jax_contender('normlab jax bfloat16 compute', resnet_config(compute_dtype='bfloat16'), ds)
+  torch_cl = torch_contender('pytorch eager channels_last',
+                             torch_models.resnet_step(batch, 20, size, True), batch, jax32.flops)
+  torch_nchw = torch_contender('pytorch eager NCHW',
+                               torch_models.resnet_step(batch, 20, size, False), batch, jax32.flops)
+  rows = interleave([jax32, jax16, torch_cl, torch_nchw], a.steps, a.repeats)
+  ref = rows[2]['steps_per_s']
+  for r in rows:
+    r.update(section='resnet', vs_pytorch_channels_last=r['steps_per_s'] / ref,
+             analytic_gflops=flops * r['steps_per_s'] / 1e9,
+             percent_of_peak=100 * flops * r['steps_per_s'] / 1e9 / peak)
+  return rows
+
+
+def section_sequence(a, peak):
+  from benchmarks import torch_models
+  rows = []
+  lstm = lstm_mnist1d.get_config('none')
+  jl = jax_contender('normlab LSTM (mnist1d, width 128)', lstm)
+  b, t = lstm.data.batch_size, 40
+  tl = torch_contender('pytorch nn.LSTM', torch_models.lstm_step(b, t, lstm.model.width), b,
+                       jl.flops)
+  out = interleave([jl, tl], a.steps, a.repeats)
+  for r in out:
+    r.update(section='sequence', model='lstm', vs_pytorch=r['steps_per_s'] / out[1]['steps_per_s'])
+  rows += out
+  lm = transformer_lm.get_config()
+  jt = jax_contender('normlab Transformer LM (pre-LN)', lm)
+  exp = loop.build_experiment(lm)
+  tt = torch_contender('pytorch hand-written pre-LN block',
+                       torch_models.transformer_lm_step(
+                           lm.data.batch_size, lm.data.seq_length, exp.dataset.vocab_size,
+                           lm.model.width, lm.model.num_layers, lm.model.num_heads,
+                           lm.model.mlp_ratio), lm.data.batch_size, jt.flops)
+  out = interleave([jt, tt], a.steps, a.repeats)
+  for r in out:
+    r.update(section='sequence', model='transformer_lm',
+             vs_pytorch=r['steps_per_s'] / out[1]['steps_per_s'])
+  for r in rows + out:
+    r['percent_of_peak'] = 100 * r['gflops'] / peak
+  return rows + out
+
+
+def section_norms(a, peak):
+  from models import norms
+  rows = []
+  ds = synthetic_images(128, 32)
+  contenders = [jax_contender(f'resnet-20 {n}', resnet_config(norm=n), ds) for n in norms.NORMS]
+  out = interleave(contenders, a.steps, a.repeats)
+  ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
+  for r in out:
+    r.update(section='norms', model='resnet-20', time_vs_none=ref / r['steps_per_s'])
+  rows += out
+  contenders = []
+  for n in ['layer', 'rms', 'batch', 'none']:
+    config = transformer_lm.get_config()
+    config.model.norm = n
+    contenders.append(jax_contender(f'transformer LM {n}', config))
+  out = interleave(contenders, a.steps * 4, a.repeats)
+  ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
+  for r in out:
+    r.update(section='norms', model='transformer_lm', time_vs_none=ref / r['steps_per_s'])
+  return rows + out
+
+
+def section_depth(a, peak):
+  ds = synthetic_images(128, 32)
+  contenders = [jax_contender(f'resnet-{d}', resnet_config(d), ds) for d in (20, 56, 110)]
+  contenders.append(jax_contender('resnet-110 without fusion barriers', resnet_config(110), ds,
+                                  model_fn=lambda m: m.clone(fusion_barriers=False)))
+  out = interleave(contenders, 1, a.repeats)
+  base = out[0]['steps_per_s']
+  for r, d in zip(out, (20, 56, 110, 110)):
+    r.update(section='depth', step_time_vs_resnet20=base / r['steps_per_s'],
+             analytic_flops_vs_resnet20=resnet_analytic_flops(d, 128) / resnet_analytic_flops(20, 128))
+  return out
+
+
+def section_data(a, peak):
+  """The default experiment's train step fed by its pipeline (prefetch thread, host->device)
+  vs the same step fed one cached on-device batch."""
+  config = default.get_config()
+  exp = loop.build_experiment(config)
+  batches = TrainBatches(exp.dataset.train, config.data.batch_size, 0, config.data.augment)
+  state = loop.create_train_state(exp, jax.random.key(0))
+  step = loop.make_train_step(exp.model, exp.task)
+  cached = jax.device_put(batches(0))
+  holder, counter = [state], [0]
+
+  def with_pipeline(n):
+    s = holder[0]
+    start = counter[0]
+    for _, batch in prefetch(batches, start, start + n):
+      s, m = step(s, batch)
+    jax.block_until_ready(m)
+    holder[0], counter[0] = s, start + n
+
+  def cached_batch(n):
+    s = holder[0]
+    for _ in range(n):
+      s, m = step(s, cached)
+    jax.block_until_ready(m)
+    holder[0] = s
+
+  t0 = time.perf_counter()
+  for i in range(50):
+    batches(i)
+  make_ms = (time.perf_counter() - t0) / 50 * 1e3
+  out = interleave([Contender('default experiment, real input pipeline', with_pipeline),
+                    Contender('default experiment, one cached batch', cached_batch)],
+                   a.steps * 10, a.repeats)
+  wait = 1 - out[1]['steps_per_s'] ** -1 / out[0]['steps_per_s'] ** -1
+  for r in out:
+    r.update(section='data', data_wait_fraction=wait, batch_build_ms=make_ms)
+  return out
+
+
+def section_seeds(a, peak):
+  from benchmarks import seeds
+  med = seeds.measure(depth=20, n_seeds=8, steps=a.steps, repeats=a.repeats)
+  one = med['1 seed']
+  return [{'section': 'seeds', 'name': k, 'ms_per_step': v * 1e3, 'vs_one_seed': v / one,
+           'steps_per_s': 1 / v} for k, v in med.items()]
+
+
+def fmt_row(r) -> str:
+  extra = {k: v for k, v in r.items() if k not in ('name', 'section', 'steps_per_s', 'min', 'max')
+           and isinstance(v, (int, float)) and np.isfinite(v)}
+  spread = f' ({r["min"]:.2f}-{r["max"]:.2f})' if 'min' in r else ''
+  return (f'  {r["name"]:<44} {r["steps_per_s"]:8.2f} steps/s{spread}  ' +
+          '  '.join(f'{k}={v:.3g}' for k, v in extra.items()))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--only', default=','.join(SECTIONS), help=f'sections: {",".join(SECTIONS)}')
+  p.add_argument('--steps', type=int, default=3, help='steps per contender per round')
+  p.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
+  p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results.json'))
+  a = p.parse_args()
+  chosen = [s for s in a.only.split(',') if s]
+  unknown = sorted(set(chosen) - set(SECTIONS))
+  if unknown:
+    p.error(f'unknown sections {unknown}; valid: {", ".join(SECTIONS)}')
+  peak, how = machine_peak()
+  info = {'machine': platform.processor() or platform.machine(), 'backend': jax.default_backend(),
+          'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
+          'peak_gflops_float32': peak, 'peak_derivation': how,
+          'steps': a.steps, 'repeats': a.repeats}
+  try:
+    import torch
+    info['torch'], info['torch_threads'] = torch.__version__, torch.get_num_threads()
+  except ImportError:
+    info['torch'] = None
+  print(f'normlab speed suite on {info["device"]} ({info["backend"]}), jax {info["jax"]}, '
+        f'torch {info["torch"]}; float32 peak {peak:.0f} GFLOP/s ({how})', flush=True)
+  rows = []
+  for name in chosen:
+    if name in ('resnet', 'sequence') and info['torch'] is None:
+      print(f'[{name}] skipped: torch is not installed (pip install -r benchmarks/requirements.txt)')
+      continue
+    t0 = time.perf_counter()
+    out = globals()[f'section_{name}'](a, peak)
+    print(f'[{name}]  ({time.perf_counter() - t0:.0f} s)', flush=True)
+    for r in out:
+      print(fmt_row(r), flush=True)
+    rows += out
+  info['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if jax.default_backend() != 'cpu':
+    stats = jax.devices()[0].memory_stats() or {}
+    info['device_peak_mb'] = stats.get('peak_bytes_in_use', float('nan')) / 2**20
+  print(f'process peak RSS {info["peak_rss_mb"]:.0f} MB')
+  with open(a.out, 'w') as f:
+    json.dump({'info': info, 'rows': rows}, f, indent=1, default=float)
+  print(f'wrote {a.out}')
+
+
+if __name__ == '__main__':
+  jnp.zeros(())   # start the backend before timing anything
+  main()
