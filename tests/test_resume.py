@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util import tensor_util
 
 from conftest import tiny_config
+from errors import ConfigError
 from training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +180,18 @@ def test_resumed_writer_drops_points_logged_after_the_checkpoint(tmp_path):
       for v in event.summary.value:
         values[event.step] = float(tensor_util.make_ndarray(v.tensor))
   assert values[6] == 6.0 and values[7] == 107.0
+
+
+def test_a_workdir_written_before_a_later_key_existed_still_resumes_and_loads(tmp_path):
+  """config.json from before `model.compute_dtype` existed: the run is the same run (float32)."""
+  from training import workdir as wd
+  config = tiny_config()
+  old = wd.config_to_dict(config)
+  del old['model']['compute_dtype']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  assert loop.claim_workdir(config, str(tmp_path)) == {'state': 'running'}
+  assert wd.read_config(str(tmp_path)).model.compute_dtype == 'float32'
+  with config.unlocked():
+    config.model.compute_dtype = 'bfloat16'     # but a real change is still refused
+  with pytest.raises(ConfigError, match='compute_dtype'):
+    loop.claim_workdir(config, str(tmp_path))

@@ -34,9 +34,27 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+# Keys added to the configs after runs may have been written, with the value that reproduces
+# what those runs did: an old workdir without the key reads as having this value.
+LATER_KEYS = {'model.compute_dtype': 'float32'}
+
+
+def with_later_keys(d: dict) -> dict:
+  d = json.loads(json.dumps(d))
+  for key, value in LATER_KEYS.items():
+    *path, last = key.split('.')
+    node = d
+    for p in path:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last not in node:
+      node[last] = value
+  return d
+
+
 def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-  """Keys whose values differ: {key: (old, new)}; a missing key shows as '<absent>'."""
-  old, new = flatten(old), flatten(new)
+  """Keys whose values differ: {key: (old, new)}; a missing key shows as '<absent>' (unless it
+  is one of LATER_KEYS, read as its old default)."""
+  old, new = flatten(with_later_keys(old)), flatten(new)
   return {k: (old.get(k, '<absent>'), new.get(k, '<absent>'))
           for k in sorted(set(old) | set(new)) if old.get(k, '<absent>') != new.get(k, '<absent>')}
 
@@ -71,7 +89,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   d = read_json(os.path.join(workdir, CONFIG_FILE))
   if d is None:
     raise ConfigError(f'{workdir} holds no run ({CONFIG_FILE} not found)')
-  return ml_collections.ConfigDict(d)
+  return ml_collections.ConfigDict(with_later_keys(d))
 
 
 def read_status(workdir: str) -> dict | None:
