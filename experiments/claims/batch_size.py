@@ -44,6 +44,9 @@ def verdict(group_keys, groups):
                       f'{acc(n, ref)[0]:.4f} ± {acc(n, ref)[1]:.4f} at batch {ref}'
                       for n in drops)
   numbers = 'test accuracy, ' + numbers
+  bn_curve = ', '.join(f'{acc("batch", b)[0]:.4f}' for b in BATCHES)
+  numbers += (f'. BN at every batch size {BATCHES}: {bn_curve}; the size of the effect is what '
+              f'to weigh (Wu & He report about 10 points on ImageNet at batch 2)')
   if drops['batch'] and not (drops['group'] or drops['layer']):
     return 'reproduced', numbers + '.'
   if drops['batch']:

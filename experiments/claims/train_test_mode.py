@@ -92,8 +92,8 @@ def verdict(group_keys, groups, analysis):
   others = [n for n in gaps if n != 'batch']
   bn1 = gaps['batch'][1]
   bn_differs = -np.mean(bn1) > (np.std(bn1, ddof=1) if len(bn1) > 1 else 0)
-  numbers = (f'BN loses {-np.mean(bn1):.4f} accuracy at test batch 1 and '
-             f'{-np.mean(gaps["batch"][128]):+.4f} at 128 when it uses batch statistics; '
+  numbers = (f'BN\'s accuracy with batch statistics minus with its running averages: '
+             f'{np.mean(bn1):+.4f} at test batch 1, {np.mean(gaps["batch"][128]):+.4f} at 128; '
              f'{", ".join(same)} give identical accuracy in both modes at every batch size')
   if bn_differs and len(same) == len(others):
     return 'reproduced', numbers + '.'
