@@ -315,12 +315,45 @@ def fmt_row(r) -> str:
           '  '.join(f'{k}={v:.3g}' for k, v in extra.items()))
 
 
+COLUMNS = {  # section -> extra columns shown in the markdown table
+    'resnet': ['vs_pytorch_channels_last', 'gflops', 'analytic_gflops', 'percent_of_peak',
+               'compile_s', 'memory_mb'],
+    'sequence': ['vs_pytorch', 'gflops', 'percent_of_peak', 'compile_s', 'memory_mb'],
+    'norms': ['time_vs_none', 'compile_s', 'memory_mb'],
+    'depth': ['step_time_vs_resnet20', 'analytic_flops_vs_resnet20', 'gflops', 'compile_s',
+              'memory_mb'],
+    'data': ['data_wait_fraction', 'batch_build_ms', 'batch_build_fraction_of_step'],
+    'seeds': ['ms_per_step', 'vs_one_seed'],
+}
+
+
+def markdown(info, rows) -> str:
+  lines = [f'Device: {info["device"]} ({info["backend"]}), jax {info["jax"]}, torch '
+           f'{info["torch"]}; float32 peak {info["peak_gflops_float32"]:.0f} GFLOP/s '
+           f'({info["peak_derivation"]}); {info["repeats"]} interleaved rounds of '
+           f'{info["steps"]} steps; process peak RSS {info["peak_rss_mb"]:.0f} MB.', '']
+  for section, cols in COLUMNS.items():
+    mine = [r for r in rows if r.get('section') == section]
+    if not mine:
+      continue
+    lines += [f'### {section}', '', '| | steps/s (min–max) | ' + ' | '.join(cols) + ' |',
+              '|---|---|' + '---|' * len(cols)]
+    for r in mine:
+      spread = f' ({r["min"]:.2f}–{r["max"]:.2f})' if 'min' in r else ''
+      lines.append(f'| {r["name"]} | {r["steps_per_s"]:.2f}{spread} | ' + ' | '.join(
+          f'{r[c]:.3g}' if isinstance(r.get(c), (int, float)) and np.isfinite(r[c]) else '–'
+          for c in cols) + ' |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--only', default=','.join(SECTIONS), help=f'sections: {",".join(SECTIONS)}')
   p.add_argument('--steps', type=int, default=3, help='steps per contender per round')
   p.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
   p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results.json'))
+  p.add_argument('--markdown', default=None, help='also write the tables as markdown here')
   a = p.parse_args()
   chosen = [s for s in a.only.split(',') if s]
   unknown = sorted(set(chosen) - set(SECTIONS))
@@ -357,6 +390,10 @@ def main():
   with open(a.out, 'w') as f:
     json.dump({'info': info, 'rows': rows}, f, indent=1, default=float)
   print(f'wrote {a.out}')
+  if a.markdown:
+    with open(a.markdown, 'w') as f:
+      f.write(markdown(info, rows) + '\n')
+    print(f'wrote {a.markdown}')
 
 
 if __name__ == '__main__':
