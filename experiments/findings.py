@@ -67,7 +67,8 @@ def lookup(group_keys, groups, **values) -> list:
   return []
 
 
-def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> list[str]:
+def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[list[str], str]:
+  """The claim's markdown section and its verdict ('not run yet' when its sweep is missing)."""
   lines = [f'## {name}', '', (module.__doc__ or '').strip(), '']
   own = f'python -m experiments.sweep --sweep=experiments/claims/{name}.py --dir={sweeps_dir}/{name}'
   if hasattr(module, 'measure'):          # no training runs: a measurement of compiled programs
@@ -77,14 +78,14 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> list[str]
     lines += analysis['lines'] + ['']
     lines += _plot(analysis.get('plot'), name, out_dir)
     verdict, reason = module.verdict(analysis)
-    return lines + [f'**Verdict: {verdict}.** {reason}', '']
+    return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
   sweep_name = getattr(module, 'SWEEP', name)
   directory = os.path.join(sweeps_dir, sweep_name)
   command = (own if sweep_name == name else
              f'python -m experiments.sweep --sweep=experiments/claims/{sweep_name}.py '
              f'--dir={sweeps_dir}/{sweep_name}')
   if not os.path.exists(os.path.join(directory, report.SWEEP_FILE)):
-    return lines + [f'Not run yet. Command: `{command}`', '']
+    return lines + [f'Not run yet. Command: `{command}`', ''], 'not run yet'
   report.write_report(directory)
   group_keys, groups, runs = report.summarize(directory)
   lines += [f'Command: `{command}` then `python -m experiments.findings`. '
@@ -95,11 +96,9 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> list[str]
   analysis = module.analyze(directory, group_keys, groups) if hasattr(module, 'analyze') else {}
   lines += analysis.get('lines', [])
   lines += _plot(analysis.get('plot') or os.path.join(directory, 'train_loss.png'), name, out_dir)
-  if hasattr(module, 'verdict'):
-    verdict, reason = (module.verdict(group_keys, groups, analysis) if 'analyze' in vars(module)
-                       else module.verdict(group_keys, groups))
-    lines += [f'**Verdict: {verdict}.** {reason}', '']
-  return lines
+  verdict, reason = (module.verdict(group_keys, groups, analysis) if 'analyze' in vars(module)
+                     else module.verdict(group_keys, groups))
+  return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
 
 
 def _plot(path, name, out_dir) -> list[str]:
@@ -122,11 +121,17 @@ def main():
            '"no measurable difference" when a difference is within the seed spread). Wall times '
            'are on a 2-core CPU, sometimes shared with other work.', '']
   only = set(filter(None, a.only.split(',')))
+  sections, summary = [], ['| claim | verdict |', '|---|---|']
   for path in sorted(glob.glob(os.path.join(HERE, 'claims', '*.py'))):
     name = os.path.basename(path)[:-3]
     if name.startswith('__') or name == 'common' or (only and name not in only):
       continue
-    lines += claim_section(cli.import_file(path, f'_claim_{name}'), name, a.sweeps, out_dir)
+    module = cli.import_file(path, f'_claim_{name}')
+    section, verdict = claim_section(module, name, a.sweeps, out_dir)
+    first_line = (module.__doc__ or name).strip().split('\n')[0]
+    summary.append(f'| [{name}](#{name}): {first_line} | {verdict} |')
+    sections += section
+  lines += summary + [''] + sections
   with open(a.out, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print(f'wrote {a.out}')
