@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+from experiments.claims.common import save_figure, subplots
+
 CONFIGS = ['configs/default.py', 'configs/transformer_mnist1d.py']
 NORMS = 'batch:global,batch:per_device,layer,group,rms,none'
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,10 +47,7 @@ def measure(directory, configs=CONFIGS, devices=8):
 
 
 def _plot(directory, tables):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4))
+  fig, axes = subplots(1, len(tables), figsize=(5 * len(tables), 4))
   for ax, t in zip(list(axes) if len(tables) > 1 else [axes], tables):
     names = [r['norm'] for r in t['rows']]
     ax.bar(range(len(names)), [r['all-reduce'] for r in t['rows']], color='tab:blue')
@@ -56,10 +55,7 @@ def _plot(directory, tables):
     ax.set_ylabel('all-reduces per train step')
     ax.set_title(os.path.basename(t['config']), fontsize=9)
     ax.grid(alpha=0.3, axis='y')
-  path = os.path.join(directory, 'collectives.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  path = save_figure(fig, directory, 'collectives.png')
   return path
 
 

@@ -1,4 +1,6 @@
-"""Helpers shared by the claim sweeps: the smoke variant and the seeds."""
+"""Helpers shared by the claim sweeps: the smoke variant, the seeds, and headless figures."""
+
+import os
 
 from experiments.sweeps import Sweep, product
 
@@ -12,3 +14,21 @@ def finish(config, axes, arg, smoke_axes):
     config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
     return Sweep(config, smoke_axes)
   return Sweep(config, axes + [product('seed', SEEDS)])
+
+
+def subplots(*args, **kwargs):
+  """matplotlib's `plt.subplots` on the headless Agg backend."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, directory: str, name: str) -> str:
+  """Writes `fig` as directory/name (small PNG), closes it, returns the path."""
+  import matplotlib.pyplot as plt
+  path = os.path.join(directory, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from experiments.claims import depth
+from experiments.claims.common import save_figure, subplots
 
 SWEEP = 'depth'
 get_sweep = depth.get_sweep
@@ -31,9 +32,6 @@ def _at(scalars, tag, step):
 
 
 def analyze(directory, group_keys, groups):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   from training import workdir as wd
   ratios = {}    # (residual, norm) -> {depth: [log10 first/last block grad norm at init]}
@@ -44,7 +42,7 @@ def analyze(directory, group_keys, groups):
         continue
       model = wd.read_config(os.path.join(directory, r['name'])).model
       by_style.setdefault((model.residual, model.norm), {}).setdefault(model.depth, []).append(r)
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+  fig, (left, right) = subplots(1, 2, figsize=(11, 4.5))
   colors = {style: f'C{i}' for i, style in enumerate(by_style)}
   deepest = max(d for runs in by_style.values() for d in runs)
   for style, by_depth in by_style.items():
@@ -80,10 +78,7 @@ def analyze(directory, group_keys, groups):
   right.axhline(1, color='k', lw=0.5)
   right.legend(fontsize=7)
   right.grid(alpha=0.3)
-  path = os.path.join(directory, 'gradients.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  path = save_figure(fig, directory, 'gradients.png')
   depths = sorted({d for v in ratios.values() for d in v})
   lines = ['First-block / last-block gradient norm at initialization (geometric mean over seeds; '
            '×10^±std of the log10 in brackets):', '',

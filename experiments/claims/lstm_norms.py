@@ -9,12 +9,11 @@ and as the mean train loss over the run (area under the loss curve). Full scale 
 3000 steps, 5 seeds.
 """
 
-import os
 
 import numpy as np
 
 from configs import lstm_mnist1d
-from experiments.claims.common import finish
+from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
 
 TARGET = 0.5
@@ -48,9 +47,6 @@ def mean_loss(run) -> float:
 
 
 def analyze(directory, group_keys, groups):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   from experiments.report import label
   stats, lines = {}, [f'Steps until test accuracy first reaches {TARGET:.0%} and mean train loss '
@@ -58,7 +54,7 @@ def analyze(directory, group_keys, groups):
                       '| ' + ' | '.join(k.rsplit('.', 1)[-1] for k in group_keys)
                       + ' | steps to target | reached | mean train loss |',
                       '|' + '---|' * (len(group_keys) + 3)]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = subplots(figsize=(7, 4.5))
   for key, members in groups.items():
     done = [r for r in members if r['state'] == 'finished']
     steps = [steps_to_target(r) for r in done]
@@ -79,10 +75,7 @@ def analyze(directory, group_keys, groups):
   ax.set_ylabel('test accuracy (mean over seeds)')
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
-  path = os.path.join(directory, 'eval_accuracy.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  path = save_figure(fig, directory, 'eval_accuracy.png')
   return {'lines': lines + [''], 'stats': stats, 'plot': path}
 
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from configs import lstm_mnist1d, transformer_mnist1d
-from experiments.claims.common import finish
+from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product, zipped
 
 VARIANTS = {'model.norm': ['batch', 'batch', 'layer'], 'model.norm_uses_mask': [True, False, True]}
@@ -80,13 +80,10 @@ def analyze(directory, group_keys, groups):
 
 
 def _plot(directory, group_keys, groups):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   from experiments.findings import group_stat
   from experiments.report import label
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = subplots(figsize=(7, 4.5))
   names, means, stds = [], [], []
   for key, members in groups.items():
     m, s = group_stat(members, 'test_accuracy')
@@ -97,10 +94,7 @@ def _plot(directory, group_keys, groups):
   ax.set_xticks(range(len(names)), names, fontsize=6)
   ax.set_ylabel('test accuracy (mean ± std over seeds)')
   ax.grid(alpha=0.3, axis='y')
-  path = os.path.join(directory, 'accuracy.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  path = save_figure(fig, directory, 'accuracy.png')
   return path
 
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
 
 NORMS = ['batch', 'layer', 'group', 'rms', 'instance', 'none']
@@ -63,10 +63,7 @@ def analyze(directory, group_keys, groups):
 
 
 def _plot(directory, gaps):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = subplots(figsize=(7, 4.5))
   for norm, by_bs in gaps.items():
     ax.errorbar(BATCH_SIZES, [np.mean(by_bs[b]) for b in BATCH_SIZES],
                 yerr=[np.std(by_bs[b]) for b in BATCH_SIZES], marker='o', capsize=3, label=norm)
@@ -76,10 +73,7 @@ def _plot(directory, gaps):
   ax.axhline(0, color='k', lw=0.5)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  path = os.path.join(directory, 'mode_gap.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  path = save_figure(fig, directory, 'mode_gap.png')
   return path
 
 
