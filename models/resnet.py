@@ -32,20 +32,21 @@ from models import norms
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def materialize(x):
-  """The identity, as a boundary XLA does not fuse across, so that `x` is computed once.
+def materialize(x, token):
+  """The identity on `x`, as a boundary XLA does not fuse across, so that `x` is computed once.
 
   A residual stream is a chain of cheap elementwise ops (norm, add, ReLU) from block to block;
   XLA's fusion duplicates cheap producers into each consumer, and it duplicated the whole chain
   back to the stage's first block into each block's backward fusions (O(depth²) work).
   `lax.optimization_barrier` would say this, but XLA:CPU removes barriers before fusion; a
-  conditional is kept. The taken branch returns `x` itself; the other (`x + 0.0`, only taken when
-  x's first element is NaN or inf, and equal to x but for the sign of zeros) only exists because
-  XLA removes a conditional whose branches are identical. Under vmap the predicate is batched and
-  the cond becomes a select, which XLA may fuse again (vmapped seeds run on GPU/TPU, where this
-  matters less).
+  conditional is kept. Its predicate comes from `token`, a replicated parameter scalar, so that
+  under data parallelism deciding it needs no communication (a predicate read from the
+  batch-sharded `x` cost an all-reduce per block). The taken branch returns `x` itself; the
+  other (`x + 0.0`, taken only if the parameter is NaN or inf, and equal to x but for the sign
+  of zeros) exists because XLA removes a conditional whose branches are identical. Under vmap
+  over seeds the predicate is batched and the cond becomes a select.
   """
-  return jax.lax.cond(jnp.isfinite(x.reshape(-1)[0]), lambda v: v, lambda v: v + 0.0, x)
+  return jax.lax.cond(jnp.isfinite(token), lambda v: v, lambda v: v + 0.0, x)
 
 
 def _shortcut_a(x, filters: int, strides: int):
@@ -122,14 +123,16 @@ class CifarResNet(nn.Module):
     conv = _conv(self.use_bias, self.dtype)
     x = x.astype(self.dtype)
     n = (self.depth - 2) // 6
-    x = conv(self.width, (3, 3), name='stem_conv')(x)
+    stem = conv(self.width, (3, 3), name='stem_conv')
+    x = stem(x)
+    token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     for stage in range(3):
       for i in range(n):
         x = BasicBlock(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                        self.residual, self.norm, conv, 'A',
                        name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-        x = materialize(x) if self.fusion_barriers else x
+        x = materialize(x, token) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
@@ -151,7 +154,9 @@ class ImageNetResNet(nn.Module):
     conv = _conv(self.use_bias, self.dtype)
     x = x.astype(self.dtype)
     block = BottleneckBlock if self.bottleneck else BasicBlock
-    x = conv(self.width, (7, 7), strides=2, name='stem_conv')(x)
+    stem = conv(self.width, (7, 7), strides=2, name='stem_conv')
+    x = stem(x)
+    token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     for stage, size in enumerate(self.stage_sizes):
@@ -159,7 +164,7 @@ class ImageNetResNet(nn.Module):
         x = block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                   self.residual, self.norm, conv, 'B',
                   name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-        x = materialize(x) if self.fusion_barriers else x
+        x = materialize(x, token) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
