@@ -155,8 +155,8 @@ def resnet_config(depth=20, norm='batch', batch=128, compute_dtype='float32'):
 def resnet_analytic_flops(depth: int, batch: int, size: int = 32, width: int = 16) -> float:
   """3 x forward FLOPs (forward, input gradient, weight gradient) of the convolutions and head."""
   n = (depth - 2) // 6
-  macs = size * size * 3 * width * 9          # stem
-  ch, hw = width, size
+  stem = size * size * 3 * width * 9          # no input gradient: 2x forward, not 3x
+  macs, ch, hw = 0, width, size
   for stage in range(3):
     out = width * 2 ** stage
     for i in range(n):
@@ -165,7 +165,7 @@ def resnet_analytic_flops(depth: int, batch: int, size: int = 32, width: int = 1
       macs += hw * hw * 9 * (ch * out + out * out)
       ch = out
   macs += ch * 10
-  return 3 * 2 * macs * batch
+  return 2 * (3 * macs + 2 * stem) * batch
 
 
 # ----------------------------------------------------------------------------- sections

@@ -11,7 +11,7 @@ from training import loop
 def test_analytic_resnet_flops_agree_with_xla_cost_analysis(depth):
   """3 x forward conv+head FLOPs (run.resnet_analytic_flops) vs XLA's count of the compiled
   train step, which also counts norms, ReLUs and the optimizer: within 15 %."""
-  batch, size = 8, 16
+  batch, size = 8, 32   # the benchmark's image size (border taps of SAME padding are counted)
   config = run.resnet_config(depth, batch=batch)
   ds = run.synthetic_images(batch, size)
   exp = loop.build_experiment(config, ds)
