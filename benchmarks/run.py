@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -124,17 +125,24 @@ def jax_contender(name: str, config, dataset: Dataset | None = None, model_fn=No
   mem = compiled.memory_analysis()
   memory_mb = ((mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes)
                / 2**20 if mem is not None else float('nan'))
-  holder = [state]
-
-  def run(n):
-    s = holder[0]
-    for _ in range(n):
-      s, metrics = compiled(s, batch)
-    jax.block_until_ready(metrics)
-    holder[0] = s
-
-  return Contender(name, run, cost.get('flops', float('nan')),
+  stepper = Stepper(compiled, state)
+  return Contender(name, lambda n: stepper.run(itertools.repeat(batch, n)),
+                   cost.get('flops', float('nan')),
                    len(next(iter(batch.values()))), compile_s, memory_mb)
+
+
+class Stepper:
+  """Threads a train state through `step` over the batches it is given; `run` returns when the
+  last step has finished (the state's buffers are donated, so the state lives here)."""
+
+  def __init__(self, step, state):
+    self.step, self.state = step, state
+
+  def run(self, batches) -> None:
+    metrics = None
+    for batch in batches:
+      self.state, metrics = self.step(self.state, batch)
+    jax.block_until_ready(metrics)
 
 
 def torch_contender(name: str, step, items: int, flops: float) -> Contender:
@@ -266,22 +274,14 @@ def section_data(a, peak):
   step = loop.make_train_step(exp.model, exp.task)
   placed = lambda i: parallel.shard_batch(batches(i), mesh)
   cached = placed(0)
-  holder, counter = [state], [0]
+  stepper, counter = Stepper(step, state), [0]
 
   def with_pipeline(n):
-    s = holder[0]
-    start = counter[0]
-    for _, batch in prefetch(placed, start, start + n):
-      s, m = step(s, batch)
-    jax.block_until_ready(m)
-    holder[0], counter[0] = s, start + n
+    start, counter[0] = counter[0], counter[0] + n
+    stepper.run(batch for _, batch in prefetch(placed, start, start + n))
 
   def cached_batch(n):
-    s = holder[0]
-    for _ in range(n):
-      s, m = step(s, cached)
-    jax.block_until_ready(m)
-    holder[0] = s
+    stepper.run(itertools.repeat(cached, n))
 
   t0 = time.perf_counter()
   for i in range(1000, 1050):    # steps not seen yet (each epoch reshuffles once)
