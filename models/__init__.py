@@ -28,6 +28,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # Compute precision of convolutions and matmuls; parameters, norm statistics and the loss stay
 # float32 (mixed precision with float32 master weights).
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+# How the ResNets compute convolution weight gradients: XLA's own, summed over chunks of images
+# (models/conv.py: faster on CPU), or auto: chunked on a single CPU device, XLA's elsewhere.
+CONV_WGRADS = ('auto', 'xla', 'chunked')
 
 
 def check_model_names(model_config) -> None:
@@ -38,6 +41,9 @@ def check_model_names(model_config) -> None:
   dtype = model_config.get('compute_dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'unknown model.compute_dtype {dtype!r}; valid: {", ".join(COMPUTE_DTYPES)}')
+  wgrad = model_config.get('conv_wgrad', 'auto')
+  if wgrad not in CONV_WGRADS:
+    raise ConfigError(f'unknown model.conv_wgrad {wgrad!r}; valid: {", ".join(CONV_WGRADS)}')
   if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
     raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
                       f'{model_config.name} computes in float32')

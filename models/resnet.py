@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from errors import ConfigError
+from models import conv as conv_lib
 from models import norms
 
 # He et al. 2015 ("Delving deep into rectifiers") initialization, as the paper uses.
@@ -116,11 +117,12 @@ class CifarResNet(nn.Module):
   use_bias: bool = False  # biases are redundant after a norm with a shift; on for norm='none'
   fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
   dtype: Any = jnp.float32       # compute dtype of convs and the head (params stay float32)
+  wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (models/conv.py)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
-    conv = _conv(self.use_bias, self.dtype)
+    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes)
     x = x.astype(self.dtype)
     n = (self.depth - 2) // 6
     stem = conv(self.width, (3, 3), name='stem_conv')
@@ -147,11 +149,12 @@ class ImageNetResNet(nn.Module):
   use_bias: bool = False
   fusion_barriers: bool = True
   dtype: Any = jnp.float32
+  wgrad_chunk_bytes: int = 0
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask
-    conv = _conv(self.use_bias, self.dtype)
+    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes)
     x = x.astype(self.dtype)
     block = BottleneckBlock if self.bottleneck else BasicBlock
     stem = conv(self.width, (7, 7), strides=2, name='stem_conv')
@@ -169,9 +172,18 @@ class ImageNetResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
 
-def _conv(use_bias: bool, dtype=jnp.float32) -> Callable[..., Any]:
+def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0) -> Callable[..., Any]:
+  impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
   return functools.partial(nn.Conv, use_bias=use_bias, padding='SAME', kernel_init=conv_init,
-                           dtype=dtype)
+                           dtype=dtype, conv_general_dilated=impl)
+
+
+def _wgrad_chunk_bytes(cfg) -> int:
+  """`auto` chunks on a single CPU device, where it was measured faster (models/conv.py); with
+  several devices the chunks would cut across the batch's sharding, and GPUs were not measured."""
+  chunked = cfg.conv_wgrad == 'chunked' or (
+      cfg.conv_wgrad == 'auto' and jax.default_backend() == 'cpu' and jax.device_count() == 1)
+  return conv_lib.CHUNK_BYTES if chunked else 0
 
 
 IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
@@ -196,7 +208,8 @@ def build_cifar(cfg, dataset) -> CifarResNet:
                       f'got {cfg.depth}')
   return CifarResNet(depth=cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
                      residual=cfg.residual, norm=_norm_from_config(cfg),
-                     use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype))
+                     use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype),
+                     wgrad_chunk_bytes=_wgrad_chunk_bytes(cfg))
 
 
 def build_imagenet(cfg, dataset) -> ImageNetResNet:
@@ -207,4 +220,5 @@ def build_imagenet(cfg, dataset) -> ImageNetResNet:
   stages, bottleneck = IMAGENET_DEPTHS[cfg.depth]
   return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=dataset.num_classes,
                         width=cfg.width, residual=cfg.residual, norm=_norm_from_config(cfg),
-                        use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype))
+                        use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype),
+                        wgrad_chunk_bytes=_wgrad_chunk_bytes(cfg))

@@ -39,7 +39,7 @@ def tree_hashes(path):
     ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),
     ('--config.optimizer.schedule=linear', 'constant, cosine, piecewise'),
     ('--config.model.depth=21', '6n+2'),
-    ('--config.model.nrom=layer', 'config.model has bn_ghost_size, bn_momentum, bn_scope, compute_dtype, depth'),
+    ('--config.model.nrom=layer', 'config.model has bn_ghost_size, bn_momentum, bn_scope, compute_dtype, conv_wgrad, depth'),
     ('--config.model.depth=abc', "invalid literal for int() with base 10: 'abc'"),
 ])
 def test_bad_input_exits_nonzero_with_choices_and_writes_nothing(tmp_path, override, expected):
