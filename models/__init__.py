@@ -29,7 +29,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # float32 (mixed precision with float32 master weights).
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # How the ResNets compute convolution weight gradients: XLA's own, summed over chunks of images
-# (models/conv.py: faster on CPU), or auto: chunked on a single CPU device, XLA's elsewhere.
+# (models/conv.py: faster on CPU), or auto: chunked for the CIFAR ResNets on a single CPU
+# device, XLA's elsewhere.
 CONV_WGRADS = ('auto', 'xla', 'chunked')
 
 

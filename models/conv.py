@@ -9,7 +9,9 @@ of the forward convolutions and, with their transposes, took ~45 % of the step
 activations keeps each chunk's transposes and kernel in cache: the whole train step is ~1.15x
 faster on a 2-core CPU (alternating A/B runs, `python -m benchmarks.run --only=resnet`), for ~2x
 the compile time (more, smaller ops). Smaller chunks were faster still (8 images in every stage:
-1.2x) but pushed ResNet-110's compile past 15 s.
+1.2x) but pushed ResNet-110's compile past 15 s. At most `MAX_CHUNKS` chunks per convolution,
+so that large images or batches do not multiply the program's size. On an ImageNet ResNet-18
+(64x64, batch 32) it gained nothing, so `model.conv_wgrad=auto` uses it for the CIFAR ResNets only.
 
 The forward pass and the input gradient are `lax.conv_general_dilated`'s own; the weight gradient
 is the same sum in a different order, so results agree to float rounding
@@ -24,9 +26,10 @@ import jax
 from jax import lax
 
 CHUNK_BYTES = 512 * 1024   # of the larger of (input, output gradient) per chunk; ~ a core's L2
+MAX_CHUNKS = 16            # per convolution, so large images or batches do not blow up compile time
 
 
-def chunked_wgrad_conv(chunk_bytes: int = CHUNK_BYTES):
+def chunked_wgrad_conv(chunk_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHUNKS):
   """A drop-in for `lax.conv_general_dilated` (flax `nn.Conv(conv_general_dilated=...)`)."""
 
   def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -55,7 +58,7 @@ def chunked_wgrad_conv(chunk_bytes: int = CHUNK_BYTES):
       dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
       n = x.shape[lhs_batch]
       per_image = max(x.size * x.dtype.itemsize, dy.size * dy.dtype.itemsize) // max(n, 1)
-      k = max(1, chunk_bytes // max(per_image, 1))
+      k = max(1, chunk_bytes // max(per_image, 1), -(-n // max_chunks))
       dw = None
       for start in range(0, max(n, 1), k):
         stop = min(start + k, n)

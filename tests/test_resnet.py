@@ -8,8 +8,8 @@ import pytest
 
 import models
 from configs import default
-from errors import ConfigError
 from data.base import Dataset
+from errors import ConfigError
 from models import conv as conv_lib
 from models import norms, resnet
 
@@ -222,6 +222,21 @@ def test_chunked_weight_gradient_equals_the_plain_convolution(strides, padding, 
       patch = xs[:, i:i + s * ho:s, j:j + s * wo:s, :]
       want[i, j] = np.einsum('nhwc,nhwd->cd', patch, dys)
   close(vjp_c(dy)[1], want)
+
+
+def test_chunks_per_convolution_are_capped():
+  """64 images of 1 KiB in chunks of 1 KiB would be 64 weight-gradient convolutions (and as
+  many for the compiler); the cap makes it 16 chunks of 4."""
+  x = jnp.ones((64, 4, 4, 16))
+  w = jnp.ones((3, 3, 16, 16))
+
+  def convolutions(max_chunks):   # in the weight gradient (the unused input gradient is dropped)
+    conv = conv_lib.chunked_wgrad_conv(chunk_bytes=1024, max_chunks=max_chunks)
+    f = lambda w: jnp.sum(conv(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return jax.jit(jax.grad(f)).lower(w).as_text().count('stablehlo.convolution')
+
+  assert convolutions(max_chunks=1000) == 64
+  assert convolutions(max_chunks=16) == 16
 
 
 def test_chunked_weight_gradients_in_the_resnet_match_and_work_under_vmap():
