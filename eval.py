@@ -9,6 +9,11 @@ agree; BatchNorm's train-mode rows depend on the batch size. Prints a table and 
 <workdir>/eval.json.
 """
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import os
 
 from absl import app, flags, logging

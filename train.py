@@ -3,6 +3,11 @@
 Flags only; the train loop is `training.loop.train_and_evaluate(config, workdir)`.
 """
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import sys
 
 from absl import app, flags, logging

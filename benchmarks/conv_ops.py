@@ -8,6 +8,11 @@ does) against PyTorch's `aten.convolution_backward` on channels_last tensors, in
 prints ms and GFLOP/s. This is what bounds the ResNet-20 step (benchmarks/RESULTS.md).
 """
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import argparse
 import statistics
 import time

@@ -27,6 +27,11 @@ compiled step (arguments + outputs + temporaries) and the process's peak RSS.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import argparse
 import dataclasses
 import itertools

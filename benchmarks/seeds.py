@@ -7,6 +7,11 @@ Times the jitted train step only (no data loading, logging or eval), interleavin
 over several repeats; prints the median time per step of each and the ratios.
 """
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import argparse
 import statistics
 import time

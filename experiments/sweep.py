@@ -11,6 +11,11 @@ array job spreads a sweep over machines with no coordinator. A run that crashes 
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (imports after the restart below)
+if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
+  from training import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import os
 import sys
 import traceback
