@@ -16,8 +16,9 @@ Sections (each prints its rows; all rows go to one JSON file):
   data         the default experiment's step with its real input pipeline vs the same step on
                one cached batch: the fraction of step time spent waiting for data.
   seeds        8 seeds: one after another vs vmapped (ResNet-20 on digits), vs one seed.
-Every timed comparison interleaves its contenders (A B C A B C ...) over --repeats rounds and
-reports the median rate with its min-max spread, so machine noise hits all contenders alike;
+Every timed comparison interleaves its contenders (A B C A B C ...) over --repeats rounds, each
+contender's turn starting with --warmup untimed steps, and reports the median rate with its
+min-max spread, so machine noise hits all contenders alike;
 compare ratios within a section, not absolute numbers across runs. GFLOP/s uses XLA's cost
 analysis of normlab's compiled step (for ResNet also an analytic count of the convolutions and
 the head: 3x the forward multiply-adds x 2); PyTorch rows are credited with the same FLOPs.
@@ -102,12 +103,20 @@ def measured_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best / 1e9
 
 
-def interleave(contenders: list[Contender], steps: int, repeats: int) -> list[dict]:
+def interleave(contenders: list[Contender], steps: int, repeats: int,
+               warmup: int = 1) -> list[dict]:
+  """Median steps/s of each contender over `repeats` rounds of A B C ... In each round a
+  contender first runs `warmup` untimed steps: a long run steps one model over and over, and the
+  timed steps should see that state (its memory mapped again, its caches warm), not the switch
+  from the other contenders (on this machine, ResNet-110's first step after the others ran paid
+  for re-faulting its 1.8 GB of temporaries)."""
   for c in contenders:        # warm up (and finish any compilation) outside the timing
     c.run(1)
   rates = {c.name: [] for c in contenders}
   for _ in range(repeats):
     for c in contenders:
+      if warmup:
+        c.run(warmup)
       t0 = time.perf_counter()
       c.run(steps)
       rates[c.name].append(steps / (time.perf_counter() - t0))
@@ -213,7 +222,7 @@ def section_resnet(a, peak):
                              torch_models.resnet_step(batch, 20, size, True), batch, jax32.flops)
   torch_nchw = torch_contender('pytorch eager NCHW',
                                torch_models.resnet_step(batch, 20, size, False), batch, jax32.flops)
-  rows = interleave([jax32, jax16, jax_xla, torch_cl, torch_nchw], a.steps, a.repeats)
+  rows = interleave([jax32, jax16, jax_xla, torch_cl, torch_nchw], a.steps, a.repeats, a.warmup)
   ref = rows[3]['steps_per_s']
   for r in rows:
     r.update(section='resnet', vs_pytorch_channels_last=r['steps_per_s'] / ref,
@@ -230,7 +239,7 @@ def section_sequence(a, peak):
   b, t = lstm.data.batch_size, 40
   tl = torch_contender('pytorch nn.LSTM', torch_models.lstm_step(b, t, lstm.model.width), b,
                        jl.flops)
-  out = interleave([jl, tl], a.steps, a.repeats)
+  out = interleave([jl, tl], a.steps, a.repeats, a.warmup)
   for r in out:
     r.update(section='sequence', model='lstm', vs_pytorch=r['steps_per_s'] / out[1]['steps_per_s'])
   rows += out
@@ -242,7 +251,7 @@ def section_sequence(a, peak):
                            lm.data.batch_size, lm.data.seq_length, exp.dataset.vocab_size,
                            lm.model.width, lm.model.num_layers, lm.model.num_heads,
                            lm.model.mlp_ratio), lm.data.batch_size, jt.flops)
-  out = interleave([jt, tt], a.steps, a.repeats)
+  out = interleave([jt, tt], a.steps, a.repeats, a.warmup)
   for r in out:
     r.update(section='sequence', model='transformer_lm',
              vs_pytorch=r['steps_per_s'] / out[1]['steps_per_s'])
@@ -256,7 +265,7 @@ def section_norms(a, peak):
   rows = []
   ds = synthetic_images(128, 32)
   contenders = [jax_contender(f'resnet-20 {n}', resnet_config(norm=n), ds) for n in norms.NORMS]
-  out = interleave(contenders, a.steps, a.repeats)
+  out = interleave(contenders, a.steps, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:
     r.update(section='norms', model='resnet-20', time_vs_none=ref / r['steps_per_s'])
@@ -266,7 +275,7 @@ def section_norms(a, peak):
     config = transformer_lm.get_config()
     config.model.norm = n
     contenders.append(jax_contender(f'transformer LM {n}', config))
-  out = interleave(contenders, a.steps * 4, a.repeats)
+  out = interleave(contenders, a.steps * 4, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:
     r.update(section='norms', model='transformer_lm', time_vs_none=ref / r['steps_per_s'])
@@ -278,7 +287,7 @@ def section_depth(a, peak):
   contenders = [jax_contender(f'resnet-{d}', resnet_config(d), ds) for d in (20, 56, 110)]
   contenders.append(jax_contender('resnet-110 without fusion barriers', resnet_config(110), ds,
                                   model_fn=lambda m: m.clone(fusion_barriers=False)))
-  out = interleave(contenders, 1, a.repeats)
+  out = interleave(contenders, 1, a.repeats, a.warmup)
   base = out[0]['steps_per_s']
   for r, d in zip(out, (20, 56, 110, 110)):
     r.update(section='depth', step_time_vs_resnet20=base / r['steps_per_s'],
@@ -314,7 +323,7 @@ def section_data(a, peak):
   b = config.data.batch_size
   out = interleave([Contender('default experiment, real input pipeline', with_pipeline, items=b),
                     Contender('default experiment, one cached batch', cached_batch, items=b)],
-                   a.steps * 10, a.repeats)
+                   a.steps * 10, a.repeats, a.warmup)
   # end to end (noisy: the difference of two rates) and an upper bound from the batch's cost
   wait = 1 - out[1]['steps_per_s'] ** -1 / out[0]['steps_per_s'] ** -1
   for r in out:
@@ -376,6 +385,8 @@ def main():
   p.add_argument('--only', default=','.join(SECTIONS), help=f'sections: {",".join(SECTIONS)}')
   p.add_argument('--steps', type=int, default=3, help='steps per contender per round')
   p.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
+  p.add_argument('--warmup', type=int, default=1,
+                 help='untimed steps of each contender at the start of each round')
   p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results.json'))
   p.add_argument('--markdown', default=None, help='also write the tables as markdown here')
   a = p.parse_args()
@@ -387,7 +398,7 @@ def main():
   info = {'machine': platform.processor() or platform.machine(), 'backend': jax.default_backend(),
           'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
           'peak_gflops_float32': peak, 'peak_derivation': how,
-          'steps': a.steps, 'repeats': a.repeats}
+          'steps': a.steps, 'repeats': a.repeats, 'warmup': a.warmup}
   try:
     import torch
     info['torch'], info['torch_threads'] = torch.__version__, torch.get_num_threads()
