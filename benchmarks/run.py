@@ -364,7 +364,8 @@ def markdown(info, rows) -> str:
   lines = [f'Device: {info["device"]} ({info["backend"]}), jax {info["jax"]}, torch '
            f'{info["torch"]}; float32 peak {info["peak_gflops_float32"]:.0f} GFLOP/s '
            f'({info["peak_derivation"]}); {info["repeats"]} interleaved rounds of '
-           f'{info["steps"]} steps; process peak RSS {info["peak_rss_mb"]:.0f} MB.', '']
+           f'{info["steps"]} timed steps (after {info.get("warmup", 0)} untimed); '
+           f'process peak RSS {info["peak_rss_mb"]:.0f} MB.', '']
   for section, cols in COLUMNS.items():
     mine = [r for r in rows if r.get('section') == section]
     if not mine:

@@ -5,11 +5,13 @@ On CPU, XLA allocates each train step's temporary buffers (all activations kept 
 pass: 320 MB for ResNet-20 at batch 128, 1.8 GB for ResNet-110) with malloc, which maps blocks
 that large with a fresh `mmap` and returns them with `munmap` when the step ends. The next step
 touches every page anew, so the kernel takes one page fault per 4 KiB and zeroes it: ResNet-20
-spent ~170 ms of system time per ~470 ms step on that (`ru_minflt`: 315 MiB of faults per step).
-With the tunable, glibc asks for transparent huge pages on those mappings (2 MiB per fault):
-faults fell to ~5 MiB per step, system time to ~40 ms, and the step ran at ~390 ms
-(`python -m benchmarks.ab --huge-pages`, benchmarks/RESULTS.md). PyTorch's CPU allocator, which
-keeps its blocks, gained ~3 %.
+spent 150-200 ms of system time per ~470 ms step on that (80,000 faults per step). With the
+tunable, glibc asks for transparent huge pages on those mappings (2 MiB per fault): ~40 ms of
+system time, a step of ~390 ms; in alternating fresh processes ResNet-20 ran 1.12x and
+ResNet-110 1.19x faster (`python -m benchmarks.ab --huge-pages`, benchmarks/RESULTS.md). That was
+measured in this project's Firecracker microVMs, whose kernel reports freed memory to the host
+(`page_reporting_order=11`), so that a page faulted in again may cost the host a fault too: on a
+bare Linux host the gain is likely smaller. Huge pages do not avoid zeroing the pages.
 
 glibc reads tunables only when a program starts, hence the restart; it happens before anything is
 parsed or written, with the same interpreter and arguments. Nothing changes when the tunable is
