@@ -11,9 +11,9 @@ Norms (from the registry), following the papers:
   and the cell are batch-normalized at every time step with that step's statistics over the
   examples still valid at that step, and per-time-step running averages for eval (steps beyond
   `max_length` share the last); their scales start at 0.1 as in the paper. The input-to-hidden
-  pre-activations (computable for all steps before the recurrence) are batch-normalized with
-  statistics over the batch and all valid time steps together. Padding never enters any
-  statistic. Note what the per-step statistics imply for variable lengths: at a step where one
+  pre-activations are batch-normalized the same way, per time step (the registry's `causal`
+  layout), as Cooijmans et al. do: no statistic pools over time, so an LSTM LM's output at
+  step t never depends on a later token. Padding never enters any statistic. Note what the per-step statistics imply for variable lengths: at a step where one
   example is left, its normalized values are 0 (a batch of one has no spread).
 - `instance` is refused: statistics over an example's whole sequence do not fit a recurrence.
 
@@ -148,8 +148,8 @@ class LSTM(nn.Module):
   hidden: int = 128
   num_layers: int = 1
   residual: bool = False
-  input_norm: Callable[..., nn.Module] = norms.make_norm('none')
-  cell_norm: Callable[..., nn.Module] = norms.make_norm('none')
+  input_norm: Callable[..., nn.Module] = norms.make_norm('none', layout='causal')
+  cell_norm: Callable[..., nn.Module] = norms.make_norm('none', layout='causal')
   recurrent_bn: bool = False     # batch norm: also normalize the recurrence (Cooijmans et al.)
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -176,11 +176,13 @@ class LSTM(nn.Module):
 
 def build(cfg, dataset) -> LSTM:
   check_sequence_dataset('lstm', dataset)
-  if cfg.norm == 'instance':
-    raise ConfigError('norm instance does not fit an LSTM (statistics over a whole sequence '
-                      'inside a recurrence); valid norms for lstm: batch, layer, group, rms, none')
-  input_norm = norms.from_config(cfg, pool_positions=False)
-  cell_norm = norms.from_config(cfg, pool_positions=False,
+  if not norms.NORMS[cfg.norm].causal_ok:
+    raise ConfigError(f'norm {cfg.norm} does not fit an LSTM (statistics over a whole sequence '
+                      'inside a recurrence); valid norms for lstm: '
+                      + ', '.join(norms.causal_norms()))
+  # No statistic pools over time, in the classifier as in the LM: every step sees only the past.
+  input_norm = norms.from_config(cfg, layout='causal')
+  cell_norm = norms.from_config(cfg, layout='causal',
                                 name='none' if cfg.norm == 'batch' else cfg.norm)
   return LSTM(num_outputs=dataset.num_classes, hidden=cfg.width, num_layers=cfg.num_layers,
               residual=cfg.residual, input_norm=input_norm, cell_norm=cell_norm,

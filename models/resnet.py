@@ -194,17 +194,29 @@ IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
 
 
 def _norm_from_config(cfg) -> Callable[..., nn.Module]:
-  return norms.from_config(cfg, pool_positions=True)
+  return norms.from_config(cfg, layout='image')
 
 
-def _check_images(name, dataset):
+def _check_images(name, dataset, cfg, downsampling: int, min_size: int):
+  """Images only, large enough for the net's downsampling, and no norm that the smallest
+  feature map turns into a constant."""
   if dataset.kind != 'image':
     raise ConfigError(f'model {name} needs an image dataset (digits, cifar10, mnist, '
                       f'fashion_mnist); got {dataset.kind} data')
+  size = min(dataset.input_shape[:2])
+  if size < min_size:
+    raise ConfigError(f'model {name} downsamples by {downsampling} and needs images of at least '
+                      f'{min_size}x{min_size}; got {size}x{size} (a 3x3 conv on the 1x1 maps it '
+                      'would reach sees one tap; use model.name=resnet for small images)')
+  final = -(-size // downsampling)   # each stride-2 step (padded as torchvision) rounds up
+  if final == 1 and norms.NORMS[cfg.norm].erases_position_mean:
+    raise ConfigError(f'norm {cfg.norm} would make {name} ignore its input on {size}x{size} '
+                      f'images: its last stage sees 1x1 maps, where {cfg.norm} norm outputs its '
+                      'bias whatever the input; use larger images or another norm')
 
 
 def build_cifar(cfg, dataset) -> CifarResNet:
-  _check_images('resnet', dataset)
+  _check_images('resnet', dataset, cfg, downsampling=4, min_size=4)
   if cfg.depth < 8 or (cfg.depth - 2) % 6:
     raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
                       f'got {cfg.depth}')
@@ -215,7 +227,7 @@ def build_cifar(cfg, dataset) -> CifarResNet:
 
 
 def build_imagenet(cfg, dataset) -> ImageNetResNet:
-  _check_images('resnet_imagenet', dataset)
+  _check_images('resnet_imagenet', dataset, cfg, downsampling=32, min_size=32)
   if cfg.depth not in IMAGENET_DEPTHS:
     raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_DEPTHS)}; '
                       f'got {cfg.depth}')

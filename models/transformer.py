@@ -7,9 +7,12 @@ norm position and skip live):
     post-LN (Vaswani et al. 2017): N(x + f(x))        residual=False:  N(f(x))
 Pre-LN models end with a final norm before the head.
 
-Norms come from the registry with per-token statistics for layer/rms/group; `batch` pools over
-the batch and the valid (unpadded) tokens; `instance` pools over an example's valid tokens. The
-padding mask also masks attention keys, and the classifier mean-pools valid tokens only.
+Norms come from the registry with per-token statistics for layer/rms/group. In the classifier
+`batch` pools over the batch and the valid (unpadded) tokens; in the language model it pools
+over the batch at each position separately (per-position running averages), so that no
+position sees a later one. `instance` is refused: in the LM it would see the future, in the
+classifier the mean pooling of its output is its bias whatever the input. The padding mask
+also masks attention keys, and the classifier mean-pools valid tokens only.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class Transformer(nn.Module):
   num_layers: int = 2
   num_heads: int = 4
   mlp_dim: int = 128
-  norm: Callable[..., nn.Module] = norms.make_norm('layer', pool_positions=False)
+  norm: Callable[..., nn.Module] = norms.make_norm('layer', layout='sequence')
   norm_position: str = 'pre'
   residual: bool = True
   norm_uses_mask: bool = True
@@ -105,13 +108,17 @@ def build(cfg, dataset) -> Transformer:
     raise ConfigError(f'unknown norm_position {cfg.norm_position!r}; valid: '
                       f'{", ".join(NORM_POSITIONS)}')
   causal = dataset.task == 'language_model'
-  if causal and cfg.norm == 'instance':
-    raise ConfigError('norm instance would leak future tokens into a causal language model '
-                      '(statistics over the whole sequence); valid norms for a transformer LM: '
-                      'batch, layer, group, rms, none')
+  spec = norms.NORMS[cfg.norm]
+  if not causal and spec.erases_position_mean:
+    raise ConfigError(f'norm {cfg.norm} would make the transformer classifier ignore its input: '
+                      'the last norm fixes each feature\'s mean over the sequence, and the head '
+                      'mean-pools over the sequence, so every input gets the same logits; valid '
+                      'norms: ' + ', '.join(n for n, s in norms.NORMS.items()
+                                            if not s.erases_position_mean))
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
-  norm = norms.from_config(cfg, pool_positions=False)
+  # a language model's norms never pool over time (make_norm refuses those that must)
+  norm = norms.from_config(cfg, layout='causal' if causal else 'sequence')
   return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
                      num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                      mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,

@@ -14,7 +14,8 @@ RNG = np.random.default_rng(0)
 def apply(name, x, *, train=True, mask=None, pool_positions=True, groups=4, variables=None,
           params_like_random=True):
   """Initializes the registry's module, randomizes scale/bias, applies it."""
-  module = norms.make_norm(name, pool_positions=pool_positions, groups=groups, epsilon=EPS)()
+  module = norms.make_norm(name, layout='image' if pool_positions else 'sequence', groups=groups,
+                           epsilon=EPS)()
   if variables is None:
     variables = module.init(jax.random.key(0), x, train=False)
     if params_like_random:  # non-trivial affine parameters, so the test checks them too

@@ -1,0 +1,154 @@
+"""The configuration space the config checks allow, enumerated from the registries.
+
+Every model in `models.MODELS` is tried on every kind of data (images, real-valued sequences,
+token classification, a token language model) with every norm in `models.norms.NORMS`, both
+residual settings, every norm position, every BatchNorm scope and fixed/variable lengths. What
+the builders refuse is recorded with its reason; the rest is the space the invariant tests
+(`test_invariants.py`) walk. A model, norm or scope added to a registry is covered here without
+editing any test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import numpy as np
+
+import models
+from configs import common
+from data.base import Dataset
+from errors import ConfigError
+from models import norms, transformer
+
+T, F = 12, 3          # time steps, features of a real-valued sequence
+IMAGE = (8, 8, 1)      # digits-sized
+IMAGE32 = (32, 32, 3)  # CIFAR-sized
+VOCAB = 11
+CLASSES = 5
+
+DATA = {   # kind of data -> a Dataset with no examples (the models read only its metadata)
+    'image': Dataset(None, None, CLASSES, IMAGE, task='classification', kind='image'),
+    'image32': Dataset(None, None, CLASSES, IMAGE32, task='classification', kind='image'),
+    'sequence': Dataset(None, None, CLASSES, (T, F), task='classification', kind='sequence'),
+    'tokens': Dataset(None, None, CLASSES, (T,), task='classification', kind='tokens',
+                      vocab_size=VOCAB),
+    'lm': Dataset(None, None, VOCAB, (T,), task='language_model', kind='tokens',
+                  vocab_size=VOCAB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One combination: model, data kind and the model config's switches."""
+  model: str
+  data: str
+  norm: str
+  residual: bool = True
+  norm_position: str = 'pre'
+  bn_scope: str = 'global'
+  variable_length: bool = False
+
+  @property
+  def id(self) -> str:
+    scope = f':{self.bn_scope}' if self.norm == 'batch' else ''
+    return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
+            f'-{self.norm_position}{"-varlen" if self.variable_length else ""}')
+
+  @property
+  def dataset(self) -> Dataset:
+    return DATA[self.data]
+
+
+def model_config(p: Point):
+  """A small model config with every key any family reads."""
+  depth = {'resnet': 8, 'resnet_imagenet': 18}.get(p.model, 8)
+  cfg = common.model(p.model, p.norm, p.residual, width=8, depth=depth, num_layers=2,
+                     num_heads=2, mlp_ratio=2, norm_position=p.norm_position,
+                     norm_uses_mask=True, max_length=32)
+  cfg.norm_groups = 4
+  cfg.bn_scope = p.bn_scope
+  cfg.bn_ghost_size = 2 if p.bn_scope == 'ghost' else 0
+  cfg.conv_wgrad = 'xla'
+  cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
+  return cfg
+
+
+def build(p: Point):
+  return models.build_model(model_config(p), p.dataset)
+
+
+def _axes():
+  scopes = [(n, s) for n in norms.NORMS
+            for s in (norms.BN_SCOPES if norms.NORMS[n].running_stats else ('global',))]
+  return itertools.product(models.MODELS, DATA, scopes, (True, False),
+                           transformer.NORM_POSITIONS, (False, True))
+
+
+@functools.cache
+def space() -> tuple[list[Point], dict[Point, str]]:
+  """(allowed points, {refused point: reason}). Switches a model does not read (norm position
+  outside the transformer, variable length on images) are not multiplied out."""
+  allowed, refused = [], {}
+  seen = set()
+  for model, data, (norm, scope), residual, position, varlen in _axes():
+    if varlen and DATA[data].kind == 'image':
+      continue
+    p = Point(model, data, norm, residual, position, scope, varlen)
+    try:
+      module = build(p)
+    except ConfigError as e:
+      refused[p] = str(e)
+      continue
+    # one point per distinct module (a switch the model ignores builds the same module)
+    key = (repr(module), data, varlen)
+    if key not in seen:
+      seen.add(key)
+      allowed.append(p)
+  return allowed, refused
+
+
+def covering(points: list[Point]) -> list[Point]:
+  """A subset with one point per (model, data, norm, scope), the other switches rotated so that
+  within each (model, data) every value of each appears: the fast tests' share of the space."""
+  groups: dict[tuple, list[Point]] = {}
+  for p in points:
+    groups.setdefault((p.model, p.data, p.norm, p.bn_scope), []).append(p)
+  out, count = [], {}
+  for (model, data, _, _), members in groups.items():
+    n = count[model, data] = count.get((model, data), -1) + 1
+    want = dict(residual=n % 2 == 0, norm_position=transformer.NORM_POSITIONS[(n // 2) % 2],
+                variable_length=(n // 4) % 2 == 1)
+    match = [q for q in members
+             if all(getattr(q, k) == v or _ignored(q, k) for k, v in want.items())]
+    out.append((match or members)[0])
+  return out
+
+
+def _ignored(p: Point, switch: str) -> bool:
+  return ((switch == 'norm_position' and p.model != 'transformer') or
+          (switch == 'variable_length' and p.dataset.kind == 'image'))
+
+
+def batch(p: Point, size: int = 8, seed: int = 0):
+  """(inputs, mask or None, targets) of `size` random examples for point `p`."""
+  rng = np.random.default_rng(seed)
+  ds = p.dataset
+  mask = None
+  if ds.kind != 'image':
+    lengths = rng.integers(4, T + 1, size) if p.variable_length else np.full(size, T)
+    lengths[0] = T
+    mask = np.arange(T)[None, :] < lengths[:, None]
+  if ds.kind == 'tokens':
+    x = rng.integers(1, VOCAB, size=(size, T)).astype(np.int32)
+    x = np.where(mask, x, 0)
+  else:
+    x = rng.normal(size=(size, *ds.input_shape)).astype(np.float32)
+    if mask is not None:
+      x = np.where(mask[..., None], x, 0.0).astype(np.float32)
+  if ds.task == 'language_model':
+    y = rng.integers(1, VOCAB, size=(size, T)).astype(np.int32)
+  else:
+    y = rng.integers(0, ds.num_classes, size=size).astype(np.int32)
+  return x, mask, y
