@@ -23,8 +23,12 @@ on the layout the model asks for:
     none      identity
 
 `batch` keeps running averages for eval (per position in the causal layout, as recurrent BN
-keeps them per time step: Cooijmans et al. 2016). Variances are two-pass (E[(x - mean)²],
-never E[x²] - mean², which loses all precision when the mean is large against the spread).
+keeps them per time step: Cooijmans et al. 2016).
+
+The arithmetic is one function, `moments`: shifted, two-pass statistics, exact to float32
+rounding for any input (flax's norms default to E[x²] - E[x]², which loses all precision when
+the mean is large against the spread, and even their two-pass variant errs by ~1e-3 there).
+Parameter and statistic names are flax's (`ln/scale`, `bn/mean`, ...).
 """
 
 from __future__ import annotations
@@ -42,29 +46,114 @@ from errors import ConfigError
 LAYOUTS = ('image', 'sequence', 'causal')
 
 
-def _feature_mask(x, mask):
-  """(batch, *positions) -> x.shape, so statistics see the mask on every feature."""
+def _weights(x, mask):
+  """0/1 float32 weights of x's shape from a (batch, *positions) mask (None: all ones)."""
   if mask is None:
-    return None
-  if mask.shape != x.shape[:-1]:
+    return jnp.ones(x.shape, jnp.float32)
+  if mask.shape != x.shape[:mask.ndim] or mask.ndim != x.ndim - 1:
     raise ValueError(f'mask shape {mask.shape} must equal x.shape[:-1] = {x.shape[:-1]}')
-  return jnp.broadcast_to(mask[..., None], x.shape).astype(bool)
+  return jnp.broadcast_to(mask[..., None], x.shape).astype(jnp.float32)
 
 
-def _position_axes(x):
-  return tuple(range(1, x.ndim - 1))
+def moments(x, weights, axes):
+  """Statistics of float32 `x` over `axes`, counting each element by its 0/1 `weights`:
+  (shift, mean, var, count) with the mean held as two floats, shift + mean.
 
-
-def masked_moments(x, weights, axes):
-  """(mean, biased variance, count) of `x` over `axes`, counting each element by `weights`
-  (0/1). The mean is refined once (mean + mean of the residuals), so that it is accurate to
-  float32 rounding even when it is 1000x the spread; the variance is two-pass."""
+  Shifted data: `shift` is a first estimate of the mean (no gradient: the normalized output
+  does not depend on it), `mean` and `var` are the two-pass moments of `x - shift`. Once
+  `x - shift` is formed (exact where x is close to its mean), nothing loses precision, so
+  (x - shift - mean) / sqrt(var) is exact to float32 rounding even when the mean is 1000x
+  the spread, where E[x²] - E[x]² errs by up to ~190 and a one-float mean by ~1e-3.
+  """
   count = weights.sum(axes, keepdims=True)
   safe = jnp.maximum(count, 1.0)
-  mean = (x * weights).sum(axes, keepdims=True) / safe
-  mean = mean + ((x - mean) * weights).sum(axes, keepdims=True) / safe
-  var = (jnp.square(x - mean) * weights).sum(axes, keepdims=True) / safe
-  return mean, var, count
+  shift = jax.lax.stop_gradient((x * weights).sum(axes, keepdims=True) / safe)
+  d = x - shift
+  mean = (d * weights).sum(axes, keepdims=True) / safe
+  var = (jnp.square(d - mean) * weights).sum(axes, keepdims=True) / safe
+  return shift, mean, var, count
+
+
+class _Normalize(nn.Module):
+  """Normalizes x over `axes` with statistics from the positions `mask` marks (all others are
+  normalized with them too), then scales (and shifts) per feature. `groups` > 0 splits the
+  features into that many groups, each with its own statistics. Parameter names are flax's."""
+  axes: tuple[int, ...]
+  epsilon: float
+  subtract_mean: bool = True
+  use_bias: bool = True
+  groups: int = 0
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    v = x.astype(jnp.float32)
+    w = _weights(v, mask)
+    axes = tuple(a % x.ndim for a in self.axes)
+    if self.groups:   # (..., C) -> (..., groups, C / groups), the group's channels pooled too
+      v = v.reshape(*x.shape[:-1], self.groups, c // self.groups)
+      w = w.reshape(v.shape)
+      axes = tuple(a for a in axes if a != x.ndim - 1) + (x.ndim,)
+    if self.subtract_mean:
+      shift, mean, var, _ = moments(v, w, axes)
+      y = (v - shift - mean) * jax.lax.rsqrt(var + self.epsilon)
+    else:   # RMS: no mean, so no cancellation
+      ms = (jnp.square(v) * w).sum(axes, keepdims=True) / jnp.maximum(w.sum(axes, keepdims=True), 1.0)
+      y = v * jax.lax.rsqrt(ms + self.epsilon)
+    y = y.reshape(x.shape) * scale
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    return y.astype(x.dtype)
+
+
+class _BatchNorm(nn.Module):
+  """The arithmetic of `BatchNorm` (its parameters and running averages, named as flax's)."""
+  momentum: float
+  epsilon: float
+  groups: int
+  per_position: bool
+  max_positions: int
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    c = x.shape[-1]
+    if self.per_position and x.ndim != 3:
+      raise ValueError(f'per-position batch norm needs (batch, time, features); got {x.shape}')
+    stat_shape = (self.max_positions, c) if self.per_position else (c,)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+    # the rows of the running averages that apply here: one per position, or the one row
+    rows = (jnp.minimum(jnp.arange(x.shape[1]), self.max_positions - 1) if self.per_position
+            else ...)
+    v = x.astype(jnp.float32)
+    if not train:
+      y = (v - ra_mean.value[rows]) * jax.lax.rsqrt(ra_var.value[rows] + self.epsilon)
+      return (y * scale + bias).astype(x.dtype)
+    groups = self.groups
+    if x.shape[0] % groups:
+      raise ConfigError(f'batch norm with {groups} groups needs a batch size divisible '
+                        f'by {groups}; got {x.shape[0]}')
+    g = v.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+    w = _weights(v, mask).reshape(g.shape)
+    # over the group's examples (axis 1) and, unless per position, all its positions
+    axes = (1,) if self.per_position else tuple(range(1, g.ndim - 1))
+    shift, mean, var, count = moments(g, w, axes)
+    y = ((g - shift - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    if not self.is_initializing():
+      # the groups' statistics pooled, each weighted by its number of valid positions
+      shape = ra_mean.value[rows].shape
+      total = count.sum(0)
+      new = [((s * count).sum(0) / jnp.maximum(total, 1.0)).reshape(shape)
+             for s in (shift + mean, var)]
+      seen = total.reshape(shape) > 0     # rows some valid example reached
+      for ra, value in zip((ra_mean, ra_var), new):
+        old = ra.value[rows]
+        m = self.momentum
+        ra.value = ra.value.at[rows].set(jnp.where(seen, m * old + (1 - m) * value, old))
+    return (y * scale + bias).astype(x.dtype)
 
 
 class BatchNorm(nn.Module):
@@ -72,6 +161,7 @@ class BatchNorm(nn.Module):
 
   Running averages follow flax's convention: ra <- momentum * ra + (1 - momentum) * batch_stat,
   with the biased (1/N) batch variance. `train=False` normalizes with the running averages.
+  Under SPMD jit over a sharded batch the statistics are global: XLA inserts the all-reduce.
 
   per_position (the causal layout of a language model): statistics over the batch's valid
   examples at each position separately, so no position sees a later one; running averages per
@@ -81,9 +171,7 @@ class BatchNorm(nn.Module):
   groups > 1: "ghost" / per-device BatchNorm: the batch is split into `groups` equal, contiguous
   groups that are normalized with their own statistics (under data parallelism with one group
   per device, each device's share: no cross-device communication). The running averages take
-  the groups' statistics weighted by their numbers of valid positions. groups == 1 with pooled
-  positions is flax's BatchNorm (under SPMD jit over a sharded batch its statistics are global:
-  XLA inserts the all-reduce).
+  the groups' statistics weighted by their numbers of valid positions.
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
@@ -94,52 +182,17 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    groups = x.shape[0] // self.group_size if self.group_size else self.groups
     if self.group_size and x.shape[0] % self.group_size:
       raise ConfigError(f'ghost batch norm with {self.group_size} examples per group needs a '
                         f'batch size divisible by {self.group_size}; got {x.shape[0]}')
-    if groups <= 1 and not self.per_position:
-      return nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                          epsilon=self.epsilon, dtype=x.dtype, use_fast_variance=False,
-                          name='bn')(x, mask=_feature_mask(x, mask))
-    return self._general(x, train, mask, max(groups, 1))
+    groups = x.shape[0] // self.group_size if self.group_size else self.groups
+    return _BatchNorm(self.momentum, self.epsilon, max(groups, 1), self.per_position,
+                      self.max_positions, name='bn')(x, train=train, mask=mask)
 
-  def _general(self, x, train, mask, groups):
-    c = x.shape[-1]
-    if self.per_position and x.ndim != 3:
-      raise ValueError(f'per-position batch norm needs (batch, time, features); got {x.shape}')
-    stat_shape = (self.max_positions, c) if self.per_position else (c,)
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, jnp.float32)
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    # the running statistics that apply to this input: one row per position, or one
-    steps = jnp.minimum(jnp.arange(x.shape[1]), self.max_positions - 1) if self.per_position else ...
-    if not train:
-      y = (x.astype(jnp.float32) - ra_mean.value[steps]) * jax.lax.rsqrt(ra_var.value[steps]
-                                                                        + self.epsilon)
-      return (y * scale + bias).astype(x.dtype)
-    if x.shape[0] % groups:
-      raise ConfigError(f'batch norm with {groups} groups needs a batch size divisible '
-                        f'by {groups}; got {x.shape[0]}')
-    g = x.reshape(groups, x.shape[0] // groups, *x.shape[1:]).astype(jnp.float32)
-    valid = jnp.ones(x.shape[:-1], bool) if mask is None else mask
-    w = jnp.broadcast_to(valid.reshape(g.shape[:-1])[..., None], g.shape).astype(jnp.float32)
-    # over the group's examples (axis 1) and, unless per position, its positions
-    axes = (1,) if self.per_position else tuple(range(1, g.ndim - 1))
-    mean, var, count = masked_moments(g, w, axes)
-    y = ((g - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    if not self.is_initializing():
-      # the groups' statistics, each weighted by its number of valid positions
-      total = jnp.maximum(count.sum(0), 1.0)
-      new_mean, new_var = ((s * count).sum(0).reshape(ra_mean.value[steps].shape) /
-                           total.reshape(ra_mean.value[steps].shape) for s in (mean, var))
-      m = self.momentum
-      seen = count.sum(0).reshape(ra_mean.value[steps].shape) > 0
-      for ra, new in ((ra_mean, new_mean), (ra_var, new_var)):
-        old = ra.value[steps]
-        ra.value = ra.value.at[steps].set(jnp.where(seen, m * old + (1 - m) * new, old))
-    return (y * scale + bias).astype(x.dtype)
+
+def _axes(x, pool_positions: bool) -> tuple[int, ...]:
+  """Features, and positions too when `pool_positions`."""
+  return (tuple(range(1, x.ndim - 1)) if pool_positions else ()) + (x.ndim - 1,)
 
 
 class LayerNorm(nn.Module):
@@ -150,13 +203,8 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del train  # LayerNorm computes the same thing at train and test time.
-    if not self.pool_positions:  # statistics per position: padding cannot leak in
-      return nn.LayerNorm(epsilon=self.epsilon, dtype=x.dtype, use_fast_variance=False,
-                          name='ln')(x)
-    axes = _position_axes(x) + (x.ndim - 1,)
-    return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=axes, feature_axes=-1,
-                        dtype=x.dtype, use_fast_variance=False,
-                        name='ln')(x, mask=_feature_mask(x, mask))
+    return _Normalize(_axes(x, self.pool_positions), self.epsilon, name='ln')(
+        x, mask if self.pool_positions else None)
 
 
 class RMSNorm(nn.Module):
@@ -167,11 +215,8 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del train
-    if not self.pool_positions:
-      return nn.RMSNorm(epsilon=self.epsilon, dtype=x.dtype, name='rms')(x)
-    axes = _position_axes(x) + (x.ndim - 1,)
-    return nn.RMSNorm(epsilon=self.epsilon, reduction_axes=axes, feature_axes=-1,
-                      dtype=x.dtype, name='rms')(x, mask=_feature_mask(x, mask))
+    return _Normalize(_axes(x, self.pool_positions), self.epsilon, subtract_mean=False,
+                      use_bias=False, name='rms')(x, mask if self.pool_positions else None)
 
 
 class GroupNorm(nn.Module):
@@ -192,10 +237,8 @@ class GroupNorm(nn.Module):
     if channels % groups:
       raise ConfigError(f'group norm: {channels} features are not divisible into {groups} '
                         'groups; choose model.norm_groups dividing every layer width')
-    axes = (_position_axes(x) if self.pool_positions else ()) + (x.ndim - 1,)
-    mask = _feature_mask(x, mask) if self.pool_positions else None
-    return nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, reduction_axes=axes,
-                        dtype=x.dtype, use_fast_variance=False, name='gn')(x, mask=mask)
+    return _Normalize(_axes(x, self.pool_positions), self.epsilon, groups=groups, name='gn')(
+        x, mask if self.pool_positions else None)
 
 
 class InstanceNorm(nn.Module):
@@ -207,8 +250,7 @@ class InstanceNorm(nn.Module):
     del train
     if x.ndim < 3:
       raise ConfigError('instance norm needs inputs with positions (images or sequences)')
-    return nn.InstanceNorm(epsilon=self.epsilon, dtype=x.dtype, use_fast_variance=False,
-                           name='in')(x, mask=_feature_mask(x, mask))
+    return _Normalize(tuple(range(1, x.ndim - 1)), self.epsilon, name='in')(x, mask)
 
 
 class Identity(nn.Module):

@@ -50,6 +50,11 @@ def materialize(x, token):
   return jax.lax.cond(jnp.isfinite(token), lambda v: v, lambda v: v + 0.0, x)
 
 
+def stem_max_pool(x):
+  """torchvision's: 3x3 windows, stride 2, padded 1 on each side with -inf."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
 def _shortcut_a(x, filters: int, strides: int):
   """Option A: identity, subsampled by striding, extra channels zero-padded. No parameters."""
   if strides > 1:
@@ -161,7 +166,7 @@ class ImageNetResNet(nn.Module):
     x = stem(x)
     token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    x = stem_max_pool(x)
     for stage, size in enumerate(self.stage_sizes):
       for i in range(size):
         x = block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
@@ -173,9 +178,18 @@ class ImageNetResNet(nn.Module):
 
 
 def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0) -> Callable[..., Any]:
+  """`conv(features, kernel_size, strides=1, name=None)`: padded (k - 1) // 2 on every side, as
+  He et al. and torchvision. (flax's 'SAME' pads a stride-2 conv over an even input 0 before
+  and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)"""
   impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
-  return functools.partial(nn.Conv, use_bias=use_bias, padding='SAME', kernel_init=conv_init,
-                           dtype=dtype, conv_general_dilated=impl)
+  base = functools.partial(nn.Conv, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
+                           conv_general_dilated=impl)
+
+  def conv(features, kernel_size, **kwargs):
+    return base(features, kernel_size, padding=[((k - 1) // 2,) * 2 for k in kernel_size],
+                **kwargs)
+
+  return conv
 
 
 def _wgrad_chunk_bytes(cfg, auto_chunks: bool) -> int:

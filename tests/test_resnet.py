@@ -50,8 +50,9 @@ def test_plain_and_residual_nets_have_the_same_parameters_with_option_a():
 
 
 def conv(x, kernel, stride):
-  """An independent convolution (lax, SAME padding, NHWC/HWIO)."""
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+  """An independent convolution as He et al. pad it: (k - 1) // 2 on each side (NHWC/HWIO)."""
+  pad = [((k - 1) // 2,) * 2 for k in kernel.shape[:2]]
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
@@ -277,3 +278,61 @@ def test_conv_wgrad_is_checked_and_auto_chunks_on_one_cpu_device():
                       ('auto', jax.default_backend() == 'cpu' and jax.device_count() == 1)):
     cfg.model.conv_wgrad = value
     assert (models.build_model(cfg.model, ds).wgrad_chunk_bytes > 0) == want
+
+
+@pytest.mark.parametrize('kernel', [3, 7, 1])
+def test_strided_conv_and_option_a_shortcut_sample_the_same_pixel(kernel):
+  """A delta kernel (1 at the centre) turns a stride-2 conv into a subsampler: it must pick
+  input (2i, 2j), the pixel the option-A shortcut keeps (flax 'SAME' picked (2i+1, 2j+1))."""
+  x = jnp.arange(2 * 8 * 8, dtype=jnp.float32).reshape(2, 8, 8, 1)
+  layer = resnet._conv(use_bias=False)(1, (kernel, kernel), strides=2)
+  delta = jnp.zeros((kernel, kernel, 1, 1)).at[kernel // 2, kernel // 2].set(1.0)
+  out = layer.apply({'params': {'kernel': delta}}, x)
+  np.testing.assert_array_equal(out, resnet._shortcut_a(x, 1, 2))
+  np.testing.assert_array_equal(out, np.asarray(x)[:, ::2, ::2])
+
+
+def test_imagenet_max_pool_is_torchvisions():
+  """3x3, stride 2, padding 1 (padding never wins the max): window i covers inputs 2i-1..2i+1."""
+  x = np.random.default_rng(0).normal(size=(1, 8, 8, 2)).astype(np.float32)
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  expected = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((1, 2))
+                                 for j in range(4)], 1) for i in range(4)], 1)
+  np.testing.assert_array_equal(resnet.stem_max_pool(jnp.asarray(x)), expected)
+
+
+def _paper_resnet20(params, stats, x, eps=1e-5):
+  """He et al.'s CIFAR ResNet-20, written independently with lax convolutions padded 1 on each
+  side, numpy-style batch norm in train mode (batch statistics) and option-A shortcuts."""
+  def bn(y, p):
+    mean = y.mean((0, 1, 2))
+    var = ((y - mean) ** 2).mean((0, 1, 2))
+    return (y - mean) / jnp.sqrt(var + eps) * p['bn']['scale'] + p['bn']['bias']
+
+  relu = jax.nn.relu
+  h = relu(bn(conv(x, params['stem_conv']['kernel'], 1), params['stem_norm']))
+  for stage in range(3):
+    for i in range(3):
+      p = params[f'stage{stage + 1}_block{i + 1}']
+      stride = 2 if stage > 0 and i == 0 else 1
+      y = relu(bn(conv(h, p['Conv_0']['kernel'], stride), p['BatchNorm_0']))
+      y = bn(conv(y, p['Conv_1']['kernel'], 1), p['BatchNorm_1'])
+      skip = h[:, ::stride, ::stride, :]
+      extra = y.shape[-1] - skip.shape[-1]
+      skip = jnp.pad(skip, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+      h = relu(y + skip)
+  return h.mean((1, 2)) @ params['head']['kernel'] + params['head']['bias']
+
+
+def test_resnet20_forward_equals_an_independent_paper_network():
+  model = models.build_model(model_config(depth=20, conv_wgrad='xla'), info(10))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), x, train=False)
+  rng = np.random.default_rng(1)   # non-trivial BN affine parameters
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, v: v if path[-1].key == 'kernel' else
+      jnp.asarray(rng.normal(0.5, 0.3, v.shape), jnp.float32), variables['params'])
+  ours, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+  theirs = _paper_resnet20(params, None, x)
+  scale = float(jnp.abs(theirs).max())
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
