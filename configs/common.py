@@ -48,7 +48,8 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.optimizer.learning_rate = learning_rate
   config.optimizer.momentum = 0.9     # sgd
   config.optimizer.nesterov = False   # sgd
-  config.optimizer.weight_decay = weight_decay  # on kernels only (not biases or norm params)
+  config.optimizer.weight_decay = weight_decay
+  config.optimizer.weight_decay_on = 'kernels'  # kernels (Conv/Dense) | matrices | all
   config.optimizer.schedule = schedule  # constant | cosine | piecewise
   config.optimizer.warmup_steps = 0
   config.optimizer.boundaries = ()      # piecewise: steps at which lr *= decay_factor

@@ -17,6 +17,7 @@ also masks attention keys, and the classifier mean-pools valid tokens only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -32,14 +33,20 @@ from models.sequence import (
 )
 
 NORM_POSITIONS = ('pre', 'post')
+# The MLP's nonlinearity. flax's nn.gelu defaults to the tanh approximation (as GPT-2);
+# PyTorch's nn.GELU defaults to the exact erf form.
+ACTIVATIONS = {'gelu_tanh': functools.partial(nn.gelu, approximate=True),
+               'gelu': functools.partial(nn.gelu, approximate=False),
+               'relu': nn.relu}
 
 
 class MLP(nn.Module):
   hidden: int
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.hidden)(x)))
+    return nn.Dense(x.shape[-1])(ACTIVATIONS[self.activation](nn.Dense(self.hidden)(x)))
 
 
 class Block(nn.Module):
@@ -48,6 +55,7 @@ class Block(nn.Module):
   norm: Callable[..., nn.Module]
   norm_position: str = 'pre'
   residual: bool = True
+  activation: str = 'gelu_tanh'
 
   def _sublayer(self, x, f, norm_name, *, train, norm_mask):
     norm = self.norm(name=norm_name)
@@ -62,8 +70,8 @@ class Block(nn.Module):
     attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name='attention')
     x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
                        train=train, norm_mask=norm_mask)
-    return self._sublayer(x, MLP(self.mlp_dim, name='mlp'), 'norm_mlp', train=train,
-                          norm_mask=norm_mask)
+    mlp = MLP(self.mlp_dim, self.activation, name='mlp')
+    return self._sublayer(x, mlp, 'norm_mlp', train=train, norm_mask=norm_mask)
 
 
 class Transformer(nn.Module):
@@ -79,6 +87,7 @@ class Transformer(nn.Module):
   causal: bool = False          # True: a decoder-only language model, logits at every step
   vocab_size: int = 0
   max_length: int = 512
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -94,7 +103,7 @@ class Transformer(nn.Module):
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
     for layer in range(self.num_layers):
       h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
-                name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
+                self.activation, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
     if self.norm_position == 'pre':
       h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
     if not self.causal:
@@ -115,6 +124,9 @@ def build(cfg, dataset) -> Transformer:
                       'mean-pools over the sequence, so every input gets the same logits; valid '
                       'norms: ' + ', '.join(n for n, s in norms.NORMS.items()
                                             if not s.erases_position_mean))
+  activation = cfg.get('activation', 'gelu_tanh')
+  if activation not in ACTIVATIONS:
+    raise ConfigError(f'unknown model.activation {activation!r}; valid: {", ".join(ACTIVATIONS)}')
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
   # a language model's norms never pool over time (make_norm refuses those that must)
@@ -124,4 +136,5 @@ def build(cfg, dataset) -> Transformer:
                      mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,
                      norm_position=cfg.norm_position, residual=cfg.residual,
                      norm_uses_mask=cfg.norm_uses_mask, causal=causal,
-                     vocab_size=dataset.vocab_size, max_length=cfg.max_length)
+                     vocab_size=dataset.vocab_size, max_length=cfg.max_length,
+                     activation=activation)

@@ -66,7 +66,7 @@ def model_config(p: Point):
   depth = {'resnet': 8, 'resnet_imagenet': 18}.get(p.model, 8)
   cfg = common.model(p.model, p.norm, p.residual, width=8, depth=depth, num_layers=2,
                      num_heads=2, mlp_ratio=2, norm_position=p.norm_position,
-                     norm_uses_mask=True, max_length=32)
+                     norm_uses_mask=True, max_length=32, activation='gelu_tanh')
   cfg.norm_groups = 4
   cfg.bn_scope = p.bn_scope
   cfg.bn_ghost_size = 2 if p.bn_scope == 'ghost' else 0
@@ -152,3 +152,7 @@ def batch(p: Point, size: int = 8, seed: int = 0):
   else:
     y = rng.integers(0, ds.num_classes, size=size).astype(np.int32)
   return x, mask, y
+
+
+def ALLOWED_POINTS() -> list[Point]:   # noqa: N802  (reads like the constant it caches)
+  return space()[0]

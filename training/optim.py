@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 
@@ -9,6 +11,13 @@ from errors import ConfigError
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'piecewise')
+# Which parameters weight decay applies to (optimizer.weight_decay_on):
+#   kernels   Conv and Dense kernels (flax names them `kernel`): not biases, norm scales and
+#             shifts, embeddings, or attention biases
+#   matrices  every parameter with 2+ dimensions: kernels, and also the token and position
+#             embeddings and attention biases (heads x head_dim); what runs before this key did
+#   all       every parameter
+DECAY_SETS = ('kernels', 'matrices', 'all')
 
 
 def make_schedule(cfg, num_train_steps: int) -> optax.Schedule:
@@ -30,19 +39,27 @@ def make_schedule(cfg, num_train_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def _decay_mask(params):
-  """Weight decay on kernels only: not on biases or norm scales/offsets (all 1-D)."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params, decay_on: str = 'kernels'):
+  """A pytree of bools: which parameters weight decay applies to (see DECAY_SETS)."""
+  rule = {'kernels': lambda path, p: path[-1].key == 'kernel',
+          'matrices': lambda path, p: p.ndim > 1,
+          'all': lambda path, p: True}[decay_on]
+  return jax.tree_util.tree_map_with_path(rule, params)
 
 
 def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   if cfg.name not in OPTIMIZERS:
     raise ConfigError(f'unknown optimizer {cfg.name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
+  decay_on = cfg.get('weight_decay_on', 'kernels')
+  if decay_on not in DECAY_SETS:
+    raise ConfigError(f'unknown optimizer.weight_decay_on {decay_on!r}; valid: '
+                      f'{", ".join(DECAY_SETS)}')
+  mask = functools.partial(decay_mask, decay_on=decay_on)
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
   if cfg.name == 'sgd':
     base = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
   else:
     base = optax.adam(schedule)
   # L2 regularization added to the gradient, as in He et al.'s SGD recipe.
-  return optax.chain(optax.add_decayed_weights(cfg.weight_decay, _decay_mask), base)
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask), base)

@@ -37,12 +37,16 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # Keys added to the configs after runs may have been written, with the value that reproduces
 # what those runs did: an old workdir without the key reads as having this value.
 # (model.conv_wgrad only reorders a sum: every value computes the same function, up to rounding.)
-LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto'}
+LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
+              'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh'}
 
 
-def with_later_keys(d: dict) -> dict:
+def with_later_keys(d: dict, only: set | None = None) -> dict:
+  """`d` with each of LATER_KEYS it lacks (those in `only`, when given) set to its old value."""
   d = json.loads(json.dumps(d))
   for key, value in LATER_KEYS.items():
+    if only is not None and key not in only:
+      continue
     *path, last = key.split('.')
     node = d
     for p in path:
@@ -54,8 +58,9 @@ def with_later_keys(d: dict) -> dict:
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """Keys whose values differ: {key: (old, new)}; a missing key shows as '<absent>' (unless it
-  is one of LATER_KEYS, read as its old default)."""
-  old, new = flatten(with_later_keys(old)), flatten(new)
+  is one of LATER_KEYS that the new config has: read as its old default)."""
+  new = flatten(new)
+  old = flatten(with_later_keys(old, only=set(new)))
   return {k: (old.get(k, '<absent>'), new.get(k, '<absent>'))
           for k in sorted(set(old) | set(new)) if old.get(k, '<absent>') != new.get(k, '<absent>')}
 

@@ -1,0 +1,67 @@
+"""Which parameters weight decay touches, for every model family, found by applying the
+optimizer; and the learning-rate schedules."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import config_space as cs
+from configs import default
+from errors import ConfigError
+from training import optim
+
+# one point per (model, data) in the allowed space, with BatchNorm (it has params and stats)
+POINTS = {(p.model, p.data): p for p in cs.ALLOWED_POINTS()
+          if p.norm == 'batch' and p.bn_scope == 'global'}
+
+
+def _decayed(params, decay_on, name='sgd'):
+  """The parameter paths that a step with zero gradients changes (only decay can change them)."""
+  cfg = default.get_config().optimizer
+  cfg.unlock()
+  cfg.update(name=name, momentum=0.0, weight_decay=0.5, weight_decay_on=decay_on)
+  tx = optim.make_optimizer(cfg, lambda step: 1.0)
+  params = jax.tree.map(jnp.ones_like, params)   # nonzero everywhere, so decay shows
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  return {tuple(k.key for k in path) for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+          if np.abs(np.asarray(u)).max() > 0}
+
+
+def _conv_and_dense_kernels(model, x, mask):
+  """Paths of every Conv / Dense / DenseGeneral kernel, recorded from the modules that run."""
+  kernels = set()
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, (nn.Conv, nn.Dense, nn.DenseGeneral)):
+      kernels.add(tuple(context.module.scope.path) + ('kernel',))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+  return variables['params'], kernels
+
+
+@pytest.mark.parametrize('key', sorted(POINTS), ids=lambda k: f'{k[0]}-{k[1]}')
+@pytest.mark.parametrize('name', ['sgd', 'adamw'])
+def test_weight_decay_touches_exactly_conv_and_dense_kernels(key, name):
+  p = POINTS[key]
+  x, mask, _ = cs.batch(p, size=2)
+  params, kernels = _conv_and_dense_kernels(cs.build(p), x, mask)
+  every = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert _decayed(params, 'kernels', name) == kernels
+  assert _decayed(params, 'all', name) == every
+  matrices = _decayed(params, 'matrices', name)
+  assert kernels <= matrices
+  if p.model == 'transformer':   # embeddings and attention biases are matrices, not kernels
+    assert {path[-1] for path in matrices - kernels} >= {'pos_embedding', 'bias'}
+
+
+def test_unknown_decay_set_lists_the_valid_ones():
+  cfg = default.get_config().optimizer
+  cfg.unlock()
+  cfg.weight_decay_on = 'weights'
+  with pytest.raises(ConfigError, match='kernels, matrices, all'):
+    optim.make_optimizer(cfg, lambda step: 1.0)
