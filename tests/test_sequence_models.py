@@ -205,9 +205,10 @@ def test_transformer_mlp_activation_against_its_formula(activation):
   x = np.random.default_rng(4).normal(size=(2, 3, 4)).astype(np.float32) * 2
   mlp = transformer.MLP(6, activation)
   params = mlp.init(jax.random.key(0), x)['params']
-  h = x @ np.asarray(params['Dense_0']['kernel']) + np.asarray(params['Dense_0']['bias'])
+  # flax names the output Dense first (it is constructed first): Dense_1 is the hidden layer
+  h = x @ np.asarray(params['Dense_1']['kernel']) + np.asarray(params['Dense_1']['bias'])
   act = {'gelu': lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))),     # PyTorch's default
          'gelu_tanh': lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
          'relu': lambda v: np.maximum(v, 0)}[activation]
-  expected = act(h) @ np.asarray(params['Dense_1']['kernel']) + np.asarray(params['Dense_1']['bias'])
+  expected = act(h) @ np.asarray(params['Dense_0']['kernel']) + np.asarray(params['Dense_0']['bias'])
   np.testing.assert_allclose(mlp.apply({'params': params}, x), expected, rtol=1e-5, atol=1e-5)
