@@ -122,3 +122,22 @@ def test_each_sequence_config_learns_on_tiny_data(module, arg, overrides):
     state, sums = step(state, batch)
   last = tasks.summarize(jax.device_get(sums))['loss']
   assert last < 0.9 * first, (first, last)
+
+
+def test_tiny_text_splits_share_no_32_byte_run():
+  import ml_collections
+  from data import text
+  ds = text.load_tiny_text(ml_collections.ConfigDict({'seq_length': 64}))
+  raw = text._descr_text().encode('utf-8')
+  train = raw[:int(0.9 * len(raw))]
+  n = text.SHARED_RUN
+  runs = {train[i:i + n] for i in range(len(train) - n + 1)}
+  test = ds.test.arrays
+  windows = [bytes((np.concatenate([x, y[-1:]]) - 1).astype(np.uint8).tolist())
+             for x, y in zip(test['inputs'], test['targets'])]
+  assert len(windows) >= 40 and sum(map(len, windows)) >= 2500   # a usable test split remains
+  shared = [w[i:i + n] for w in windows for i in range(len(w) - n + 1) if w[i:i + n] in runs]
+  assert not shared, shared[:3]
+  # the check can fail: the plain 90/10 cut does share runs (scikit-learn's boilerplate)
+  rest = raw[len(train):]
+  assert any(rest[i:i + n] in runs for i in range(len(rest) - n + 1))
