@@ -78,6 +78,29 @@ def validate(runs: list) -> None:
       raise ConfigError(f'run {run.name}: {e}') from None
 
 
+def check_existing_runs(runs: list, directory: str) -> None:
+  """Refuses (one line, naming runs and keys) when a run's workdir holds a run trained with
+  another config than the one the sweep now gives it: a changed sweep definition must never
+  skip, resume or overwrite runs of the old one."""
+  stale = {}
+  for run in runs:
+    old = wd.read_json(os.path.join(directory, run.name, wd.CONFIG_FILE))
+    if old is None:
+      continue
+    diff = {k: v for k, v in wd.config_diff(old, wd.config_to_dict(run.config)).items()
+            if k not in loop.RESUMABLE_KEYS}
+    if diff:
+      stale[run.name] = diff
+  if stale:
+    keys = sorted({k for d in stale.values() for k in d})
+    first = next(iter(stale.values()))
+    shown = '; '.join(f'{k}: {first[k][0]!r} -> {first[k][1]!r}' for k in sorted(first))
+    names = ', '.join(list(stale)[:3]) + (f' and {len(stale) - 3} more' if len(stale) > 3 else '')
+    raise ConfigError(f'{len(stale)} run(s) in {directory} were trained with another config than '
+                      f'this sweep gives them ({names}; keys {", ".join(keys)}; e.g. {shown}); '
+                      'use a new --dir, or restore the sweep definition')
+
+
 def seed_groups(runs: list, together: bool) -> list[list]:
   """Runs that differ only in `seed` form one group (in sweep order) when `together`."""
   if not together:
@@ -100,6 +123,7 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
   runs = sweep.runs()
   validate(runs)
   mine = shard(runs, shard_index, num_shards)
+  check_existing_runs(mine, directory)
   states = {r.name: run_state(os.path.join(directory, r.name)) for r in mine}
   if dry_run:
     for r in mine:

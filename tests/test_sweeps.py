@@ -178,3 +178,26 @@ def test_seed_groups_gather_runs_that_differ_only_in_seed():
   assert [[r.overrides['seed'] for r in g] for g in groups] == [[0, 1, 2], [0, 1, 2]]
   assert {g[0].overrides['model.norm'] for g in groups} == {'batch', 'rms'}
   assert len(sweep.seed_groups(runs, together=False)) == 6
+
+
+def test_rerun_of_a_changed_sweep_refuses_naming_runs_and_keys(tmp_path):
+  """A directory made with `smoke.py:20` re-run with `smoke.py:50`: the finished runs were trained
+  with 20 steps, so the sweep refuses instead of reporting them as done; nothing is written."""
+  from training import workdir as wd
+  old = Sweep(tiny_config(), [product('model.norm', ['batch', 'layer'])])
+  for r in old.runs():   # two finished runs of the old definition
+    os.makedirs(tmp_path / r.name)
+    wd.write_json_atomic(str(tmp_path / r.name / wd.CONFIG_FILE), wd.config_to_dict(r.config))
+    wd.write_status(str(tmp_path / r.name), 'finished', step=20)
+  before = {p: os.path.getmtime(p) for p in map(str, tmp_path.rglob('*'))}
+  changed = Sweep(tiny_config(num_train_steps=50), [product('model.norm', ['batch', 'layer'])])
+  for dry_run in (True, False):
+    with pytest.raises(ConfigError) as e:
+      sweep.run_sweep(changed, str(tmp_path), dry_run=dry_run)
+    message = str(e.value)
+    assert '\n' not in message and 'norm=batch' in message and 'norm=layer' in message
+    assert 'num_train_steps: 20 -> 50' in message
+  assert {p: os.path.getmtime(p) for p in map(str, tmp_path.rglob('*'))} == before
+  # only logging and checkpoint frequencies may change between re-runs
+  logging_only = Sweep(tiny_config(log_every_steps=5), [product('model.norm', ['batch', 'layer'])])
+  assert set(sweep.run_sweep(logging_only, str(tmp_path)).values()) == {'finished'}
