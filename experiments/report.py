@@ -38,7 +38,7 @@ def read_run(directory: str, run: dict) -> dict:
   status = wd.read_status(workdir) or {'state': 'pending'}
   scalars = read_scalars(workdir) if os.path.isdir(workdir) else {}
   train_loss = scalars.get('train/loss', [])
-  speeds = [v for _, v in scalars.get('train/steps_per_sec', [])[1:]]  # first includes compile
+  speeds = [v for _, v in scalars.get('train/steps_per_sec', [])]  # train steps only
   eval_acc = scalars.get('eval/accuracy', [])
   return {**run, 'state': status['state'], 'step': status.get('step'),
           'error': status.get('error'), 'scalars': scalars,

@@ -87,3 +87,25 @@ def test_eval_modes_identical_for_layer_norm_and_batch_dependent_for_batch_norm(
     np.testing.assert_allclose(row['loss'], ln[0]['loss'], rtol=1e-5)
   bn_losses = [row['loss'] for row in results['batch']]
   assert len({round(v, 4) for v in bn_losses}) == len(bn_losses)  # every mode/batch differs
+
+
+def test_steps_per_sec_counts_train_steps_only(tmp_path, monkeypatch):
+  """An eval (made to take 3 s) and the compiling first step are not train time: the window
+  holding the eval reports about the steps/s of the window before it (counted, the eval would
+  cut it more than tenfold)."""
+  import time
+  real_evaluate = loop.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    time.sleep(3.0)
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(loop, 'evaluate', slow_evaluate)
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(tiny_config(num_train_steps=30, eval_every_steps=10), workdir)
+  acc = event_accumulator.EventAccumulator(workdir)
+  acc.Reload()
+  speeds = {e.step: e.value for e in acc.Scalars('train/steps_per_sec')}
+  assert set(speeds) == {10, 20, 30}
+  # steps 11-20 follow the eval at step 10: counted, its 3 s would hold them under 10/3 steps/s
+  assert speeds[20] > 10 and speeds[20] > 0.3 * speeds[10], speeds

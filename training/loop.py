@@ -257,6 +257,33 @@ class _Run:
     return {'state': self.state_name, 'step': step, 'metrics': self.metrics}
 
 
+class _TrainClock:
+  """Seconds spent in train steps only, for steps/s. Left out: the process's first step (it
+  compiles) and whatever runs between `stop` and `start` (eval, checkpoints, diagnostics).
+  Both wait for `state`, so that asynchronous dispatch does not move time between the two."""
+
+  def __init__(self):
+    self.seconds, self.steps, self._since = 0.0, 0, None
+
+  def start(self, state):
+    jax.block_until_ready(state)
+    self._since = time.perf_counter()
+
+  def stop(self, state):
+    if self._since is not None:
+      jax.block_until_ready(state)
+      self.seconds += time.perf_counter() - self._since
+      self._since = None
+
+  def rate(self, state) -> float | None:
+    """Train steps per second since the last call (None if no step was timed)."""
+    self.stop(state)
+    rate = self.steps / self.seconds if self.steps and self.seconds > 0 else None
+    self.seconds, self.steps = 0.0, 0
+    self.start(state)
+    return rate
+
+
 def _check_population(configs) -> None:
   """Seeds share one program only if their configs differ in nothing but the seed."""
   first = wd.config_to_dict(configs[0])
@@ -346,11 +373,12 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     return parallel.shard_batch(batch, mesh, population)
 
   live = lambda: [k for k, r in enumerate(runs) if r.state_name == 'finished']
-  pending, last_time, last_step, step = [], time.perf_counter(), start, start
+  pending, step, clock = [], start, _TrainClock()
   with _Preemption() as preemption:
     try:
       for step, batch in pipeline.prefetch(population_batch, start, config.num_train_steps):
         if diag_every and step % diag_every == 0:   # statistics of the state before this step
+          clock.stop(state)
           stats = jax.device_get(diagnose(state, batch))
           for k in live():
             mine = _member(stats, k, population)
@@ -361,22 +389,27 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
             # rows: layers from the input down; columns: diagnostic steps
             runs[k].writer.image(step, 'grad_norm/heatmap',
                                  diag_lib.heatmap(grad_history[k], layers))
+          clock.start(state)
         state, sums = train_step(state, batch)
+        if step == start:   # the first step compiles: time from its end
+          clock.start(state)
+        else:
+          clock.steps += 1
         pending.append(sums)
         done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
           totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-          now = time.perf_counter()
-          speed = (done - last_step) / (now - last_time)
-          pending, last_time, last_step = [], now, done
+          speed = clock.rate(state)
+          pending = []
           for k in live():
             train = tasks.summarize(_member(totals, k, population))
-            train['steps_per_sec'] = speed
+            if speed is not None:
+              train['steps_per_sec'] = speed
             train['learning_rate'] = float(exp.schedule(step))
             runs[k].writer.scalars(done, 'train', train)
             print(f'{_tag(k)}step {done:>6}  train  loss {train["loss"]:.4f}  accuracy '
-                  f'{train["accuracy"]:.4f}  lr {train["learning_rate"]:.4g}  '
-                  f'{speed:.1f} steps/s', flush=True)
+                  f'{train["accuracy"]:.4f}  lr {train["learning_rate"]:.4g}'
+                  + (f'  {speed:.1f} steps/s' if speed else ''), flush=True)
             if not train['loss'] <= config.divergence_threshold:  # also catches NaN
               runs[k].state_name, runs[k].diverged_at = 'diverged', done
               print(f'{_tag(k)}diverged at step {done} (train loss {train["loss"]})',
@@ -384,11 +417,15 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
           if not live():
             break
         if done % config.eval_every_steps == 0 and done < config.num_train_steps:
+          clock.stop(state)
           for k in live():
             run_eval(k, done)
+          clock.start(state)
         if done % config.checkpoint_every_steps == 0 or preemption.requested:
+          clock.stop(state)
           for k in live():
             runs[k].save(_member(state, k, population), done)
+          clock.start(state)
         if preemption.requested:
           for k in live():
             runs[k].state_name = 'interrupted'
