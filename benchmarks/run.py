@@ -143,7 +143,9 @@ def jax_contender(name: str, config, dataset: Dataset | None = None, model_fn=No
                   batch: dict | None = None) -> Contender:
   """A jitted normlab train step of `config` on one fixed batch (the first training batch)."""
   exp = loop.build_experiment(config, dataset)
-  model = model_fn(exp.model) if model_fn else exp.model
+  if model_fn:
+    exp = dataclasses.replace(exp, model=model_fn(exp.model))
+  model = exp.model
   state = loop.create_train_state(exp, jax.random.key(0))
   if batch is None:
     batch = TrainBatches(exp.dataset.train, config.data.batch_size, 0)(0)
@@ -260,21 +262,41 @@ def section_sequence(a, peak):
   return rows + out
 
 
+def _flax_fast_variance(kind: str):
+  """flax's own norm with its default E[x²] - E[x]² variance, behind the registry's call
+  signature: the reference for what the registry's exact (shifted two-pass) arithmetic costs."""
+  import flax.linen as nn
+
+  class FlaxNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train, mask=None):
+      if kind == 'batch':
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+      return nn.LayerNorm(epsilon=1e-5)(x)
+
+  return FlaxNorm
+
+
 def section_norms(a, peak):
   from models import norms
   rows = []
   ds = synthetic_images(128, 32)
   contenders = [jax_contender(f'resnet-20 {n}', resnet_config(norm=n), ds) for n in norms.NORMS]
+  contenders.append(jax_contender('resnet-20 batch, flax fast variance', resnet_config(), ds,
+                                  model_fn=lambda m: m.clone(norm=_flax_fast_variance('batch'))))
   out = interleave(contenders, a.steps, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:
     r.update(section='norms', model='resnet-20', time_vs_none=ref / r['steps_per_s'])
   rows += out
   contenders = []
-  for n in ['layer', 'rms', 'batch', 'none']:
+  for n in norms.causal_norms():
     config = transformer_lm.get_config()
     config.model.norm = n
     contenders.append(jax_contender(f'transformer LM {n}', config))
+  contenders.append(jax_contender('transformer LM layer, flax fast variance',
+                                  transformer_lm.get_config(),
+                                  model_fn=lambda m: m.clone(norm=_flax_fast_variance('layer'))))
   out = interleave(contenders, a.steps * 4, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:

@@ -53,12 +53,11 @@ def _step_batch_norm(v, valid, stats, train, epsilon):
   valid at this step (none valid: harmless zeros, never used: those rows are carried over).
   Eval: the running averages given for this step. Returns (normalized, (mean, var, count))."""
   if train:
-    w = valid[:, None].astype(v.dtype)
-    count = w.sum()
-    mean = (v * w).sum(0) / jnp.maximum(count, 1.0)
-    var = (((v - mean) ** 2) * w).sum(0) / jnp.maximum(count, 1.0)
-  else:
-    (mean, var), count = stats, jnp.zeros(())
+    w = jnp.broadcast_to(valid[:, None], v.shape).astype(jnp.float32)
+    shift, mean, var, count = norms.moments(v, w, (0,))   # the registry's exact moments
+    return (v - shift - mean) * jax.lax.rsqrt(var + epsilon), ((shift + mean)[0], var[0],
+                                                                count[0, 0])
+  (mean, var), count = stats, jnp.zeros(())
   return (v - mean) * jax.lax.rsqrt(var + epsilon), (mean, var, count)
 
 

@@ -60,17 +60,18 @@ def moments(x, weights, axes):
   (shift, mean, var, count) with the mean held as two floats, shift + mean.
 
   Shifted data: `shift` is a first estimate of the mean (no gradient: the normalized output
-  does not depend on it), `mean` and `var` are the two-pass moments of `x - shift`. Once
-  `x - shift` is formed (exact where x is close to its mean), nothing loses precision, so
-  (x - shift - mean) / sqrt(var) is exact to float32 rounding even when the mean is 1000x
-  the spread, where E[x²] - E[x]² errs by up to ~190 and a one-float mean by ~1e-3.
+  does not depend on it); `mean` and `var` are the moments of d = x - shift, from one fused
+  pass over d (sum d, sum d²). Once d is formed (exact where x is close to its mean) it is
+  centred to rounding, so E[d²] - E[d]² cancels nothing and (d - mean) / sqrt(var) is exact
+  to float32 rounding even when the mean is 1000x the spread, where E[x²] - E[x]² errs by up
+  to ~190 and a two-pass variance around a one-float mean by ~1e-3.
   """
   count = weights.sum(axes, keepdims=True)
   safe = jnp.maximum(count, 1.0)
   shift = jax.lax.stop_gradient((x * weights).sum(axes, keepdims=True) / safe)
-  d = x - shift
-  mean = (d * weights).sum(axes, keepdims=True) / safe
-  var = (jnp.square(d - mean) * weights).sum(axes, keepdims=True) / safe
+  d = (x - shift) * weights
+  mean = d.sum(axes, keepdims=True) / safe
+  var = jnp.maximum((d * d).sum(axes, keepdims=True) / safe - jnp.square(mean), 0.0)
   return shift, mean, var, count
 
 
@@ -126,8 +127,10 @@ class _BatchNorm(nn.Module):
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     # the rows of the running averages that apply here: one per position, or the one row
-    rows = (jnp.minimum(jnp.arange(x.shape[1]), self.max_positions - 1) if self.per_position
-            else ...)
+    if self.per_position and x.shape[1] > self.max_positions:
+      raise ConfigError(f'sequence length {x.shape[1]} exceeds the {self.max_positions} '
+                        'positions batch norm keeps running averages for (model.max_length)')
+    rows = slice(0, x.shape[1]) if self.per_position else ...
     v = x.astype(jnp.float32)
     if not train:
       y = (v - ra_mean.value[rows]) * jax.lax.rsqrt(ra_var.value[rows] + self.epsilon)
@@ -165,7 +168,7 @@ class BatchNorm(nn.Module):
 
   per_position (the causal layout of a language model): statistics over the batch's valid
   examples at each position separately, so no position sees a later one; running averages per
-  position, `max_positions` of them (later positions share the last). A position where no
+  position, `max_positions` of them (the model's maximum length). A position where no
   example is valid leaves its running average unchanged.
 
   groups > 1: "ghost" / per-device BatchNorm: the batch is split into `groups` equal, contiguous
