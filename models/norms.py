@@ -50,7 +50,7 @@ def _weights(x, mask):
   """0/1 float32 weights of x's shape from a (batch, *positions) mask (None: all ones)."""
   if mask is None:
     return jnp.ones(x.shape, jnp.float32)
-  if mask.shape != x.shape[:mask.ndim] or mask.ndim != x.ndim - 1:
+  if mask.shape != x.shape[:-1]:
     raise ValueError(f'mask shape {mask.shape} must equal x.shape[:-1] = {x.shape[:-1]}')
   return jnp.broadcast_to(mask[..., None], x.shape).astype(jnp.float32)
 
@@ -267,28 +267,24 @@ class Identity(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec:
-  """A norm in the registry: its module and the facts builders and config checks ask for."""
+  """A norm in the registry: its module and the facts builders and config checks ask for.
+  The defaults describe a per-token norm; each entry states where it differs."""
   module: type[nn.Module]
-  running_stats: bool      # keeps running averages: eval mode computes something else than train
-  causal_ok: bool          # can be made causal (a language model's position t sees no t' > t)
-  erases_position_mean: bool  # its output, per example and feature, has a fixed mean over the
-  #                             positions it pools: mean-pooling that output loses the input
   paper: str
+  running_stats: bool = False   # keeps running averages: eval mode computes something else
+  causal_ok: bool = True        # can be made causal (an LM's position t sees no t' > t)
+  erases_position_mean: bool = False  # its output, per example and feature, has a fixed mean
+  #                               over the positions it pools: mean-pooling it loses the input
 
 
 NORMS: dict[str, NormSpec] = {
-    'batch': NormSpec(BatchNorm, running_stats=True, causal_ok=True,
-                      erases_position_mean=False, paper='Ioffe & Szegedy 2015'),
-    'layer': NormSpec(LayerNorm, running_stats=False, causal_ok=True,
-                      erases_position_mean=False, paper='Ba, Kiros & Hinton 2016'),
-    'group': NormSpec(GroupNorm, running_stats=False, causal_ok=True,
-                      erases_position_mean=False, paper='Wu & He 2018'),
-    'rms': NormSpec(RMSNorm, running_stats=False, causal_ok=True,
-                    erases_position_mean=False, paper='Zhang & Sennrich 2019'),
-    'instance': NormSpec(InstanceNorm, running_stats=False, causal_ok=False,
-                         erases_position_mean=True, paper='Ulyanov, Vedaldi & Lempitsky 2016'),
-    'none': NormSpec(Identity, running_stats=False, causal_ok=True,
-                     erases_position_mean=False, paper='-'),
+    'batch': NormSpec(BatchNorm, 'Ioffe & Szegedy 2015', running_stats=True),
+    'layer': NormSpec(LayerNorm, 'Ba, Kiros & Hinton 2016'),
+    'group': NormSpec(GroupNorm, 'Wu & He 2018'),
+    'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019'),
+    'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', causal_ok=False,
+                         erases_position_mean=True),
+    'none': NormSpec(Identity, '-'),
 }
 
 

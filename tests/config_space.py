@@ -152,7 +152,3 @@ def batch(p: Point, size: int = 8, seed: int = 0):
   else:
     y = rng.integers(0, ds.num_classes, size=size).astype(np.int32)
   return x, mask, y
-
-
-def ALLOWED_POINTS() -> list[Point]:   # noqa: N802  (reads like the constant it caches)
-  return space()[0]

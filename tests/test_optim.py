@@ -13,7 +13,7 @@ from errors import ConfigError
 from training import optim
 
 # one point per (model, data) in the allowed space, with BatchNorm (it has params and stats)
-POINTS = {(p.model, p.data): p for p in cs.ALLOWED_POINTS()
+POINTS = {(p.model, p.data): p for p in cs.space()[0]
           if p.norm == 'batch' and p.bn_scope == 'global'}
 
 
