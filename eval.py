@@ -6,7 +6,7 @@ Rows: the normal eval mode (BatchNorm uses its running averages) and train mode 
 uses the statistics of the batch it is given) at several batch sizes. A norm without running
 statistics (layer, group, rms, instance, none) computes the same in both modes, so all its rows
 agree; BatchNorm's train-mode rows depend on the batch size. Prints a table and writes it to
-<workdir>/eval.json.
+<workdir>/eval.json. Flags and the table only; the work is training/evaluation.py.
 """
 
 # ruff: noqa: E402  (imports after the restart below)
@@ -20,7 +20,7 @@ from absl import app, flags, logging
 
 import cli
 from errors import ConfigError
-from training import loop
+from training import evaluation
 from training import workdir as wd
 
 FLAGS = flags.FLAGS
@@ -29,21 +29,6 @@ flags.DEFINE_list('batch_sizes', ['1', '2', '8', '32', '128'],
                   'Batch sizes for the batch-statistics (train) mode.')
 flags.DEFINE_integer('max_examples', None, 'Evaluate only the first N test examples.')
 flags.mark_flag_as_required('workdir')
-
-
-def evaluate_workdir(workdir: str, batch_sizes, max_examples=None) -> dict:
-  exp, state, step = loop.load_run(workdir)
-  eval_step = loop.make_eval_step(exp.model, exp.task)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  test = exp.dataset.test
-  rows = [{'mode': 'eval (running averages)', 'batch_size': exp.config.data.eval_batch_size,
-           **loop.evaluate(eval_step, variables, test, exp.config.data.eval_batch_size,
-                           max_examples=max_examples)}]
-  for bs in batch_sizes:
-    rows.append({'mode': 'train (batch statistics)', 'batch_size': bs,
-                 **loop.evaluate(eval_step, variables, test, bs, batch_stats_mode=True,
-                                 max_examples=max_examples)})
-  return {'workdir': workdir, 'step': step, 'norm': exp.config.model.norm, 'rows': rows}
 
 
 def format_table(result: dict) -> str:
@@ -64,26 +49,12 @@ def main(argv):
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if any(b < 1 for b in batch_sizes):
       raise ConfigError(f'--batch_sizes must be positive integers; got {FLAGS.batch_sizes}')
-    result = evaluate_workdir(FLAGS.workdir, batch_sizes, FLAGS.max_examples)
+    result = evaluation.evaluate_workdir(FLAGS.workdir, batch_sizes, FLAGS.max_examples)
   except (ConfigError, ValueError) as e:
     cli.fail(str(e))
   print(format_table(result))
   wd.write_json_atomic(os.path.join(FLAGS.workdir, 'eval.json'), result)
-  log_to_tensorboard(FLAGS.workdir, result)
-
-
-def log_to_tensorboard(workdir: str, result: dict) -> None:
-  """Scalars `eval_modes/<metric>/<mode>_bs<N>` at the run's step, and the gap to eval mode."""
-  from training.metric_writer import MetricWriter
-  writer = MetricWriter(workdir)
-  base = result['rows'][0]
-  for r in result['rows']:
-    mode = 'running_avg' if r['mode'].startswith('eval') else 'batch_stats'
-    tag = f'{mode}_bs{r["batch_size"]}'
-    writer.scalars(result['step'], 'eval_modes', {
-        f'accuracy/{tag}': r['accuracy'], f'loss/{tag}': r['loss'],
-        f'accuracy_gap_to_eval_mode/{tag}': r['accuracy'] - base['accuracy']})
-  writer.close()
+  evaluation.log_to_tensorboard(FLAGS.workdir, result)
 
 
 if __name__ == '__main__':

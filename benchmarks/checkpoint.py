@@ -17,8 +17,8 @@ import numpy as np
 
 from configs import default
 from data.base import ArraySplit, Dataset
-from training import checkpoints as ckpt_lib
-from training import loop
+from training import checkpoints as ckpt_lib, experiment
+from training.step import compile_steps
 
 
 def dir_size(path):
@@ -40,9 +40,9 @@ def main():
              'targets': rng.integers(0, 10, 128).astype(np.int32)}
     split = ArraySplit(batch)
     dataset = Dataset(split, split, 10, (size, size, channels))
-    exp = loop.build_experiment(config, dataset)
-    state = loop.create_train_state(exp, root)
-    step = loop.make_train_step(exp.model, exp.task)
+    exp = experiment.build_experiment(config, dataset=dataset)
+    state = experiment.create_train_state(exp, root)
+    step = compile_steps(exp).train
     state, m = step(state, batch)
     jax.block_until_ready(m)
     t0 = time.perf_counter()
@@ -55,13 +55,13 @@ def main():
     ckpts = ckpt_lib.Checkpoints(workdir, keep=2)
     times = []
     for i in range(a.repeats):
-      tree = loop._checkpoint_tree(state, root)
+      tree = ckpt_lib.state_tree(state, root)
       t0 = time.perf_counter()
       ckpts.save(i + 1, tree)
       times.append(time.perf_counter() - t0)
     size_mb = dir_size(os.path.join(ckpts.directory, str(a.repeats))) / 2**20
     t0 = time.perf_counter()
-    ckpts.restore_latest(loop._checkpoint_tree(state, root))
+    ckpts.restore_latest(ckpt_lib.state_tree(state, root))
     restore_s = time.perf_counter() - t0
     ckpts.close()
     shutil.rmtree(workdir)

@@ -51,7 +51,8 @@ import numpy as np
 from configs import default, lstm_mnist1d, transformer_lm
 from data.base import ArraySplit, Dataset
 from data.pipeline import TrainBatches, prefetch
-from training import loop
+from training import experiment
+from training.step import compile_steps
 
 SECTIONS = ('resnet', 'sequence', 'norms', 'depth', 'data', 'seeds')
 
@@ -142,16 +143,15 @@ def synthetic_images(batch: int, size: int, num_classes: int = 10) -> Dataset:
 def jax_contender(name: str, config, dataset: Dataset | None = None, model_fn=None,
                   batch: dict | None = None) -> Contender:
   """A jitted normlab train step of `config` on one fixed batch (the first training batch)."""
-  exp = loop.build_experiment(config, dataset)
+  exp = experiment.build_experiment(config, dataset=dataset)
   if model_fn:
     exp = dataclasses.replace(exp, model=model_fn(exp.model))
-  model = exp.model
-  state = loop.create_train_state(exp, jax.random.key(0))
+  state = experiment.create_train_state(exp, jax.random.key(0))
   if batch is None:
     batch = TrainBatches(exp.dataset.train, config.data.batch_size, 0)(0)
   batch = jax.device_put(batch)
   t0 = time.perf_counter()
-  compiled = loop.make_train_step(model, exp.task).lower(state, batch).compile()
+  compiled = compile_steps(exp).train.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, list) else cost
@@ -247,7 +247,7 @@ def section_sequence(a, peak):
   rows += out
   lm = transformer_lm.get_config()
   jt = jax_contender('normlab Transformer LM (pre-LN)', lm)
-  exp = loop.build_experiment(lm)
+  exp = experiment.build_experiment(lm)
   tt = torch_contender('pytorch hand-written pre-LN block',
                        torch_models.transformer_lm_step(
                            lm.data.batch_size, lm.data.seq_length, exp.dataset.vocab_size,
@@ -307,8 +307,9 @@ def section_norms(a, peak):
 def section_depth(a, peak):
   ds = synthetic_images(128, 32)
   contenders = [jax_contender(f'resnet-{d}', resnet_config(d), ds) for d in (20, 56, 110)]
-  contenders.append(jax_contender('resnet-110 without fusion barriers', resnet_config(110), ds,
-                                  model_fn=lambda m: m.clone(fusion_barriers=False)))
+  no_barriers = resnet_config(110)
+  no_barriers.model.fusion_barriers = 'off'
+  contenders.append(jax_contender('resnet-110 without fusion barriers', no_barriers, ds))
   out = interleave(contenders, 1, a.repeats, a.warmup)
   base = out[0]['steps_per_s']
   for r, d in zip(out, (20, 56, 110, 110)):
@@ -322,11 +323,11 @@ def section_data(a, peak):
   device mesh in the prefetch thread) vs the same step fed one cached on-device batch."""
   from training import parallel
   config = default.get_config()
-  exp = loop.build_experiment(config)
+  exp = experiment.build_experiment(config)
   batches = TrainBatches(exp.dataset.train, config.data.batch_size, 0, config.data.augment)
   mesh = parallel.data_mesh(jax.devices())
-  state = parallel.replicate(loop.create_train_state(exp, jax.random.key(0)), mesh)
-  step = loop.make_train_step(exp.model, exp.task)
+  state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
+  step = compile_steps(exp).train
   placed = lambda i: parallel.shard_batch(batches(i), mesh)
   cached = placed(0)
   stepper, counter = Stepper(step, state), [0]

@@ -21,7 +21,7 @@ import numpy as np
 
 from configs import default
 from data.pipeline import TrainBatches
-from training import loop
+from training import experiment, step as step_lib
 
 
 def main():
@@ -44,11 +44,10 @@ def main():
 def measure(depth: int, n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
   """{variant: median seconds per step}: 1 seed, n seeds one by one, n seeds vmapped."""
   config = default.get_config(str(depth))
-  exp = loop.build_experiment(config)
-  fn = loop.train_step_fn(exp.model, exp.task)
-  single = jax.jit(fn, donate_argnums=0)
-  vmapped = jax.jit(jax.vmap(fn), donate_argnums=0)
-  states = [loop.create_train_state(exp, jax.random.key(s)) for s in range(n_seeds)]
+  exp = experiment.build_experiment(config)
+  single = step_lib.compile_steps(exp).train   # the programs the loop runs
+  vmapped = step_lib.compile_steps(exp, population=n_seeds).train
+  states = [experiment.create_train_state(exp, jax.random.key(s)) for s in range(n_seeds)]
   batches = [TrainBatches(exp.dataset.train, config.data.batch_size, s)(0) for s in range(n_seeds)]
   stacked_state = jax.tree.map(lambda *x: np.stack(x), *states)
   stacked_batch = jax.tree.map(lambda *x: np.stack(x), *batches)

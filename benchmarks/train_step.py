@@ -22,7 +22,8 @@ import numpy as np
 
 from configs import default
 from data.base import ArraySplit, Dataset
-from training import loop
+from training import experiment
+from training.step import compile_steps
 
 
 def main():
@@ -44,9 +45,9 @@ def main():
            'targets': rng.integers(0, 10, a.batch).astype(np.int32)}
   split = ArraySplit(batch)
   dataset = Dataset(split, split, 10, shape)
-  exp = loop.build_experiment(config, dataset)
-  state = loop.create_train_state(exp, jax.random.key(0))
-  step = loop.make_train_step(exp.model, exp.task)
+  exp = experiment.build_experiment(config, dataset=dataset)
+  state = experiment.create_train_state(exp, jax.random.key(0))
+  step = compile_steps(exp).train
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -20,7 +20,10 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.bn_scope = 'global'         # batch norm statistics: global | per_device | ghost
   m.bn_ghost_size = 0           # ghost: examples per statistics group
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
+  # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's
+  # resolved.json records what ran)
   m.conv_wgrad = 'auto'         # ResNet conv weight grads: xla | chunked (models/conv.py) | auto
+  m.fusion_barriers = 'auto'    # ResNet: a fusion barrier after each block: on | off | auto
   m.update(family_keys)
   return m
 

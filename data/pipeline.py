@@ -33,7 +33,7 @@ def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.
 
 
 class TrainBatches:
-  """`batches(step)` -> the training batch of that step; `batches.prefetch(steps)` iterates."""
+  """`batches(step)` -> the training batch of that step; `batches.prefetch(start, stop)` iterates."""
 
   def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none'):
     if augment not in AUGMENTATIONS:

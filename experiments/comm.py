@@ -12,7 +12,14 @@ all-reduces into one, so compare bytes as well as counts.
 
 import argparse
 import os
+import re
 import sys
+
+import numpy as np
+
+COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute', 'all-to-all')
+DTYPE_BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 'f64': 8, 's32': 4, 'u32': 4, 's64': 8, 'u64': 8,
+               's8': 1, 'u8': 1, 'pred': 1, 's16': 2, 'u16': 2}
 
 
 def main():
@@ -44,7 +51,7 @@ def main():
 def measure(base_config, norm_specs, devices):
   import jax
 
-  from training import loop, parallel
+  from training import experiment, parallel, step
   rows = []
   for spec in norm_specs:
     norm, _, scope = spec.partition(':')
@@ -52,11 +59,11 @@ def measure(base_config, norm_specs, devices):
     config.model.norm = norm
     config.model.bn_scope = scope or 'global'
     mesh = parallel.data_mesh(devices)
-    exp = loop.build_experiment(config)
-    state = parallel.replicate(loop.create_train_state(exp, jax.random.key(0)), mesh)
+    exp = experiment.build_experiment(config, mesh)
+    state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
     batch = parallel.shard_batch(exp.dataset.train.get(range(config.data.batch_size)), mesh)
-    hlo = loop.make_train_step(exp.model, exp.task).lower(state, batch).compile().as_text()
-    found = parallel.collectives(hlo)
+    hlo = step.compile_steps(exp).train.lower(state, batch).compile().as_text()
+    found = collectives(hlo)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     total = sum(b for _, b in found)
     rows.append({'norm': spec, 'batch': config.data.batch_size,
@@ -65,6 +72,24 @@ def measure(base_config, norm_specs, devices):
                  # gradients (float32) + the summed metrics are the floor every norm pays
                  'extra_bytes': total - 4 * n_params})
   return rows
+
+
+def _shape_bytes(shape_text: str) -> int:
+  total = 0
+  for dtype, dims in re.findall(r'([a-z]+\d*)\[([\d,]*)\]', shape_text):
+    if dtype in DTYPE_BYTES:
+      total += DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
+  return total
+
+
+def collectives(hlo_text: str) -> list[tuple[str, int]]:
+  """(op, bytes of its result) for each collective in an optimized HLO module's text."""
+  found = []
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z\-]+)(?:-start)?\(', line)
+    if m and m.group(2) in COLLECTIVES:
+      found.append((m.group(2), _shape_bytes(m.group(1))))
+  return found
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Run a sweep: every run not yet finished, each in its own workdir under --dir.
 
-  python -m experiments.sweep --sweep=experiments/depth.py --dir=sweeps/depth [--shard=i/n]
-  python -m experiments.sweep --sweep=experiments/depth.py --dir=sweeps/depth --dry_run
+  python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth [--shard=i/n]
+  python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth --dry_run
 
 Re-running skips finished (and diverged) runs and resumes unfinished ones from their
 checkpoints. `--shard=i/n` (0 <= i < n) runs every n-th run starting at i, so a scheduler's
@@ -27,7 +27,7 @@ import data as data_lib
 import models
 from errors import ConfigError
 from experiments import sweeps
-from training import loop
+from training import experiment, loop, parallel, run as run_lib
 from training import workdir as wd
 
 FLAGS = flags.FLAGS
@@ -66,14 +66,14 @@ def run_state(workdir: str) -> str:
 def validate(runs: list) -> None:
   """Builds every run's model (datasets loaded once per distinct data config) so that a bad
   key or value fails before any run starts, naming the run."""
-  datasets = {}
+  datasets, mesh = {}, parallel.data_mesh()
   for run in runs:
     try:
-      loop.check_config(run.config)
+      experiment.check_config(run.config, mesh)
       key = run.config.data.to_json()
       if key not in datasets:
         datasets[key] = data_lib.load_dataset(run.config.data)
-      models.build_model(run.config.model, datasets[key])
+      models.build_model(run.config.model, datasets[key], devices=mesh.size)
     except ConfigError as e:
       raise ConfigError(f'run {run.name}: {e}') from None
 
@@ -88,7 +88,7 @@ def check_existing_runs(runs: list, directory: str) -> None:
     if old is None:
       continue
     diff = {k: v for k, v in wd.config_diff(old, wd.config_to_dict(run.config)).items()
-            if k not in loop.RESUMABLE_KEYS}
+            if k not in run_lib.RESUMABLE_KEYS}
     if diff:
       stale[run.name] = diff
   if stale:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 
 from errors import ConfigError
 from models import lstm, norms, resnet, transformer
@@ -28,10 +29,29 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # Compute precision of convolutions and matmuls; parameters, norm statistics and the loss stay
 # float32 (mixed precision with float32 master weights).
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# How the ResNets compute convolution weight gradients: XLA's own, summed over chunks of images
-# (models/conv.py: faster on CPU), or auto: chunked for the CIFAR ResNets on a single CPU
-# device, XLA's elsewhere.
-CONV_WGRADS = ('auto', 'xla', 'chunked')
+# Speed formulations: declarative fields, each `auto` | a concrete choice. `auto` turns one on
+# only on the backend where it was measured to help (benchmarks/RESULTS.md has the numbers);
+# `resolve_speed` decides, and the loop writes what it decided to the run's workdir.
+CONV_WGRADS = ('auto', 'xla', 'chunked')     # ResNet conv weight gradients (models/conv.py)
+FUSION_BARRIERS = ('auto', 'on', 'off')      # a barrier after each ResNet block (resnet.materialize)
+
+
+def resolve_speed(model_config, backend: str, devices: int) -> dict:
+  """{key: concrete choice} for each speed field of `model_config` on `backend` with `devices`.
+
+  conv_wgrad: chunked for the CIFAR ResNets on one CPU device (faster there; with several
+    devices the chunks would cut across the batch's sharding), XLA's own elsewhere.
+  fusion_barriers: on on CPU (without them XLA:CPU's backward was quadratic in depth); off
+    elsewhere until measured (on a GPU the conditional may cost a host round trip per block).
+  """
+  wgrad = model_config.get('conv_wgrad', 'auto')
+  if wgrad == 'auto':
+    wgrad = ('chunked' if model_config.name == 'resnet' and backend == 'cpu' and devices == 1
+             else 'xla')
+  barriers = model_config.get('fusion_barriers', 'auto')
+  if barriers == 'auto':
+    barriers = 'on' if backend == 'cpu' else 'off'
+  return {'conv_wgrad': wgrad, 'fusion_barriers': barriers}
 
 
 def check_model_names(model_config) -> None:
@@ -42,15 +62,22 @@ def check_model_names(model_config) -> None:
   dtype = model_config.get('compute_dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'unknown model.compute_dtype {dtype!r}; valid: {", ".join(COMPUTE_DTYPES)}')
-  wgrad = model_config.get('conv_wgrad', 'auto')
-  if wgrad not in CONV_WGRADS:
-    raise ConfigError(f'unknown model.conv_wgrad {wgrad!r}; valid: {", ".join(CONV_WGRADS)}')
+  for key, valid in (('conv_wgrad', CONV_WGRADS), ('fusion_barriers', FUSION_BARRIERS)):
+    value = model_config.get(key, 'auto')
+    if value not in valid:
+      raise ConfigError(f'unknown model.{key} {value!r}; valid: {", ".join(valid)}')
   if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
     raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
                       f'{model_config.name} computes in float32')
 
 
-def build_model(model_config, dataset) -> nn.Module:
-  """Validates the names in `model_config` and returns the module (no parameters yet)."""
+def build_model(model_config, dataset, *, devices: int = 1) -> nn.Module:
+  """Validates the names in `model_config` and returns the module (no parameters yet).
+  `devices`: how many the batch is split over (per-device BatchNorm's number of groups).
+  Speed fields still `auto` are resolved for the default backend (`resolve_speed`)."""
   check_model_names(model_config)
-  return MODELS[model_config.name](model_config, dataset)
+  resolved = resolve_speed(model_config, jax.default_backend(), devices)
+  model_config = model_config.copy_and_resolve_references()
+  with model_config.unlocked():
+    model_config.update(resolved)
+  return MODELS[model_config.name](model_config, dataset, devices=devices)

@@ -3,19 +3,16 @@
 XLA:CPU computes a convolution's weight gradient as one convolution that contracts over the whole
 batch: it transposes the input and the output gradient so that the batch becomes the feature
 dimension, then runs one kernel whose small output (kh x kw x C_in x C_out) leaves little to
-split across threads. In ResNet-20 at batch 128 those weight gradients ran at half the FLOP rate
-of the forward convolutions and, with their transposes, took ~45 % of the step
-(benchmarks/RESULTS.md). Summing the weight gradients of chunks of about `CHUNK_BYTES` of
-activations keeps each chunk's transposes and kernel in cache: the whole train step is ~1.15x
-faster on a 2-core CPU (alternating A/B runs, `python -m benchmarks.run --only=resnet`), for ~2x
-the compile time (more, smaller ops). Smaller chunks were faster still (8 images in every stage:
-1.2x) but pushed ResNet-110's compile past 15 s. At most `MAX_CHUNKS` chunks per convolution,
-so that large images or batches do not multiply the program's size. On an ImageNet ResNet-18
-(64x64, batch 32) it gained nothing, so `model.conv_wgrad=auto` uses it for the CIFAR ResNets only.
+split across threads. Summing the weight gradients of chunks of about `CHUNK_BYTES` of
+activations keeps each chunk's transposes and kernel in cache; at most `MAX_CHUNKS` chunks per
+convolution, so that large images or batches do not multiply the program's size (and compile
+time). Where it helps, and by how much, is measured in benchmarks/RESULTS.md
+(`python -m benchmarks.run --only=resnet`); `model.conv_wgrad=auto` turns it on only there
+(`models.resolve_speed`).
 
 The forward pass and the input gradient are `lax.conv_general_dilated`'s own; the weight gradient
 is the same sum in a different order, so results agree to float rounding
-(tests/test_resnet.py checks outputs and gradients against the plain convolution).
+(tests/test_conv.py checks outputs and gradients against the plain convolution).
 """
 
 from __future__ import annotations
@@ -76,9 +73,8 @@ def _hashable(v):
 def _conv_grads(x, w, dy, *, settings, chunk_bytes, max_chunks):
   """(dx, dw) of `lax.conv_general_dilated(x, w, **dict(settings))` for the output gradient `dy`;
   dw summed over batch chunks. Jitted with the convolution's settings as static arguments, so it
-  is traced once per shape and setting, not once per layer: ResNet-110's train step traced in
-  2.0 s instead of 3.4 s and lowered in 0.4 s instead of 0.8 s (the compiled program is the
-  same)."""
+  is traced once per shape and setting, not once per layer (faster tracing of deep nets:
+  benchmarks/RESULTS.md; the compiled program is the same)."""
   conv = functools.partial(lax.conv_general_dilated, **dict(settings))
   dn = lax.conv_dimension_numbers(x.shape, w.shape, dict(settings)['dimension_numbers'])
   lhs_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]

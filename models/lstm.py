@@ -173,19 +173,22 @@ class LSTM(nn.Module):
     return nn.Dense(self.num_outputs, name='head')(h)
 
 
-def build(cfg, dataset) -> LSTM:
+def build(cfg, dataset, *, devices: int = 1) -> LSTM:
   check_sequence_dataset('lstm', dataset)
   if not norms.NORMS[cfg.norm].causal_ok:
     raise ConfigError(f'norm {cfg.norm} does not fit an LSTM (statistics over a whole sequence '
                       'inside a recurrence); valid norms for lstm: '
                       + ', '.join(norms.causal_norms()))
   # No statistic pools over time, in the classifier as in the LM: every step sees only the past.
-  input_norm = norms.from_config(cfg, layout='causal')
-  cell_norm = norms.from_config(cfg, layout='causal',
-                                name='none' if cfg.norm == 'batch' else cfg.norm)
+  # A norm with running statistics is recurrent BN (Cooijmans et al.): per-step statistics on
+  # the input and recurrent projections, so the cell itself is left unnormalized.
+  recurrent_bn = norms.NORMS[cfg.norm].running_stats
+  input_norm = norms.from_config(cfg, layout='causal', devices=devices)
+  cell_norm = norms.from_config(cfg, layout='causal', devices=devices,
+                                name='none' if recurrent_bn else cfg.norm)
   return LSTM(num_outputs=dataset.num_classes, hidden=cfg.width, num_layers=cfg.num_layers,
               residual=cfg.residual, input_norm=input_norm, cell_norm=cell_norm,
-              recurrent_bn=cfg.norm == 'batch', momentum=cfg.bn_momentum,
+              recurrent_bn=recurrent_bn, momentum=cfg.bn_momentum,
               epsilon=cfg.norm_epsilon,
               norm_uses_mask=cfg.norm_uses_mask,
               per_token_outputs=dataset.task == 'language_model',

@@ -44,6 +44,9 @@ import jax.numpy as jnp
 from errors import ConfigError
 
 LAYOUTS = ('image', 'sequence', 'causal')
+# Statistics of 1 value normalize it to 0, of 2 values to -1 and +1: the fewest a norm may pool
+# where the config fixes how many it pools (per-token groups, ghost groups per position).
+MIN_POOLED = 3
 
 
 def _weights(x, mask):
@@ -72,6 +75,9 @@ def moments(x, weights, axes):
   d = (x - shift) * weights
   mean = d.sum(axes, keepdims=True) / safe
   var = jnp.maximum((d * d).sum(axes, keepdims=True) / safe - jnp.square(mean), 0.0)
+  # where nothing is counted (a ghost group with no real token at a position), variance 1: the
+  # padding passes through unscaled instead of growing by 1/sqrt(eps) per layer towards inf
+  var = jnp.where(count > 0, var, 1.0)
   return shift, mean, var, count
 
 
@@ -240,6 +246,11 @@ class GroupNorm(nn.Module):
     if channels % groups:
       raise ConfigError(f'group norm: {channels} features are not divisible into {groups} '
                         'groups; choose model.norm_groups dividing every layer width')
+    if not self.pool_positions and channels // groups < MIN_POOLED:
+      raise ConfigError(f'group norm per token: {channels} features in {groups} groups leaves '
+                        f'{channels // groups} per group, and normalizing fewer than '
+                        f'{MIN_POOLED} values outputs a constant (1) or a sign (2) whatever the '
+                        f'input; choose model.norm_groups <= {channels // MIN_POOLED}')
     return _Normalize(_axes(x, self.pool_positions), self.epsilon, groups=groups, name='gn')(
         x, mask if self.pool_positions else None)
 
@@ -271,6 +282,7 @@ class NormSpec:
   The defaults describe a per-token norm; each entry states where it differs."""
   module: type[nn.Module]
   paper: str
+  has_shift: bool = True        # adds a learned per-feature bias: a bias before it is redundant
   running_stats: bool = False   # keeps running averages: eval mode computes something else
   causal_ok: bool = True        # can be made causal (an LM's position t sees no t' > t)
   erases_position_mean: bool = False  # its output, per example and feature, has a fixed mean
@@ -281,10 +293,10 @@ NORMS: dict[str, NormSpec] = {
     'batch': NormSpec(BatchNorm, 'Ioffe & Szegedy 2015', running_stats=True),
     'layer': NormSpec(LayerNorm, 'Ba, Kiros & Hinton 2016'),
     'group': NormSpec(GroupNorm, 'Wu & He 2018'),
-    'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019'),
+    'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019', has_shift=False),
     'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', causal_ok=False,
                          erases_position_mean=True),
-    'none': NormSpec(Identity, '-'),
+    'none': NormSpec(Identity, '-', has_shift=False),
 }
 
 
@@ -303,7 +315,7 @@ BN_SCOPES = ('global', 'per_device', 'ghost')
 
 def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: float = 0.9,
               epsilon: float = 1e-5, bn_scope: str = 'global', bn_ghost_size: int = 0,
-              max_positions: int = 512) -> Callable[..., nn.Module]:
+              max_positions: int = 512, devices: int = 1) -> Callable[..., nn.Module]:
   """Returns a factory: `factory(name=None) -> nn.Module` with the shared call signature.
 
   layout: `image` (per-example norms pool over H, W, C), `sequence` (per-example norms work
@@ -312,7 +324,7 @@ def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: fl
     of running averages).
   bn_scope: which examples BatchNorm's statistics pool over in train mode: `global` (the
     whole, possibly sharded, batch: cross-device all-reduce), `per_device` (each device's
-    share: no communication), `ghost` (groups of `bn_ghost_size` examples).
+    share: no communication; `devices` groups), `ghost` (groups of `bn_ghost_size` examples).
   """
   check_norm_name(name)
   if layout not in LAYOUTS:
@@ -324,12 +336,17 @@ def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: fl
     raise ConfigError(f'unknown bn_scope {bn_scope!r}; valid: {", ".join(BN_SCOPES)}')
   if bn_scope == 'ghost' and bn_ghost_size < 1:
     raise ConfigError(f'bn_scope ghost needs bn_ghost_size >= 1; got {bn_ghost_size}')
+  if name == 'batch' and layout == 'causal' and bn_scope == 'ghost' and bn_ghost_size < MIN_POOLED:
+    raise ConfigError(f'ghost batch norm in a language model pools {bn_ghost_size} values per '
+                      f'position and feature, and normalizing fewer than {MIN_POOLED} outputs a '
+                      f'constant (1) or a sign (2) whatever the input; use bn_ghost_size >= '
+                      f'{MIN_POOLED}')
   pool_positions = layout == 'image'
   if name == 'batch':
     kwargs = dict(momentum=momentum, epsilon=epsilon, per_position=layout == 'causal',
                   max_positions=max_positions)
     if bn_scope == 'per_device':
-      kwargs['groups'] = jax.device_count()
+      kwargs['groups'] = devices
     elif bn_scope == 'ghost':
       kwargs['group_size'] = bn_ghost_size
   else:
@@ -343,9 +360,9 @@ def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: fl
   return functools.partial(NORMS[name].module, **kwargs)
 
 
-def from_config(cfg, *, layout: str, name: str | None = None):
+def from_config(cfg, *, layout: str, name: str | None = None, devices: int = 1):
   """`make_norm` with the norm keys of a model config (`name` overrides cfg.norm)."""
-  return make_norm(name or cfg.norm, layout=layout, groups=cfg.norm_groups,
+  return make_norm(name or cfg.norm, layout=layout, groups=cfg.norm_groups, devices=devices,
                    momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
                    bn_scope=cfg.get('bn_scope', 'global'),
                    bn_ghost_size=cfg.get('bn_ghost_size', 0),

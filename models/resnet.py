@@ -1,18 +1,19 @@
 """ResNets (He et al. 2016) with a switchable norm and a switchable skip connection.
 
-- `CifarResNet`: depth 6n+2 (20/32/44/56/110), three stages of n basic blocks with 16/32/64
-  filters, parameter-free "option A" shortcuts (stride-2 subsampling + zero-padded channels),
-  as in the paper's CIFAR-10 section (ResNet-20: 0.27M parameters, ResNet-56: 0.85M).
-- `ImageNetResNet`: ResNet-18/34 (basic blocks) and 50/101/152 (bottleneck blocks), 7x7 stem,
-  projection shortcuts ("option B") where the shape changes.
+One module, `ResNet`, and its variants:
+- `CifarResNet(depth)`: depth 6n+2 (20/32/44/56/110), three stages of n basic blocks with
+  16/32/64 filters, parameter-free "option A" shortcuts (stride-2 subsampling + zero-padded
+  channels), as in the paper's CIFAR-10 section (ResNet-20: 0.27M parameters, ResNet-56: 0.85M).
+- `ImageNetResNet` with `IMAGENET_VARIANTS[depth]`: ResNet-18/34 (basic blocks) and
+  50/101/152 (bottleneck blocks), 7x7 stem, projection shortcuts ("option B") where the shape
+  changes.
 
 `residual=False` gives the paper's *plain* nets: the same blocks with the skip removed. The
-skip and the norm placement live in `_finish_block`, one place for both block types.
+skip and the norm placement live in `_Block._finish_block`, one place for both block types.
 
-Every block's output passes through `materialize` (unless `fusion_barriers=False`): the same
-values, but XLA stores them instead of recomputing the residual stream from the start of its stage
-inside later fusions, which made the backward pass quadratic in depth on XLA:CPU (ResNet-110's
-gradient cost 13× ResNet-20's for 5.5× the FLOPs; benchmarks/RESULTS.md).
+`fusion_barriers`: every block's output passes through `materialize`, the same values stored
+once, because XLA:CPU otherwise recomputed the residual stream inside later fusions and the
+backward pass grew quadratic in depth (numbers: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -113,13 +114,19 @@ class BottleneckBlock(_Block):
     return self._finish_block(x, y, train=train)
 
 
-class CifarResNet(nn.Module):
-  depth: int = 20
+class ResNet(nn.Module):
+  """Stem -> stages of blocks (the first block of every stage after the first halves the map
+  and doubles the filters) -> global average pool -> linear head. The variants below fix the
+  stem, block and shortcut; `stage_sizes` the depth."""
+  stage_sizes: Sequence[int]
+  block: type[_Block] = BasicBlock
+  shortcut: str = 'A'            # A: CIFAR's parameter-free shortcut; B: projections
+  stem: str = 'cifar'            # cifar: 3x3 conv; imagenet: 7x7/2 conv + 3x3/2 max pool
   num_classes: int = 10
-  width: int = 16
+  width: int = 16                # the first stage's filters
   residual: bool = True
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
-  use_bias: bool = False  # biases are redundant after a norm with a shift; on for norm='none'
+  use_bias: bool = False  # biases are redundant after a norm with a shift (NormSpec.has_shift)
   fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
   dtype: Any = jnp.float32       # compute dtype of convs and the head (params stay float32)
   wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (models/conv.py)
@@ -129,52 +136,35 @@ class CifarResNet(nn.Module):
     del mask  # images have no padding
     conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes)
     x = x.astype(self.dtype)
-    n = (self.depth - 2) // 6
-    stem = conv(self.width, (3, 3), name='stem_conv')
+    imagenet = self.stem == 'imagenet'
+    stem = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
+                name='stem_conv')
     x = stem(x)
     token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
-    for stage in range(3):
-      for i in range(n):
-        x = BasicBlock(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
-                       self.residual, self.norm, conv, 'A',
+    if imagenet:
+      x = stem_max_pool(x)
+    for stage, size in enumerate(self.stage_sizes):
+      for i in range(size):
+        x = self.block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
+                       self.residual, self.norm, conv, self.shortcut,
                        name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x, token) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
 
 
-class ImageNetResNet(nn.Module):
-  stage_sizes: Sequence[int] = (2, 2, 2, 2)
-  bottleneck: bool = False
-  num_classes: int = 1000
-  width: int = 64
-  residual: bool = True
-  norm: Callable[..., nn.Module] = norms.make_norm('batch')
-  use_bias: bool = False
-  fusion_barriers: bool = True
-  dtype: Any = jnp.float32
-  wgrad_chunk_bytes: int = 0
+def CifarResNet(depth: int = 20, **kwargs) -> ResNet:   # noqa: N802 (a module variant)
+  """He et al.'s CIFAR net: depth 6n+2, three stages of n basic blocks, option-A shortcuts."""
+  return ResNet(stage_sizes=((depth - 2) // 6,) * 3, **kwargs)
 
-  @nn.compact
-  def __call__(self, x, *, train: bool, mask=None):
-    del mask
-    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes)
-    x = x.astype(self.dtype)
-    block = BottleneckBlock if self.bottleneck else BasicBlock
-    stem = conv(self.width, (7, 7), strides=2, name='stem_conv')
-    x = stem(x)
-    token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
-    x = nn.relu(self.norm(name='stem_norm')(x, train=train))
-    x = stem_max_pool(x)
-    for stage, size in enumerate(self.stage_sizes):
-      for i in range(size):
-        x = block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
-                  self.residual, self.norm, conv, 'B',
-                  name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-        x = materialize(x, token) if self.fusion_barriers else x
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
+
+ImageNetResNet = functools.partial(ResNet, shortcut='B', stem='imagenet', num_classes=1000,
+                                   width=64)
+IMAGENET_VARIANTS = {   # depth -> (stage sizes, block), as torchvision
+    18: ((2, 2, 2, 2), BasicBlock), 34: ((3, 4, 6, 3), BasicBlock),
+    50: ((3, 4, 6, 3), BottleneckBlock), 101: ((3, 4, 23, 3), BottleneckBlock),
+    152: ((3, 8, 36, 3), BottleneckBlock)}
 
 
 def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0) -> Callable[..., Any]:
@@ -192,23 +182,8 @@ def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0) -> Callable[..
   return conv
 
 
-def _wgrad_chunk_bytes(cfg, auto_chunks: bool) -> int:
-  """`auto` chunks where it was measured faster (models/conv.py): the CIFAR ResNets on a single
-  CPU device (+15-17 %; ImageNet ResNet-18 at 64x64, batch 32, gained nothing: 0.505 vs 0.501
-  steps/s). With several devices the chunks would cut across the batch's sharding."""
-  chunked = cfg.conv_wgrad == 'chunked' or (
-      cfg.conv_wgrad == 'auto' and auto_chunks and jax.default_backend() == 'cpu'
-      and jax.device_count() == 1)
-  return conv_lib.CHUNK_BYTES if chunked else 0
-
-
-IMAGENET_DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
-                   50: ((3, 4, 6, 3), True), 101: ((3, 4, 23, 3), True),
-                   152: ((3, 8, 36, 3), True)}
-
-
-def _norm_from_config(cfg) -> Callable[..., nn.Module]:
-  return norms.from_config(cfg, layout='image')
+def _norm_from_config(cfg, devices: int) -> Callable[..., nn.Module]:
+  return norms.from_config(cfg, layout='image', devices=devices)
 
 
 def _check_images(name, dataset, cfg, downsampling: int, min_size: int):
@@ -229,24 +204,30 @@ def _check_images(name, dataset, cfg, downsampling: int, min_size: int):
                       'bias whatever the input; use larger images or another norm')
 
 
-def build_cifar(cfg, dataset) -> CifarResNet:
+def _speed_and_bias(cfg) -> dict:
+  """The module fields the resolved config sets: speed choices, and conv biases where the norm
+  adds no shift of its own (none, rms)."""
+  return dict(use_bias=not norms.NORMS[cfg.norm].has_shift, dtype=jnp.dtype(cfg.compute_dtype),
+              fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
+              wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0)
+
+
+def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:
   _check_images('resnet', dataset, cfg, downsampling=4, min_size=4)
   if cfg.depth < 8 or (cfg.depth - 2) % 6:
     raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
                       f'got {cfg.depth}')
-  return CifarResNet(depth=cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
-                     residual=cfg.residual, norm=_norm_from_config(cfg),
-                     use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype),
-                     wgrad_chunk_bytes=_wgrad_chunk_bytes(cfg, auto_chunks=True))
+  return CifarResNet(cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
+                     residual=cfg.residual, norm=_norm_from_config(cfg, devices),
+                     **_speed_and_bias(cfg))
 
 
-def build_imagenet(cfg, dataset) -> ImageNetResNet:
+def build_imagenet(cfg, dataset, *, devices: int = 1) -> ResNet:
   _check_images('resnet_imagenet', dataset, cfg, downsampling=32, min_size=32)
-  if cfg.depth not in IMAGENET_DEPTHS:
-    raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_DEPTHS)}; '
+  if cfg.depth not in IMAGENET_VARIANTS:
+    raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_VARIANTS)}; '
                       f'got {cfg.depth}')
-  stages, bottleneck = IMAGENET_DEPTHS[cfg.depth]
-  return ImageNetResNet(stage_sizes=stages, bottleneck=bottleneck, num_classes=dataset.num_classes,
-                        width=cfg.width, residual=cfg.residual, norm=_norm_from_config(cfg),
-                        use_bias=cfg.norm == 'none', dtype=jnp.dtype(cfg.compute_dtype),
-                        wgrad_chunk_bytes=_wgrad_chunk_bytes(cfg, auto_chunks=False))
+  stages, block = IMAGENET_VARIANTS[cfg.depth]
+  return ImageNetResNet(stage_sizes=stages, block=block, num_classes=dataset.num_classes,
+                        width=cfg.width, residual=cfg.residual,
+                        norm=_norm_from_config(cfg, devices), **_speed_and_bias(cfg))

@@ -111,7 +111,7 @@ class Transformer(nn.Module):
     return nn.Dense(self.num_outputs, name='head')(h)
 
 
-def build(cfg, dataset) -> Transformer:
+def build(cfg, dataset, *, devices: int = 1) -> Transformer:
   check_sequence_dataset('transformer', dataset)
   if cfg.norm_position not in NORM_POSITIONS:
     raise ConfigError(f'unknown norm_position {cfg.norm_position!r}; valid: '
@@ -130,7 +130,7 @@ def build(cfg, dataset) -> Transformer:
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
   # a language model's norms never pool over time (make_norm refuses those that must)
-  norm = norms.from_config(cfg, layout='causal' if causal else 'sequence')
+  norm = norms.from_config(cfg, layout='causal' if causal else 'sequence', devices=devices)
   return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
                      num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                      mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,

@@ -12,17 +12,18 @@ import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 from experiments import comm  # noqa: E402
 from models import norms  # noqa: E402
-from training import loop, parallel  # noqa: E402
+from training import experiment, parallel  # noqa: E402
+from training.step import compile_steps  # noqa: E402
 
 assert jax.device_count() == 8, jax.devices()
 
 
 def one_step(config, devices):
   mesh = parallel.data_mesh(devices)
-  exp = loop.build_experiment(config)
-  state = parallel.replicate(loop.create_train_state(exp, jax.random.key(0)), mesh)
+  exp = experiment.build_experiment(config)
+  state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
   batch = parallel.shard_batch(exp.dataset.train.get(np.arange(config.data.batch_size)), mesh)
-  state, sums = loop.make_train_step(exp.model, exp.task)(state, batch)
+  state, sums = compile_steps(exp).train(state, batch)
   return jax.device_get((state.params, state.batch_stats, sums))
 
 

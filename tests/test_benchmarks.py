@@ -4,7 +4,8 @@ import jax
 import pytest
 
 from benchmarks import run
-from training import loop
+from training import experiment
+from training.step import compile_steps
 
 
 @pytest.mark.parametrize('depth', [8, 20])
@@ -14,10 +15,10 @@ def test_analytic_resnet_flops_agree_with_xla_cost_analysis(depth):
   batch, size = 8, 32   # the benchmark's image size (border taps of SAME padding are counted)
   config = run.resnet_config(depth, batch=batch)
   ds = run.synthetic_images(batch, size)
-  exp = loop.build_experiment(config, ds)
-  state = loop.create_train_state(exp, jax.random.key(0))
+  exp = experiment.build_experiment(config, dataset=ds)
+  state = experiment.create_train_state(exp, jax.random.key(0))
   b = ds.train.get(range(batch))
-  cost = loop.make_train_step(exp.model, exp.task).lower(state, b).compile().cost_analysis()
+  cost = compile_steps(exp).train.lower(state, b).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   analytic = run.resnet_analytic_flops(depth, batch, size)
   assert abs(cost['flops'] / analytic - 1) < 0.15, (cost['flops'], analytic)

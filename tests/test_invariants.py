@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import config_space as cs
-from training import loop, tasks
+from training import experiment, step as step_lib, tasks
 
 ALLOWED, REFUSED = cs.space()
 FAST = cs.covering(ALLOWED)
@@ -56,8 +56,12 @@ def test_language_model_never_sees_the_future(p):
   apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
   rng = np.random.default_rng(1)
   for train in (True, False):
-    logits = lambda inputs: np.asarray(apply(variables, inputs, train=train, mask=mask,
-                                             mutable=('batch_stats',))[0])
+    # Logits at real positions only: a padded query has no key to attend to, so attention
+    # spreads it over every key, future ones too; its logits are never used (the loss and
+    # the metrics mask them), and test_sequence_models checks they never reach real ones.
+    real = (mask if mask is not None else np.ones(x.shape, bool))[..., None]
+    logits = lambda inputs: np.where(real, np.asarray(apply(
+        variables, inputs, train=train, mask=mask, mutable=('batch_stats',))[0]), 0.0)
     base = logits(x)
     for t in (0, cs.T // 2, cs.T - 2):
       edited = x.copy()
@@ -77,9 +81,14 @@ def test_outputs_depend_on_inputs_and_a_few_steps_lower_the_loss(p):
   x2, _, _ = cs.batch(p, seed=1)     # other inputs, same lengths
   variables = _init(model, p, x, mask)
   apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  # real positions only (a language model's padded positions are never used, and per-position
+  # BatchNorm may scale them by up to 1/sqrt(eps) per layer where one example is real)
+  real = (mask[..., None] if mask is not None and p.dataset.task == 'language_model'
+          else np.ones((1, 1), bool))
   for train in (True, False):
-    a = np.asarray(apply(variables, x, train=train, mask=mask, mutable=('batch_stats',))[0])
-    b = np.asarray(apply(variables, x2, train=train, mask=mask, mutable=('batch_stats',))[0])
+    a, b = (np.where(real, np.asarray(apply(variables, inputs, train=train, mask=mask,
+                                            mutable=('batch_stats',))[0]), 0.0)
+            for inputs in (x, x2))
     per_example = np.abs(a - b).reshape(len(a), -1).max(1)
     scale = np.abs(a).max() + 1e-3
     assert per_example.min() > 1e-3 * scale, (
@@ -90,10 +99,10 @@ def test_outputs_depend_on_inputs_and_a_few_steps_lower_the_loss(p):
   batch = {'inputs': x, 'targets': y}
   if mask is not None:
     batch['mask'] = mask
-  state = loop.TrainState.create(apply_fn=model.apply, params=variables['params'],
+  state = experiment.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                  batch_stats=variables.get('batch_stats', {}),
                                  tx=optax.adam(1e-2))
-  step = jax.jit(loop.train_step_fn(model, task))
+  step = jax.jit(step_lib.train_step_fn(model, task))
   losses = []
   for _ in range(25):
     state, sums = step(state, batch)
@@ -131,11 +140,11 @@ def test_a_vmapped_population_step_equals_each_seed_alone(p):
   for seed in range(3):
     x, mask, y = cs.batch(p, seed=seed)
     variables = model.init(jax.random.key(seed), x, train=False, mask=mask)
-    states.append(loop.TrainState.create(apply_fn=model.apply, params=variables['params'],
+    states.append(experiment.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                          batch_stats=variables.get('batch_stats', {}),
                                          tx=tx))
     batches.append({'inputs': x, 'targets': y, **({'mask': mask} if mask is not None else {})})
-  step = loop.train_step_fn(model, task)
+  step = step_lib.train_step_fn(model, task)
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
   together, sums = jax.jit(jax.vmap(step))(stack(states), stack(batches))
   for k in range(3):
@@ -158,5 +167,5 @@ def test_a_vmapped_population_step_equals_each_seed_alone(p):
       np.testing.assert_allclose(np.asarray(new - old), want, rtol=0,
                                  atol=1e-3 * np.abs(want).max() + floor,
                                  err_msg=f'{p.id} seed {k} {jax.tree_util.keystr(path)}')
-  first = jax.tree.leaves(together.params)[0]
-  assert not np.allclose(first[0], first[1])   # the seeds really differ
+  # the seeds really differ
+  assert any(not np.allclose(leaf[0], leaf[1]) for leaf in jax.tree.leaves(together.params))

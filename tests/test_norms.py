@@ -286,17 +286,46 @@ LAYOUT_CASES = [(n, layout) for n in norms.NORMS for layout in norms.LAYOUTS
 
 
 @pytest.mark.parametrize('name,layout', LAYOUT_CASES)
-def test_every_norm_is_exact_on_large_means_and_two_channel_groups(name, layout):
-  """Inputs whose mean is 1000x their spread, and N(2, 3) data in groups of 2 channels, against
-  float64 (the fast variance E[x²] - E[x]² errs by up to 189 and 1e-3 there)."""
+def test_every_norm_is_exact_on_large_means_and_small_channel_groups(name, layout):
+  """Inputs whose mean is 1000x their spread, and N(2, 3) data in groups of 2 channels (4 per
+  token, the fewest allowed being 3), against float64 (the fast variance E[x²] - E[x]² errs by
+  up to 189 and 1e-3 there)."""
   rng = np.random.default_rng(3)
   shape = (4, 5, 6, 8) if layout == 'image' else (6, 7, 8)
   mask = None if layout == 'image' else np.arange(7)[None] < np.array([7, 3, 5, 2, 7, 4])[:, None]
   for x in (rng.normal(1000.0, 1.0, shape), rng.normal(2.0, 3.0, shape)):
     x = x.astype(np.float32)
-    module = norms.make_norm(name, layout=layout, groups=4, epsilon=EPS)()  # 2 channels/group
+    groups = 4 if layout == 'image' else 2
+    module = norms.make_norm(name, layout=layout, groups=groups, epsilon=EPS)()
     variables = module.init(jax.random.key(0), x, train=False)
     out, _ = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
-    expected = _reference(name, layout, x, mask, groups=4)
+    expected = _reference(name, layout, x, mask, groups=groups)
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-4, atol=1e-4,
                                err_msg=f'{name} {layout} mean {x.mean():.0f}')
+
+
+@pytest.mark.parametrize('layout', ['sequence', 'causal'])
+def test_statistics_of_fewer_than_three_values_are_refused(layout):
+  """Normalizing 1 value gives 0 and 2 values give -1/+1 whatever the input: per-token group
+  norm with 2 features per group, and ghost BN in an LM (per position) with groups of 2."""
+  x = np.random.default_rng(0).normal(size=(4, 5, 8)).astype(np.float32)
+  module = norms.make_norm('group', layout=layout, groups=4)()   # 2 features per group
+  with pytest.raises(ConfigError, match='fewer than 3'):
+    module.init(jax.random.key(0), x, train=False)
+  assert norms.make_norm('group', layout='image', groups=4)().init(   # pooled over positions
+      jax.random.key(0), x[:, :, None], train=False)
+  with pytest.raises(ConfigError, match='bn_ghost_size >= 3'):
+    norms.make_norm('batch', layout='causal', bn_scope='ghost', bn_ghost_size=2)
+
+
+def test_a_group_with_no_real_token_passes_padding_through_unscaled():
+  """Ghost BN per position: where a group has no real example, variance 1 (not 0, which would
+  scale the padding by 1/sqrt(eps) in every layer)."""
+  x = np.random.default_rng(0).normal(size=(6, 3, 2)).astype(np.float32)
+  mask = np.ones((6, 3), bool)
+  mask[3:, 1:] = False   # the second group of 3 has no real example after t = 0
+  module = norms.make_norm('batch', layout='causal', bn_scope='ghost', bn_ghost_size=3)()
+  variables = module.init(jax.random.key(0), x, train=False)
+  out, _ = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(out)[3:, 1:], x[3:, 1:] / np.sqrt(1 + 1e-5), rtol=1e-6)
+  assert np.isfinite(np.asarray(out)).all()

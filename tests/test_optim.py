@@ -64,4 +64,4 @@ def test_unknown_decay_set_lists_the_valid_ones():
   cfg.unlock()
   cfg.weight_decay_on = 'weights'
   with pytest.raises(ConfigError, match='kernels, matrices, all'):
-    optim.make_optimizer(cfg, lambda step: 1.0)
+    optim.check_config(cfg)

@@ -1,10 +1,11 @@
-import pytest
 """Data parallelism on 8 (simulated) CPU devices, in a subprocess: JAX fixes its device count
 when it starts, and the rest of the suite runs on one device."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

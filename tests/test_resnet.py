@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -10,7 +9,6 @@ import models
 from configs import default
 from data.base import Dataset
 from errors import ConfigError
-from models import conv as conv_lib
 from models import norms, resnet
 
 
@@ -108,18 +106,6 @@ def test_bad_cifar_depth_is_refused(depth):
     models.build_model(model_config(depth=depth), info(10))
 
 
-def test_unknown_model_lists_valid_models():
-  with pytest.raises(ConfigError, match='resnet_imagenet'):
-    models.build_model(model_config(name='vgg'), info(10))
-
-
-def test_config_is_locked():
-  config = default.get_config()
-  with pytest.raises(AttributeError):
-    config.model.nrom = 'layer'
-  assert isinstance(config, ml_collections.ConfigDict)
-
-
 @pytest.mark.parametrize('model_fn', [
     lambda fb: resnet.CifarResNet(depth=14, fusion_barriers=fb),
     lambda fb: resnet.ImageNetResNet(stage_sizes=(1, 1), width=8, fusion_barriers=fb)],
@@ -171,75 +157,6 @@ def test_bfloat16_compute_keeps_float32_weights_and_matches_float32_closely():
     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
 
 
-def test_compute_dtype_is_checked():
-  cfg = default.get_config()
-  with cfg.unlocked():
-    cfg.model.compute_dtype = 'float16'
-  with pytest.raises(ConfigError, match='valid: float32, bfloat16'):
-    models.check_model_names(cfg.model)
-  from configs import lstm_mnist1d
-  cfg = lstm_mnist1d.get_config()
-  with cfg.unlocked():
-    cfg.model.compute_dtype = 'bfloat16'
-  with pytest.raises(ConfigError, match='ResNets only'):
-    models.check_model_names(cfg.model)
-
-
-@pytest.mark.parametrize('strides,padding,n,dtype', [
-    ((1, 1), 'SAME', 13, jnp.float32),    # 13 images in chunks of 4: a short last chunk
-    ((2, 2), 'SAME', 8, jnp.float32),     # the stride-2 convs of stage 2 and 3
-    ((1, 1), 'VALID', 5, jnp.float32),
-    ((1, 1), 'SAME', 8, jnp.bfloat16)])
-def test_chunked_weight_gradient_equals_the_plain_convolution(strides, padding, n, dtype):
-  """models/conv.py sums the weight gradient over chunks of images; against lax's own
-  convolution: same output, same input gradient, same weight gradient (and a numpy one)."""
-  x = jax.random.normal(jax.random.key(0), (n, 6, 6, 3)).astype(dtype)
-  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5)).astype(dtype)
-  dn = ('NHWC', 'HWIO', 'NHWC')
-  plain = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
-  per_image = 6 * 6 * 5 * jnp.dtype(dtype).itemsize      # the output gradient is the larger
-  chunked = lambda x, w: conv_lib.chunked_wgrad_conv(4 * per_image)(
-      x, w, strides, padding, dimension_numbers=dn)
-  y = plain(x, w)
-  dy = jax.random.normal(jax.random.key(2), y.shape).astype(dtype)
-  (yc, vjp_c), (_, vjp_p) = jax.vjp(chunked, x, w), jax.vjp(plain, x, w)
-  close = lambda a, b: np.testing.assert_allclose(  # bfloat16: 8-bit mantissa, other sum order
-      np.float32(a), b, rtol=1e-5 if dtype == jnp.float32 else 0.05,
-      atol=(1e-5 if dtype == jnp.float32 else 0.02) * float(np.max(np.abs(np.float32(b)))))
-  close(yc, np.float32(y))
-  for a, b in zip(vjp_c(dy), vjp_p(dy)):
-    close(a, np.float32(b))
-  # independent check of the weight gradient: sum over images and positions of patch x dy
-  xs, dys = np.float64(np.float32(x)), np.float64(np.float32(dy))
-  s = strides[0]
-  ho, wo = dys.shape[1:3]
-  if padding == 'SAME':   # XLA's SAME: total padding (out - 1) * stride + 3 - in, low half first
-    total = (ho - 1) * s + 3 - 6
-    xs = np.pad(xs, ((0, 0), (total // 2, total - total // 2), (total // 2, total - total // 2),
-                     (0, 0)))
-  want = np.zeros((3, 3, 3, 5))
-  for i in range(3):
-    for j in range(3):
-      patch = xs[:, i:i + s * ho:s, j:j + s * wo:s, :]
-      want[i, j] = np.einsum('nhwc,nhwd->cd', patch, dys)
-  close(vjp_c(dy)[1], want)
-
-
-def test_chunks_per_convolution_are_capped():
-  """64 images of 1 KiB in chunks of 1 KiB would be 64 weight-gradient convolutions (and as
-  many for the compiler); the cap makes it 16 chunks of 4."""
-  x = jnp.ones((64, 4, 4, 16))
-  w = jnp.ones((3, 3, 16, 16))
-
-  def convolutions(max_chunks):   # in the weight gradient (the unused input gradient is dropped)
-    conv = conv_lib.chunked_wgrad_conv(chunk_bytes=1024, max_chunks=max_chunks)
-    f = lambda w: jnp.sum(conv(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-    return jax.jit(jax.grad(f)).lower(w).as_text().count('stablehlo.convolution')
-
-  assert convolutions(max_chunks=1000) == 64
-  assert convolutions(max_chunks=16) == 16
-
-
 def test_chunked_weight_gradients_in_the_resnet_match_and_work_under_vmap():
   x = jax.random.normal(jax.random.key(1), (24, 8, 8, 3))
   # chunks of 16 KiB: 4 images in the first stage, 8 in the second, 16 in the third
@@ -265,19 +182,6 @@ def test_chunked_weight_gradients_in_the_resnet_match_and_work_under_vmap():
   g_vmap = jax.vmap(lambda p: grads(fast, p))(stacked)
   for a, b in zip(jax.tree.leaves(g_vmap), jax.tree.leaves(g_plain)):
     np.testing.assert_allclose(a[1], b, rtol=1e-3, atol=1e-5 * float(np.max(np.abs(b))))
-
-
-def test_conv_wgrad_is_checked_and_auto_chunks_on_one_cpu_device():
-  cfg = default.get_config()
-  with cfg.unlocked():
-    cfg.model.conv_wgrad = 'fast'
-  with pytest.raises(ConfigError, match='valid: auto, xla, chunked'):
-    models.check_model_names(cfg.model)
-  ds = Dataset(None, None, 10, (8, 8, 3))
-  for value, want in (('xla', False), ('chunked', True),
-                      ('auto', jax.default_backend() == 'cpu' and jax.device_count() == 1)):
-    cfg.model.conv_wgrad = value
-    assert (models.build_model(cfg.model, ds).wgrad_chunk_bytes > 0) == want
 
 
 @pytest.mark.parametrize('kernel', [3, 7, 1])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
@@ -17,7 +18,7 @@ from tensorboard.util import tensor_util
 
 from conftest import tiny_config
 from errors import ConfigError
-from training import loop
+from training import evaluation, experiment, loop, run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 600, 50
@@ -144,20 +145,20 @@ def test_logging_frequency_may_change_on_resume_but_nothing_else(tmp_path):
   loop.train_and_evaluate(tiny_config(), workdir)
   os.remove(os.path.join(workdir, 'status.json'))
   loop.train_and_evaluate(tiny_config(log_every_steps=5, checkpoint_every_steps=5), workdir)
-  with pytest.raises(loop.ConfigError, match='optimizer.learning_rate'):
+  with pytest.raises(ConfigError, match='optimizer.learning_rate'):
     loop.train_and_evaluate(tiny_config(**{'optimizer.learning_rate': 0.5}), workdir)
 
 
 def test_checkpoint_holds_the_whole_train_state(tmp_path):
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(tiny_config(), workdir)
-  exp, state, step = loop.load_run(workdir)
+  exp, state, step = evaluation.load_run(workdir)
   assert step == int(state.step) == 20
-  fresh = loop.create_train_state(exp, loop.jax.random.key(0))
+  fresh = experiment.create_train_state(exp, jax.random.key(0))
   for name in ('params', 'batch_stats', 'opt_state'):
-    moved = loop.jax.tree.map(lambda a, b: not np.array_equal(a, b),
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                               getattr(state, name), getattr(fresh, name))
-    assert any(loop.jax.tree.leaves(moved)), name  # restored trained values, not the init
+    assert any(jax.tree.leaves(moved)), name  # restored trained values, not the init
 
 
 def test_resumed_writer_drops_points_logged_after_the_checkpoint(tmp_path):
@@ -189,9 +190,9 @@ def test_a_workdir_written_before_a_later_key_existed_still_resumes_and_loads(tm
   old = wd.config_to_dict(config)
   del old['model']['compute_dtype']
   (tmp_path / 'config.json').write_text(json.dumps(old))
-  assert loop.claim_workdir(config, str(tmp_path)) == {'state': 'running'}
+  assert run_lib.claim_workdir(config, str(tmp_path)) == {'state': 'running'}
   assert wd.read_config(str(tmp_path)).model.compute_dtype == 'float32'
   with config.unlocked():
     config.model.compute_dtype = 'bfloat16'     # but a real change is still refused
   with pytest.raises(ConfigError, match='compute_dtype'):
-    loop.claim_workdir(config, str(tmp_path))
+    run_lib.claim_workdir(config, str(tmp_path))

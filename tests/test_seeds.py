@@ -3,12 +3,13 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
 from errors import ConfigError
-from training import loop
+from training import evaluation, experiment, loop
 
 
 @pytest.mark.parametrize('overrides', [
@@ -31,10 +32,10 @@ def test_vmapped_seeds_equal_sequential_seeds(tmp_path, overrides):
   # 0.23 % of a leaf's total update. Wrong wiring (another seed's data order or key) moves them
   # by order 100 %: the bound is 2 % of each leaf's largest update.
   for s in (0, 1, 2):
-    exp, state_v, _ = loop.load_run(str(tmp_path / f'v{s}'))
-    _, state_s, _ = loop.load_run(str(tmp_path / f's{s}'))
-    init = loop.create_train_state(exp, loop.jax.random.key(s))
-    for a, b, i in zip(*(loop.jax.tree.leaves(t.params) for t in (state_v, state_s, init))):
+    exp, state_v, _ = evaluation.load_run(str(tmp_path / f'v{s}'))
+    _, state_s, _ = evaluation.load_run(str(tmp_path / f's{s}'))
+    init = experiment.create_train_state(exp, jax.random.key(s))
+    for a, b, i in zip(*(jax.tree.leaves(t.params) for t in (state_v, state_s, init))):
       update = np.abs(b - i).max()
       assert update > 0 and np.abs(a - b).max() <= 0.02 * update
     status = json.load(open(tmp_path / f'v{s}' / 'status.json'))

@@ -12,7 +12,8 @@ import data as data_lib
 from configs import lstm_lm, lstm_mnist1d, transformer_lm, transformer_mnist1d
 from data import pipeline, sequences, text
 from errors import ConfigError
-from training import loop, tasks
+from training import experiment, tasks
+from training.step import compile_steps
 
 
 def data_config(name, **kw):
@@ -111,9 +112,9 @@ def test_each_sequence_config_learns_on_tiny_data(module, arg, overrides):
   for key, value in {**TINY, **overrides}.items():
     group, name = key.split('.')
     config[group][name] = value
-  exp = loop.build_experiment(config)
-  state = loop.create_train_state(exp, jax.random.key(0))
-  step = loop.make_train_step(exp.model, exp.task)
+  exp = experiment.build_experiment(config)
+  state = experiment.create_train_state(exp, jax.random.key(0))
+  step = compile_steps(exp).train
   batches = pipeline.TrainBatches(exp.dataset.train, 16, seed=0)
   batch = batches(0)
   state, sums = step(state, batch)

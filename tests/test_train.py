@@ -9,13 +9,14 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import tiny_config
 from data import pipeline
-from training import loop, tasks
+from training import evaluation, experiment, loop, tasks
+from training.step import compile_steps
 
 
 def test_train_step_decreases_loss_on_a_fixed_batch():
-  exp = loop.build_experiment(tiny_config(**{'optimizer.learning_rate': 0.05}))
-  state = loop.create_train_state(exp, jax.random.key(0))
-  step = loop.make_train_step(exp.model, exp.task)
+  exp = experiment.build_experiment(tiny_config(**{'optimizer.learning_rate': 0.05}))
+  state = experiment.create_train_state(exp, jax.random.key(0))
+  step = compile_steps(exp).train
   batch = pipeline.TrainBatches(exp.dataset.train, 32, seed=0)(0)
   losses = []
   for _ in range(15):
@@ -26,10 +27,10 @@ def test_train_step_decreases_loss_on_a_fixed_batch():
 
 
 def test_train_step_updates_batch_norm_running_averages():
-  exp = loop.build_experiment(tiny_config())
-  state = loop.create_train_state(exp, jax.random.key(0))
+  exp = experiment.build_experiment(tiny_config())
+  state = experiment.create_train_state(exp, jax.random.key(0))
   before = jax.tree.map(np.asarray, state.batch_stats)
-  state, _ = loop.make_train_step(exp.model, exp.task)(
+  state, _ = compile_steps(exp).train(
       state, pipeline.TrainBatches(exp.dataset.train, 32, seed=0)(0))
   changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, state.batch_stats)
   assert all(jax.tree.leaves(changed))
@@ -53,6 +54,11 @@ def test_workdir_holds_config_status_checkpoint_and_tensorboard_curves(tmp_path)
     status = json.load(f)
   assert status['state'] == 'finished' and status['step'] == 20
   assert status['metrics'] == result['metrics']
+  with open(os.path.join(workdir, 'resolved.json')) as f:   # what `auto` became, and where
+    resolved = json.load(f)
+  assert resolved == {'model.conv_wgrad': 'chunked' if jax.default_backend() == 'cpu' else 'xla',
+                      'model.fusion_barriers': 'on' if jax.default_backend() == 'cpu' else 'off',
+                      'backend': jax.default_backend(), 'devices': jax.device_count()}
   acc = event_accumulator.EventAccumulator(workdir)
   acc.Reload()
   tags = set(acc.Tags()['scalars'])
@@ -64,23 +70,21 @@ def test_workdir_holds_config_status_checkpoint_and_tensorboard_curves(tmp_path)
 
 def test_evaluate_aggregates_uneven_batches_exactly():
   """Metrics over batches of 7 (last one smaller) equal those over one batch of everything."""
-  exp = loop.build_experiment(tiny_config(**{'model.norm': 'layer'}))
-  state = loop.create_train_state(exp, jax.random.key(0))
-  eval_step = loop.make_eval_step(exp.model, exp.task)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  small = loop.evaluate(eval_step, variables, exp.dataset.test, 7, max_examples=50)
-  whole = loop.evaluate(eval_step, variables, exp.dataset.test, 50, max_examples=50)
+  exp = experiment.build_experiment(tiny_config(**{'model.norm': 'layer'}))
+  state = experiment.create_train_state(exp, jax.random.key(0))
+  steps, variables = compile_steps(exp), evaluation.variables(state)
+  small = evaluation.evaluate(steps, variables, exp.dataset.test, 7, max_examples=50)
+  whole = evaluation.evaluate(steps, variables, exp.dataset.test, 50, max_examples=50)
   np.testing.assert_allclose(small['loss'], whole['loss'], rtol=1e-5)
   assert small['accuracy'] == whole['accuracy']
 
 
 def test_eval_modes_identical_for_layer_norm_and_batch_dependent_for_batch_norm(tmp_path):
-  import eval as eval_lib
   results = {}
   for norm in ('layer', 'batch'):
     workdir = str(tmp_path / norm)
     loop.train_and_evaluate(tiny_config(**{'model.norm': norm, 'num_train_steps': 30}), workdir)
-    results[norm] = eval_lib.evaluate_workdir(workdir, [1, 8, 128], max_examples=64)['rows']
+    results[norm] = evaluation.evaluate_workdir(workdir, [1, 8, 128], max_examples=64)['rows']
   ln = results['layer']
   for row in ln[1:]:
     assert row['accuracy'] == ln[0]['accuracy']
@@ -94,13 +98,13 @@ def test_steps_per_sec_counts_train_steps_only(tmp_path, monkeypatch):
   holding the eval reports about the steps/s of the window before it (counted, the eval would
   cut it more than tenfold)."""
   import time
-  real_evaluate = loop.evaluate
+  real_evaluate = evaluation.evaluate
 
   def slow_evaluate(*args, **kwargs):
     time.sleep(3.0)
     return real_evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(loop, 'evaluate', slow_evaluate)
+  monkeypatch.setattr(evaluation, 'evaluate', slow_evaluate)
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(tiny_config(num_train_steps=30, eval_every_steps=10), workdir)
   acc = event_accumulator.EventAccumulator(workdir)

@@ -16,6 +16,18 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def state_tree(state, root_key: jax.Array) -> dict:
+  """What a checkpoint holds: the train state and the run's root key."""
+  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state, 'rng': jax.random.key_data(root_key)}
+
+
+def restore_state(state, tree: dict):
+  """`state` with the contents of a restored `state_tree`."""
+  return state.replace(step=tree['step'], params=tree['params'],
+                       batch_stats=tree['batch_stats'], opt_state=tree['opt_state'])
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int, read_only: bool = False):

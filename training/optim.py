@@ -20,12 +20,21 @@ SCHEDULES = ('constant', 'cosine', 'piecewise')
 DECAY_SETS = ('kernels', 'matrices', 'all')
 
 
+def check_config(cfg) -> None:
+  """The optimizer's, schedule's and decay set's names, checked without building anything."""
+  for key, valid in (('name', OPTIMIZERS), ('schedule', SCHEDULES)):
+    if cfg[key] not in valid:
+      raise ConfigError(f'unknown optimizer.{key} {cfg[key]!r}; valid: {", ".join(valid)}')
+  decay_on = cfg.get('weight_decay_on', 'kernels')
+  if decay_on not in DECAY_SETS:
+    raise ConfigError(f'unknown optimizer.weight_decay_on {decay_on!r}; valid: '
+                      f'{", ".join(DECAY_SETS)}')
+
+
 def make_schedule(cfg, num_train_steps: int) -> optax.Schedule:
   """Linear warm-up over `warmup_steps`, then `schedule`:
   constant; cosine decay to 0 at the last step; piecewise: multiply by `decay_factor` at each
   of `boundaries` (absolute steps, as in He et al.: 32k and 48k of 64k)."""
-  if cfg.schedule not in SCHEDULES:
-    raise ConfigError(f'unknown schedule {cfg.schedule!r}; valid schedules: {", ".join(SCHEDULES)}')
   lr, warmup = cfg.learning_rate, cfg.warmup_steps
   if cfg.schedule == 'constant':
     main = optax.constant_schedule(lr)
@@ -48,13 +57,8 @@ def decay_mask(params, decay_on: str = 'kernels'):
 
 
 def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  if cfg.name not in OPTIMIZERS:
-    raise ConfigError(f'unknown optimizer {cfg.name!r}; valid optimizers: {", ".join(OPTIMIZERS)}')
-  decay_on = cfg.get('weight_decay_on', 'kernels')
-  if decay_on not in DECAY_SETS:
-    raise ConfigError(f'unknown optimizer.weight_decay_on {decay_on!r}; valid: '
-                      f'{", ".join(DECAY_SETS)}')
-  mask = functools.partial(decay_mask, decay_on=decay_on)
+  """The optimizer `cfg` names (names checked by `check_config`)."""
+  mask = functools.partial(decay_mask, decay_on=cfg.get('weight_decay_on', 'kernels'))
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
     return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
   if cfg.name == 'sgd':

@@ -1,7 +1,8 @@
 """A workdir is a run: its resolved config, status, checkpoints and TensorBoard events.
 
-Everything here can be read back without running a model: `config.json` (the resolved config),
-`status.json` (running / finished / diverged / failed, step, metrics, error).
+Everything here can be read back without running a model: `config.json` (the config as given),
+`resolved.json` (what its `auto` speed choices became, on which backend and devices),
+`status.json` (running / finished / diverged / interrupted / failed, step, metrics, error).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 STATUS_FILE = 'status.json'
+RESOLVED_FILE = 'resolved.json'   # what `auto` speed choices became, and on which backend
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
@@ -36,8 +38,10 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 # Keys added to the configs after runs may have been written, with the value that reproduces
 # what those runs did: an old workdir without the key reads as having this value.
-# (model.conv_wgrad only reorders a sum: every value computes the same function, up to rounding.)
+# (model.conv_wgrad and model.fusion_barriers only change how XLA computes: every value computes
+# the same function, up to rounding.)
 LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
+              'model.fusion_barriers': 'auto',
               'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh'}
 
 

@@ -1,3 +1,3 @@
-"""One sweep per claim of issue 9 (work in progress: definitions and smoke tests exist; the
-full runs, reports and FINDINGS.md do not yet). Each file's `get_sweep('smoke')` gives 2 runs of
-a few steps for the test suite."""
+"""One file per claim about normalization: its sweep (`get_sweep(arg)`; `:smoke` gives 2 runs of
+a few steps for the test suite, `:full` the GPU/TFDS scale) and its verdict rule, which
+`python -m experiments.findings` applies to the numbers to write experiments/results/FINDINGS.md."""

@@ -9,6 +9,7 @@ Full scale (`:full`, GPU + TFDS): ResNet-20 on CIFAR-10, the same axes, 30 epoch
 from configs import default, resnet_cifar10
 from experiments.claims.common import finish
 from experiments.sweeps import product, zipped
+from experiments.stats import clearly_greater, group_stat, lookup
 
 BATCHES = [2, 4, 8, 32, 128]
 EPOCHS = 30
@@ -34,7 +35,6 @@ def get_sweep(arg=None):
 def verdict(group_keys, groups):
   """Reproduced if BN's test accuracy at the smallest batch is below its accuracy at batch 32 by
   more than the seed spread, while GN's and LN's are not."""
-  from experiments.findings import clearly_greater, group_stat, lookup
   lo, ref = BATCHES[0], 32
   acc = lambda norm, b: group_stat(lookup(group_keys, groups, **{'data.batch_size': b,
                                                                   'model.norm': norm}),

@@ -8,6 +8,7 @@ CPU scale: ResNets of depth {8, 20, 56} on digits, 300 steps, × residual × nor
 from configs import default, resnet_cifar10
 from experiments.claims.common import finish
 from experiments.sweeps import product
+from experiments.stats import clearly_greater, group_stat
 
 
 def get_sweep(arg=None):
@@ -28,7 +29,6 @@ def get_sweep(arg=None):
 def verdict(group_keys, groups):
   """Reproduced if, with BatchNorm, the plain net's final train loss rises from the shallowest
   to the deepest net beyond the seed spread while the residual net's does not."""
-  from experiments.findings import clearly_greater, group_stat
   index = {k: i for i, k in enumerate(group_keys)}
   def stat(depth, residual, norm='batch'):
     for key, members in groups.items():

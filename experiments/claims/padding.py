@@ -16,6 +16,7 @@ import numpy as np
 from configs import lstm_mnist1d, transformer_mnist1d
 from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product, zipped
+from experiments.stats import clearly_greater, group_stat
 
 VARIANTS = {'model.norm': ['batch', 'batch', 'layer'], 'model.norm_uses_mask': [True, False, True]}
 
@@ -41,8 +42,8 @@ def invariance_errors(workdir, n=256, noise=3.0) -> dict[str, float]:
   """Largest |Δ logit| when only the padding values change, in train and eval mode."""
   import jax
 
-  from training import loop
-  exp, state, _ = loop.load_run(workdir)
+  from training import evaluation
+  exp, state, _ = evaluation.load_run(workdir)
   batch = exp.dataset.test.get(np.arange(min(n, len(exp.dataset.test))))
   mask = batch['mask'].astype(bool)
   noisy = np.random.default_rng(0).normal(0, noise, batch['inputs'].shape).astype(np.float32)
@@ -81,7 +82,6 @@ def analyze(directory, group_keys, groups):
 
 def _plot(directory, group_keys, groups):
 
-  from experiments.findings import group_stat
   from experiments.report import label
   fig, ax = subplots(figsize=(7, 4.5))
   names, means, stds = [], [], []
@@ -102,7 +102,6 @@ def verdict(group_keys, groups, analysis):
   """Reproduced if, for both models, BN without the mask changes its train-mode output when only
   the padding changes (error > 1e-3) while BN with the mask and LN do not (error < 1e-4 in both
   modes). Accuracy differences are reported, compared against the seed spread."""
-  from experiments.findings import clearly_greater, group_stat
   index = {k: i for i, k in enumerate(group_keys)}
   worst = lambda key, mode: max(e[mode] for e in analysis['errors'].get(key, [{mode: np.nan}]))
   ok, parts = True, []

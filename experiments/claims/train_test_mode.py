@@ -33,7 +33,7 @@ def get_sweep(arg=None):
 
 def analyze(directory, group_keys, groups):
   """Runs eval.py's evaluation on every finished run (cached in its eval.json)."""
-  import eval as eval_lib
+  from training import evaluation
   from training import workdir as wd
   gaps = {}     # norm -> {batch size: [accuracy gap per seed]}
   for key, members in groups.items():
@@ -46,7 +46,7 @@ def analyze(directory, group_keys, groups):
       if os.path.exists(path):
         result = wd.read_json(path)
       else:
-        result = eval_lib.evaluate_workdir(workdir, BATCH_SIZES)
+        result = evaluation.evaluate_workdir(workdir, BATCH_SIZES)
         wd.write_json_atomic(path, result)
       base = result['rows'][0]['accuracy']
       for row in result['rows'][1:]:

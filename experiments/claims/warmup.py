@@ -8,6 +8,7 @@ Full scale (`:full`): 3000 steps, warm-up {0, 600}.
 from configs import transformer_mnist1d
 from experiments.claims.common import finish
 from experiments.sweeps import product
+from experiments.stats import clearly_greater, group_stat, lookup
 
 
 def get_sweep(arg=None):
@@ -27,7 +28,6 @@ def verdict(group_keys, groups):
   """Reproduced if, at some lr, post-LN without warm-up ends with a higher train loss than
   post-LN with warm-up (beyond the seed spread) while pre-LN without warm-up is not worse than
   pre-LN with it, and at no lr does pre-LN need the warm-up."""
-  from experiments.findings import clearly_greater, group_stat, lookup
   parts, post_needs, pre_needs = [], [], []
   lrs = sorted({k[group_keys.index('optimizer.learning_rate')] for k in groups})
   warm = max(k[group_keys.index('optimizer.warmup_steps')] for k in groups)

@@ -1,0 +1,61 @@
+"""The model registry (models/__init__.py): names checked with the valid choices listed, and the
+speed fields resolved per backend."""
+
+import pytest
+
+import models
+from configs import default
+from data.base import Dataset
+from errors import ConfigError
+
+
+def test_unknown_model_lists_valid_models():
+  with pytest.raises(ConfigError, match='resnet_imagenet'):
+    cfg = default.get_config().model
+    with cfg.unlocked():
+      cfg.name = 'vgg'
+    models.build_model(cfg, Dataset(None, None, 10, (32, 32, 3)))
+
+
+def test_compute_dtype_is_checked():
+  cfg = default.get_config()
+  with cfg.unlocked():
+    cfg.model.compute_dtype = 'float16'
+  with pytest.raises(ConfigError, match='valid: float32, bfloat16'):
+    models.check_model_names(cfg.model)
+  from configs import lstm_mnist1d
+  cfg = lstm_mnist1d.get_config()
+  with cfg.unlocked():
+    cfg.model.compute_dtype = 'bfloat16'
+  with pytest.raises(ConfigError, match='ResNets only'):
+    models.check_model_names(cfg.model)
+
+
+def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
+  cfg = default.get_config()
+  for key, bad, valid in (('conv_wgrad', 'fast', 'auto, xla, chunked'),
+                          ('fusion_barriers', 'sometimes', 'auto, on, off')):
+    with cfg.unlocked():
+      cfg.model[key] = bad
+    with pytest.raises(ConfigError, match=f'valid: {valid}'):
+      models.check_model_names(cfg.model)
+    cfg.model[key] = 'auto'
+  # measured to help: chunks on one CPU device, barriers on CPU; elsewhere off until measured
+  assert models.resolve_speed(cfg.model, 'cpu', 1) == {'conv_wgrad': 'chunked',
+                                                       'fusion_barriers': 'on'}
+  assert models.resolve_speed(cfg.model, 'cpu', 8)['conv_wgrad'] == 'xla'
+  assert models.resolve_speed(cfg.model, 'gpu', 1) == {'conv_wgrad': 'xla',
+                                                       'fusion_barriers': 'off'}
+  assert models.resolve_speed(cfg.model, 'tpu', 1)['fusion_barriers'] == 'off'
+  with cfg.unlocked():
+    cfg.model.name = 'resnet_imagenet'
+  assert models.resolve_speed(cfg.model, 'cpu', 1)['conv_wgrad'] == 'xla'
+  cfg.model.name = 'resnet'
+  ds = Dataset(None, None, 10, (8, 8, 3))
+  for wgrad, barriers in (('xla', 'on'), ('chunked', 'off')):   # a chosen value is kept
+    cfg.model.conv_wgrad, cfg.model.fusion_barriers = wgrad, barriers
+    assert models.resolve_speed(cfg.model, 'gpu', 4) == {'conv_wgrad': wgrad,
+                                                         'fusion_barriers': barriers}
+    module = models.build_model(cfg.model, ds)
+    assert (module.wgrad_chunk_bytes > 0) == (wgrad == 'chunked')
+    assert module.fusion_barriers == (barriers == 'on')

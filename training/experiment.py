@@ -1,0 +1,100 @@
+"""What a config describes: validated in one pass, then built, with nothing written to disk.
+
+`check_config` is the one validation pass (train.py through the loop, the sweep's --dry_run and
+eval all call it): every name and value, and the batch against the devices it is split over.
+`build_experiment` loads the data, resolves the speed formulations for this backend and builds
+the model, the task and the optimizer, once each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+import data as data_lib
+import models
+from data import pipeline
+from errors import ConfigError
+from training import optim, parallel, tasks
+
+POSITIVE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
+                 'checkpoint_every_steps', 'keep_checkpoints')
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None  # BatchNorm running averages ({} when the model has none)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a config builds, with no side effects on disk."""
+  config: ml_collections.ConfigDict   # as given (speed choices may read `auto`)
+  dataset: data_lib.Dataset
+  model: nn.Module
+  task: Callable
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: Mesh
+  resolved: dict   # what `auto` became here, and where: written to the workdir
+
+  def describe(self, params, seeds: list[int], start: int) -> str:
+    c, n_params = self.config, sum(x.size for x in jax.tree.leaves(params))
+    return (f'{c.model.name} norm={c.model.norm} residual={c.model.residual} | '
+            f'{n_params / 1e6:.3f}M parameters | {c.data.name}: {len(self.dataset.train)} '
+            f'train / {len(self.dataset.test)} test | seeds {seeds} | steps {start} -> '
+            f'{c.num_train_steps}')
+
+
+def check_config(config, mesh: Mesh) -> None:
+  """Every name and value in `config`, and its batch against `mesh`, before any data is loaded
+  or file written. (Combinations that depend on the data, such as a norm a model refuses, are
+  the model builders' to refuse: `build_experiment`.)"""
+  data_lib.check_dataset_name(config.data.name)
+  models.check_model_names(config.model)
+  optim.check_config(config.optimizer)
+  if config.data.augment not in pipeline.AUGMENTATIONS:
+    raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
+                      f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
+  for key in POSITIVE_KEYS:
+    if config[key] <= 0:
+      raise ConfigError(f'{key} must be positive; got {config[key]}')
+  parallel.check_batch(config.data.batch_size, mesh)
+
+
+def build_experiment(config, mesh: Mesh | None = None,
+                     dataset: data_lib.Dataset | None = None) -> Experiment:
+  """Everything `config` describes on `mesh` (all devices when None); `dataset` replaces
+  loading config.data (benchmarks)."""
+  mesh = mesh if mesh is not None else parallel.data_mesh()
+  check_config(config, mesh)
+  if dataset is None:
+    dataset = data_lib.load_dataset(config.data, config.seed)
+  resolved = models.resolve_speed(config.model, jax.default_backend(), mesh.size)
+  model = models.build_model(config.model, dataset, devices=mesh.size)   # resolves the same
+  schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  where = {'backend': jax.default_backend(), 'devices': mesh.size}
+  return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
+                    {**{f'model.{k}': v for k, v in resolved.items()}, **where})
+
+
+def named_key(root: jax.Array, name: str) -> jax.Array:
+  """Splits the root key by name, so adding a new random consumer changes no other stream."""
+  return jax.random.fold_in(root, zlib.crc32(name.encode()))
+
+
+def create_train_state(exp: Experiment, root_key: jax.Array) -> TrainState:
+  dtype = jnp.int32 if exp.dataset.kind == 'tokens' else jnp.float32
+  dummy = jnp.zeros((1, *exp.dataset.input_shape), dtype)
+  variables = exp.model.init(named_key(root_key, 'params'), dummy, train=False)
+  return TrainState.create(apply_fn=exp.model.apply, params=variables['params'],
+                           batch_stats=variables.get('batch_stats', {}), tx=exp.tx)

@@ -1,0 +1,58 @@
+"""Seeds of one config trained as one program: the only place that branches on their number.
+
+A population of one is an ordinary run: its state and batches have no extra axis. With several
+seeds, states and batches are stacked along a leading axis and the steps are vmapped over it
+(`step.compile_steps(exp, population=n)`); each seed keeps its own data order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import pipeline
+from errors import ConfigError
+from training import parallel
+from training import workdir as wd
+from training.experiment import Experiment
+
+
+def check_population(configs) -> None:
+  """Seeds share one program only if their configs differ in nothing but the seed."""
+  first = wd.config_to_dict(configs[0])
+  for c in configs[1:]:
+    diff = [k for k in wd.config_diff(first, wd.config_to_dict(c)) if k != 'seed']
+    if diff:
+      raise ConfigError(f'seeds in one program must share their config; they differ in {diff}')
+
+
+class Population:
+  """`size` seeds of one experiment: their batches by step, and their states stacked."""
+
+  def __init__(self, exps: list[Experiment]):
+    self.size, self.mesh = len(exps), exps[0].mesh
+    config = exps[0].config
+    self._batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size,
+                                           e.config.seed, config.data.augment) for e in exps]
+    self.seeds = [e.config.seed for e in exps]
+
+  def stack(self, trees):
+    """One tree for all seeds, replicated over the mesh."""
+    tree = trees[0] if self.size == 1 else jax.tree.map(lambda *x: jnp.stack(x), *trees)
+    return parallel.replicate(tree, self.mesh)
+
+  def member(self, tree, k: int):
+    return tree if self.size == 1 else jax.tree.map(lambda x: x[k], tree)
+
+  def batch(self, step: int):
+    """The step's batch for every seed, on the devices (stacked on the host: one transfer)."""
+    if self.size == 1:
+      batch = self._batches[0](step)
+    else:
+      batch = jax.tree.map(lambda *x: np.stack(x), *[b(step) for b in self._batches])
+    return parallel.shard_batch(batch, self.mesh, self.size)
+
+  def tag(self, k: int) -> str:
+    """How log lines name seed k ('' for a lone run)."""
+    return f'[seed {self.seeds[k]}] ' if self.size > 1 else ''

@@ -1,0 +1,194 @@
+"""A run's lifecycle in its workdir: claim -> open (or resume) -> log, eval, save -> finish.
+
+A run is `running` until it ends `finished`, `diverged` (its train loss passed the
+threshold or was not finite), `interrupted` (SIGTERM: a checkpoint is saved, the same command
+resumes it) or `failed` (an exception: recorded with the error). `status.json` always holds the
+latest of these; a workdir never holds two runs (a different config is refused before anything
+is written).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+
+from errors import ConfigError
+from training import checkpoints as ckpt_lib
+from training import diagnostics, tasks
+from training import workdir as wd
+from training.experiment import Experiment
+from training.metric_writer import MetricWriter
+
+RUNNING, FINISHED, DIVERGED, INTERRUPTED, FAILED = (
+    'running', 'finished', 'diverged', 'interrupted', 'failed')
+DONE = (FINISHED, DIVERGED)   # a run in one of these states is not trained again
+
+# Keys that may differ when resuming a workdir: they change logging and checkpointing only.
+RESUMABLE_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                  'keep_checkpoints', 'diagnostics_every_steps')
+
+# Config keys shown as hyperparameters in TensorBoard's HParams dashboard for a run outside a
+# sweep (a sweep shows its own axes instead).
+DEFAULT_HPARAMS = ('model.name', 'model.norm', 'model.residual', 'model.depth', 'model.width',
+                   'model.norm_position', 'data.name', 'data.batch_size', 'data.variable_length',
+                   'optimizer.name', 'optimizer.learning_rate', 'seed')
+HPARAM_METRICS = ['eval/accuracy', 'eval/loss', 'train/loss']
+
+
+def claim_workdir(config, workdir: str) -> dict | None:
+  """Checks `workdir` against `config` without writing. Returns the existing status (None for a
+  new workdir). A different config stops with the differing keys."""
+  old = wd.read_json(os.path.join(workdir, wd.CONFIG_FILE))
+  if old is None:
+    if os.path.isdir(workdir) and os.listdir(workdir):
+      raise ConfigError(f'{workdir} is not empty and holds no run ({wd.CONFIG_FILE} missing); '
+                        'choose a new --workdir')
+    return None
+  diff = {k: v for k, v in wd.config_diff(old, wd.config_to_dict(config)).items()
+          if k not in RESUMABLE_KEYS}
+  if diff:
+    shown = '; '.join(f'{k}: {a!r} -> {b!r}' for k, b_a in diff.items() for a, b in [b_a])
+    raise ConfigError(f'{workdir} holds a run with a different config ({shown}); '
+                      'use a new --workdir')
+  return wd.read_status(workdir) or {'state': RUNNING}
+
+
+class Run:
+  """One run: its workdir, TensorBoard writer, checkpoints and state. `tag` prefixes its lines."""
+
+  def __init__(self, config, workdir: str, hparams: dict | None, tag: str = ''):
+    self.previous = claim_workdir(config, workdir)   # refuses before anything is written
+    self.config, self.workdir, self.tag = config, workdir, tag
+    flat = wd.flatten(wd.config_to_dict(config))
+    self.hparams = hparams or {k: flat[k] for k in DEFAULT_HPARAMS if k in flat}
+    self.root_key = jax.random.key(config.seed)
+    self.state, self.metrics, self.end_step = RUNNING, None, None
+    self.grad_history = []   # per diagnostic step: the gradient norm of each layer
+
+  @property
+  def done_before(self) -> bool:
+    return self.previous is not None and self.previous['state'] in DONE
+
+  @property
+  def live(self) -> bool:
+    return self.state == RUNNING
+
+  def open(self, exp: Experiment, fresh):
+    """Writes the config and what `auto` resolved to, and restores the newest readable
+    checkpoint (else keeps `fresh`). Returns the train state."""
+    os.makedirs(self.workdir, exist_ok=True)
+    wd.write_json_atomic(os.path.join(self.workdir, wd.CONFIG_FILE),
+                         wd.config_to_dict(self.config))
+    wd.write_json_atomic(os.path.join(self.workdir, wd.RESOLVED_FILE), exp.resolved)
+    self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
+    step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key))
+    if step is None:
+      return fresh
+    print(f'{self.workdir}: resumed from the checkpoint at step {step}', flush=True)
+    return ckpt_lib.restore_state(fresh, tree)
+
+  def start(self, step: int) -> None:
+    """Starts logging from `step` (TensorBoard points after it, from a killed run, dropped)."""
+    self.writer = MetricWriter(self.workdir, resume_step=step)
+    if step == 0:
+      self.writer.hparams(self.hparams, HPARAM_METRICS)
+    wd.write_status(self.workdir, RUNNING, step=step)
+
+  def log_train(self, step: int, sums: dict, learning_rate: float, speed: float | None) -> None:
+    """Writes and prints the train metrics summed since the last log line (`speed`: train
+    steps/s, None if none was timed); a loss above the threshold (or NaN) ends the run."""
+    metrics = tasks.summarize(sums)
+    if speed is not None:
+      metrics['steps_per_sec'] = speed
+    metrics['learning_rate'] = learning_rate
+    self.writer.scalars(step, 'train', metrics)
+    print(f'{self.tag}step {step:>6}  train  loss {metrics["loss"]:.4f}  accuracy '
+          f'{metrics["accuracy"]:.4f}  lr {metrics["learning_rate"]:.4g}'
+          + (f'  {speed:.1f} steps/s' if speed else ''), flush=True)
+    if not metrics['loss'] <= self.config.divergence_threshold:  # also catches NaN
+      self.state, self.end_step = DIVERGED, step
+      print(f'{self.tag}diverged at step {step} (train loss {metrics["loss"]})',
+            file=sys.stderr, flush=True)
+
+  def log_eval(self, step: int, metrics: dict, final: bool = False) -> None:
+    self.writer.scalars(step, 'eval', metrics)
+    print(f'{self.tag}step {step:>6}  eval   loss {metrics["loss"]:.4f}  '
+          f'accuracy {metrics["accuracy"]:.4f}', flush=True)
+    if final:
+      self.metrics = metrics
+      print(f'{self.tag}final test accuracy {metrics["accuracy"]:.4f} '
+            f'(loss {metrics["loss"]:.4f}) at step {step}', flush=True)
+
+  def log_diagnostics(self, step: int, stats: dict, layers: list[str]) -> None:
+    """Per-layer statistics {stat: {layer: value}} (`layers` from the input down), and the
+    gradient-norm heat map of every diagnostic step so far (rows: layers; columns: steps)."""
+    for stat, per_layer in stats.items():
+      self.writer.scalars(step, stat, {name: float(per_layer[name]) for name in layers
+                                       if name in per_layer})
+    self.grad_history.append(np.array([stats['grad_norm'][name] for name in layers]))
+    self.writer.image(step, 'grad_norm/heatmap', diagnostics.heatmap(self.grad_history, layers))
+
+  def save(self, state, step: int) -> None:
+    """A checkpoint at `step` (if not already there); curves up to it survive a kill."""
+    if step not in self.checkpoints.steps():
+      self.checkpoints.save(step, ckpt_lib.state_tree(state, self.root_key))
+    self.writer.flush()
+    wd.write_status(self.workdir, RUNNING, step=step)
+
+  def interrupt(self, step: int) -> None:
+    self.state, self.end_step = INTERRUPTED, step
+    print(f'{self.tag}run interrupted at step {step}', flush=True, file=sys.stderr)
+
+  def close(self, step: int, error: Exception | None = None) -> dict:
+    """Ends the run as it stands (or `failed` with `error`); returns its status."""
+    if error is not None:
+      self.state = FAILED
+    elif self.state == RUNNING:
+      self.state = FINISHED
+    step = self.end_step if self.end_step is not None else step
+    if self.state in DONE:
+      self.writer.end_session(self.hparams, HPARAM_METRICS)
+    self.writer.close()
+    self.checkpoints.close()
+    extra = {'error': f'{type(error).__name__}: {error}'} if error is not None else {}
+    wd.write_status(self.workdir, self.state, step=step, metrics=self.metrics, **extra)
+    return {'state': self.state, 'step': step, 'metrics': self.metrics}
+
+
+def already_done(runs: list[Run]) -> list[dict]:
+  """The status of a lone run that already finished (or diverged): nothing to train."""
+  if len(runs) > 1:
+    raise ConfigError('a population of seeds must not include finished runs; train the '
+                      'unfinished ones')
+  s = runs[0].previous
+  print(f'{runs[0].workdir}: run already {s["state"]} at step {s.get("step")}; metrics '
+        f'{s.get("metrics")}', flush=True)
+  return [s]
+
+
+
+class Preemption:
+  """SIGTERM (what schedulers send before preemption) sets a flag the loop checks each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

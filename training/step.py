@@ -1,0 +1,89 @@
+"""The step functions, and `compile_steps`: the one place they are jitted.
+
+`train_step(state, batch) -> (state, summed metrics)` is pure, as are the eval and diagnostics
+steps. `compile_steps(exp, population)` jits them once, with shardings and donation written at
+the call, as flax's lm1b does: parameters and optimizer state replicated, batches split over
+the mesh's 'data' axis (training and eval alike; XLA inserts the all-reduces). The loop, the
+benchmarks, `experiments/comm.py` and the tests all run these, so what they time, count and
+test is the program the loop runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+from training import diagnostics
+from training.parallel import data_sharding, replicated
+from training.experiment import Experiment, TrainState
+
+
+def train_step_fn(model: nn.Module, task: Callable):
+  """The pure `train_step(state, batch) -> (state, summed metrics)` (not yet jitted)."""
+
+  def train_step(state: TrainState, batch: dict):
+    def loss_fn(params):
+      logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                    batch['inputs'], train=True, mask=batch.get('mask'),
+                                    mutable=['batch_stats'])
+      loss, sums = task(logits, batch)
+      return loss, (sums, updates)
+
+    (_, (sums, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get('batch_stats', state.batch_stats))
+    return state, sums
+
+  return train_step
+
+
+def eval_step_fn(model: nn.Module, task: Callable, batch_stats_mode: bool):
+  """The pure `eval_step(variables, batch) -> summed metrics`.
+
+  batch_stats_mode=False: the normal eval mode (BatchNorm uses its running averages).
+  batch_stats_mode=True: train-mode normalization (BatchNorm uses this batch's statistics);
+  the running averages are left unchanged.
+  """
+
+  def eval_step(variables, batch):
+    logits, _ = model.apply(variables, batch['inputs'], train=batch_stats_mode,
+                            mask=batch.get('mask'), mutable=['batch_stats'])
+    return task(logits, batch)[1]
+
+  return eval_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  train: Callable      # (state, batch) -> (state, sums); the state is donated
+  diagnose: Callable   # (state, batch) -> {stat: {layer: value}}; steps nothing
+  _eval: dict          # (batch_stats_mode, sharded) -> jitted (variables, batch) -> sums
+  devices: int
+
+  def eval(self, variables, batch, batch_stats_mode: bool = False):
+    """Sums of one eval batch. Split over the devices like training when the batch divides
+    among them; a batch that does not (the last of a split) runs whole on every device, so
+    batch statistics are still those of exactly the batch given."""
+    sharded = len(batch['inputs']) % self.devices == 0
+    return self._eval[batch_stats_mode, sharded](variables, batch)
+
+
+def compile_steps(exp: Experiment, population: int = 1) -> Steps:
+  """The jitted steps of `exp` on its mesh; with `population` > 1, train and diagnose take
+  stacked states and batches (one leading axis of seeds, vmapped)."""
+  rep, data = replicated(exp.mesh), data_sharding(exp.mesh, population)
+  batched = (lambda f: f) if population == 1 else jax.vmap
+  train = jax.jit(batched(train_step_fn(exp.model, exp.task)),
+                  in_shardings=(rep, data), out_shardings=(rep, rep),
+                  donate_argnums=0)
+  diagnose = jax.jit(batched(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx)),
+                     in_shardings=(rep, data), out_shardings=rep)
+  evals = {(mode, sharded): jax.jit(eval_step_fn(exp.model, exp.task, mode),
+                                    in_shardings=(rep, data_sharding(exp.mesh)
+                                                  if sharded else rep),
+                                    out_shardings=rep)
+           for mode in (False, True) for sharded in (False, True)}
+  return Steps(train, diagnose, evals, exp.mesh.size)
