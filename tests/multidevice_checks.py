@@ -20,7 +20,7 @@ assert jax.device_count() == 8, jax.devices()
 
 def one_step(config, devices):
   mesh = parallel.data_mesh(devices)
-  exp = experiment.build_experiment(config)
+  exp = experiment.build_experiment(config, mesh)
   state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
   batch = parallel.shard_batch(exp.dataset.train.get(np.arange(config.data.batch_size)), mesh)
   state, sums = compile_steps(exp).train(state, batch)
@@ -38,18 +38,17 @@ def check_global_bn_equals_single_device():
 
 def check_per_device_bn_equals_bn_of_each_shard():
   x = np.random.default_rng(0).normal(2, 3, size=(32, 4, 4, 6)).astype(np.float32)
-  grouped = norms.make_norm('batch', bn_scope='per_device')()
+  grouped = norms.make_norm('batch', bn_scope='per_device', devices=8)()
   plain = norms.make_norm('batch')()
   variables = plain.init(jax.random.key(0), x, train=False)
   mesh = parallel.data_mesh()
   fn = jax.jit(lambda v, x: grouped.apply(v, x, train=True, mutable=['batch_stats']))
-  out, updates = fn({'params': variables['params']['bn'], 'batch_stats':
-                     variables['batch_stats']['bn']}, parallel.shard_batch(x, mesh))
+  out, updates = fn(variables, parallel.shard_batch(x, mesh))
   shards = [plain.apply(variables, s, train=True, mutable=['batch_stats'])
             for s in np.split(x, 8)]
   np.testing.assert_allclose(out, np.concatenate([o for o, _ in shards]), rtol=1e-4, atol=1e-5)
   mean_of_shards = np.mean([u['batch_stats']['bn']['mean'] for _, u in shards], axis=0)
-  np.testing.assert_allclose(updates['batch_stats']['mean'], mean_of_shards, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(updates['batch_stats']['bn']['mean'], mean_of_shards, rtol=1e-4, atol=1e-6)
   print('per_device BN == BN of each shard: ok')
 
 
