@@ -7,6 +7,8 @@ import sys
 
 from absl import flags
 
+from errors import ConfigError
+
 
 def fail(message: str, code: int = 2):
   print(f'error: {message}', file=sys.stderr, flush=True)
@@ -37,9 +39,20 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(str(e).splitlines()[0])
+    fail(one_line(str(e)))
   except (AttributeError, KeyError, TypeError) as e:  # ml_collections: override of an unknown key
     fail(_bad_override(load_config(argv), argv) or str(e).replace('\n', ' '))
+
+
+def one_line(message: str) -> str:
+  """A message that may embed a traceback (absl wraps a config file's exception in one), as its
+  first line and the exception that caused it: what went wrong, and why."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  if not lines:
+    return message
+  if any(l.startswith('Traceback') for l in lines) and lines[-1] != lines[0]:
+    return f'{lines[0].rstrip(":")}: {lines[-1]}'
+  return ' '.join(lines)
 
 
 def import_file(path: str, name: str):
@@ -50,16 +63,21 @@ def import_file(path: str, name: str):
   return module
 
 
-def load_config(argv):
-  """The config named by --config=path[:arg], loaded as config_flags would (for messages)."""
+def load_config(argv, strict: bool = False):
+  """The config named by --config=path[:arg], loaded as config_flags would. Not strict (for
+  messages): None when it cannot be loaded. Strict: a ConfigError naming the file and the cause."""
   spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if spec is None:
+    if strict:
+      raise ConfigError('no --config given')
     return None
   path, _, arg = spec.partition(':')
   try:
     module = import_file(path, '_config')
     return module.get_config(arg) if arg else module.get_config()
-  except Exception:  # noqa: BLE001 - only used to improve a message
+  except Exception as e:  # noqa: BLE001 - a config file may raise anything
+    if strict:
+      raise ConfigError(f'config {spec}: {type(e).__name__}: {" ".join(str(e).split())}') from e
     return None
 
 

@@ -33,8 +33,13 @@ def main():
                              f' --xla_force_host_platform_device_count={a.devices}')
   import jax
 
-  from cli import load_config
-  rows = measure(load_config([f'--config={a.config}']), a.norms.split(','), jax.devices()[:a.devices])
+  import cli
+  from errors import ConfigError
+  try:
+    config = cli.load_config([f'--config={a.config}'], strict=True)
+  except ConfigError as e:
+    cli.fail(str(e))
+  rows = measure(config, a.norms.split(','), jax.devices()[:a.devices])
   print(f'{a.config}: collectives per train step on {a.devices} devices '
         f'(batch {rows[0]["batch"]}, {jax.default_backend()})')
   print(f'{"norm":<22} {"all-reduce":>10} {"other":>6} {"bytes":>12} {"beyond gradients":>18}')

@@ -191,10 +191,12 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    if self.group_size and x.shape[0] % self.group_size:
+    # groups only matter for train-mode statistics (eval uses the running averages; `init`
+    # runs on a batch of one in eval mode)
+    if train and self.group_size and x.shape[0] % self.group_size:
       raise ConfigError(f'ghost batch norm with {self.group_size} examples per group needs a '
                         f'batch size divisible by {self.group_size}; got {x.shape[0]}')
-    groups = x.shape[0] // self.group_size if self.group_size else self.groups
+    groups = (x.shape[0] // self.group_size if self.group_size else self.groups) if train else 1
     return _BatchNorm(self.momentum, self.epsilon, max(groups, 1), self.per_position,
                       self.max_positions, name='bn')(x, train=train, mask=mask)
 

@@ -41,6 +41,8 @@ def tree_hashes(path):
     ('--config.model.depth=21', '6n+2'),
     ('--config.model.nrom=layer', 'config.model has bn_ghost_size, bn_momentum, bn_scope, compute_dtype, conv_wgrad, depth'),
     ('--config.model.depth=abc', "invalid literal for int() with base 10: 'abc'"),
+    ('--config.data.batch_size=0', 'data.batch_size must be > 0; got 0'),
+    ('--config.optimizer.warmup_steps=-1', 'optimizer.warmup_steps must be >= 0; got -1'),
 ])
 def test_bad_input_exits_nonzero_with_choices_and_writes_nothing(tmp_path, override, expected):
   workdir = tmp_path / 'run'
@@ -85,3 +87,21 @@ def test_eval_of_missing_workdir_is_one_line(tmp_path):
   result = run('eval.py', f'--workdir={tmp_path / "nothing"}')
   assert result.returncode != 0 and 'holds no run' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config,cause', [
+    ('configs/default.py:abc', "invalid literal for int() with base 10: 'abc'"),
+    ('{raising}', 'ValueError: the cause, at the end of a traceback'),
+    ('{missing}', 'No such file or directory'),
+])
+def test_a_config_that_cannot_load_is_one_line_with_its_cause(tmp_path, config, cause):
+  raising = tmp_path / 'raising.py'
+  raising.write_text('def get_config():\n'
+                     '  raise ValueError("the cause, at the end of a traceback")\n')
+  config = config.format(raising=raising, missing=tmp_path / 'missing.py')
+  for result in (run('train.py', f'--config={config}', f'--workdir={tmp_path / "run"}'),
+                 run('-m', 'experiments.comm', f'--config={config}', '--devices=1')):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:') and cause in lines[0], lines
+  assert not (tmp_path / 'run').exists()

@@ -11,3 +11,54 @@ def test_config_is_locked():
   with pytest.raises(AttributeError):
     config.model.nrom = 'layer'
   assert isinstance(config, ml_collections.ConfigDict)
+
+
+def all_configs():
+  """Every config file under configs/, loaded as train.py would (no argument)."""
+  import glob
+  import os
+  from cli import import_file
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  return {os.path.basename(p): import_file(p, '_config').get_config()
+          for p in sorted(glob.glob(os.path.join(root, '*.py')))
+          if os.path.basename(p) not in ('common.py', '__init__.py')}
+
+
+def numeric_keys(config):
+  from training import workdir as wd
+  return {k: v for k, v in wd.flatten(wd.config_to_dict(config)).items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def test_every_numeric_key_of_every_config_has_a_range():
+  from training.experiment import RANGES
+  for name, config in all_configs().items():
+    missing = set(numeric_keys(config)) - set(RANGES)
+    assert not missing, f'{name}: add to training.experiment.RANGES: {sorted(missing)}'
+
+
+def test_values_out_of_range_are_refused_by_the_config_check():
+  """Every numeric key of every config: its value as shipped passes, the first value outside
+  its range is refused in one line naming the key."""
+  from errors import ConfigError
+  from training import experiment, parallel
+  mesh = parallel.data_mesh()
+  checked = 0
+  for name, config in all_configs().items():
+    experiment.check_config(config, mesh)
+    for key, value in numeric_keys(config).items():
+      low, high, low_ok = experiment.RANGES[key]
+      bad = [low if not low_ok else (low - 1 if isinstance(value, int) else low - 0.5)]
+      bad += [] if high is None else [high + 1]
+      for b in bad:
+        broken = config.copy_and_resolve_references()
+        with broken.unlocked():
+          *path, last = key.split('.')
+          node = broken
+          for p in path:
+            node = node[p]
+          node[last] = type(value)(b)
+        with pytest.raises(ConfigError, match=key.replace('.', r'\.') + ' must be'):
+          experiment.check_config(broken, mesh)
+        checked += 1
+  assert checked > 50

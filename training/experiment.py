@@ -26,8 +26,58 @@ from data import pipeline
 from errors import ConfigError
 from training import optim, parallel, tasks
 
-POSITIVE_KEYS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
-                 'checkpoint_every_steps', 'keep_checkpoints')
+# The range of every numeric key a config may hold (a key a config lacks is skipped):
+# (lowest, highest, whether the lowest itself is allowed). Checked before anything is loaded.
+RANGES = {
+    'seed': (0, None, True),
+    'num_train_steps': (0, None, False),
+    'log_every_steps': (0, None, False),
+    'eval_every_steps': (0, None, False),
+    'checkpoint_every_steps': (0, None, False),
+    'keep_checkpoints': (0, None, False),
+    'diagnostics_every_steps': (0, None, True),     # 0: off
+    'divergence_threshold': (0, None, False),
+    'data.batch_size': (0, None, False),
+    'data.eval_batch_size': (0, None, False),
+    'data.seq_length': (0, None, False),
+    'data.min_length': (0, None, False),
+    'model.width': (0, None, False),
+    'model.depth': (0, None, False),
+    'model.num_layers': (0, None, False),
+    'model.num_heads': (0, None, False),
+    'model.mlp_ratio': (0, None, False),
+    'model.max_length': (0, None, False),
+    'model.norm_groups': (0, None, False),
+    'model.bn_ghost_size': (0, None, True),          # 0: unused
+    'model.bn_momentum': (0, 1, True),
+    'model.norm_epsilon': (0, None, False),
+    'optimizer.learning_rate': (0, None, True),
+    'optimizer.warmup_steps': (0, None, True),
+    'optimizer.momentum': (0, 1, True),
+    'optimizer.weight_decay': (0, None, True),
+    'optimizer.decay_factor': (0, None, True),
+}
+
+
+def _get(config, dotted: str):
+  node = config
+  for key in dotted.split('.'):
+    if not hasattr(node, 'keys') or key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def check_ranges(config) -> None:
+  """Every numeric key of RANGES that `config` holds, inside its range (one line if not)."""
+  for key, (low, high, low_ok) in RANGES.items():
+    value = _get(config, key)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    if not (value >= low if low_ok else value > low) or (high is not None and value > high):
+      allowed = (f'{">=" if low_ok else ">"} {low}' +
+                 (f' and <= {high}' if high is not None else ''))
+      raise ConfigError(f'{key} must be {allowed}; got {value}')
 
 
 class TrainState(train_state.TrainState):
@@ -64,10 +114,12 @@ def check_config(config, mesh: Mesh) -> None:
   if config.data.augment not in pipeline.AUGMENTATIONS:
     raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
                       f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
-  for key in POSITIVE_KEYS:
-    if config[key] <= 0:
-      raise ConfigError(f'{key} must be positive; got {config[key]}')
+  check_ranges(config)
   parallel.check_batch(config.data.batch_size, mesh)
+  m = config.model
+  if m.get('bn_scope') == 'ghost' and config.data.batch_size % max(m.bn_ghost_size, 1):
+    raise ConfigError(f'model.bn_scope ghost with bn_ghost_size {m.bn_ghost_size} needs a '
+                      f'data.batch_size divisible by it; got {config.data.batch_size}')
 
 
 def build_experiment(config, mesh: Mesh | None = None,
