@@ -113,3 +113,32 @@ def test_steps_per_sec_counts_train_steps_only(tmp_path, monkeypatch):
   assert set(speeds) == {10, 20, 30}
   # steps 11-20 follow the eval at step 10: counted, its 3 s would hold them under 10/3 steps/s
   assert speeds[20] > 10 and speeds[20] > 0.3 * speeds[10], speeds
+
+
+def test_ghost_batch_norm_step_is_the_mean_of_plain_steps_on_each_group(tmp_path):
+  """The loop's own train step with ghost BatchNorm (4 groups of 8 in a batch of 32) against an
+  independent computation: the same step with ordinary BatchNorm on each group of 8 alone. SGD's
+  first step (momentum and weight decay included) is linear in the gradient, the loss is a mean
+  over examples and the groups share no statistic, so the parameters after the ghost step are
+  the mean of the four plain steps', and so are the running averages (equal group sizes)."""
+  ghost = {'model.bn_scope': 'ghost', 'model.bn_ghost_size': 8}
+  exp = experiment.build_experiment(tiny_config(**ghost))
+  plain = experiment.build_experiment(tiny_config(**{'data.batch_size': 8}))
+  state = experiment.create_train_state(exp, jax.random.key(0))
+  batch = pipeline.TrainBatches(exp.dataset.train, 32, seed=0)(0)
+  after, sums = jax.device_get(compile_steps(exp).train(state, batch))
+  step = compile_steps(plain).train
+  groups = [jax.device_get(step(experiment.create_train_state(plain, jax.random.key(0)),
+                                {k: v[i:i + 8] for k, v in batch.items()}))
+            for i in range(0, 32, 8)]
+  for name in ('params', 'batch_stats'):
+    mean = jax.tree.map(lambda *x: np.mean(x, axis=0), *[getattr(s, name) for s, _ in groups])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 getattr(after, name), mean)
+  for key in sums:
+    np.testing.assert_allclose(sums[key], sum(m[key] for _, m in groups), rtol=1e-5)
+  # and the command README shows trains through the loop
+  status = loop.train_and_evaluate(tiny_config(**{'model.bn_ghost_size': 4,
+                                                  'model.bn_scope': 'ghost'}),
+                                   str(tmp_path / 'run'))
+  assert status['state'] == 'finished' and status['metrics']['accuracy'] > 0.3
