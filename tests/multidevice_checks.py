@@ -63,6 +63,21 @@ def check_collectives():
   print('collectives:', {k: (v['all-reduce'], v['extra_bytes']) for k, v in rows.items()})
 
 
+def check_steps_dispatched_back_to_back_never_hang():
+  """300 per-device BatchNorm steps dispatched as the loop does: XLA:CPU's all-reduce used to
+  wait for a device that never came and abort the process (training/step.py: OneAtATime)."""
+  config = tiny_config(**{'model.bn_scope': 'per_device', 'data.batch_size': 64})
+  exp = experiment.build_experiment(config)
+  state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), exp.mesh)
+  train = compile_steps(exp).train
+  for step in range(300):
+    idx = (np.arange(config.data.batch_size) + 7 * step) % len(exp.dataset.train)
+    state, _ = train(state, parallel.shard_batch(exp.dataset.train.get(idx), exp.mesh))
+  assert int(state.step) == 300
+  print('300 steps dispatched back to back on 8 devices: ok')
+
+
+check_steps_dispatched_back_to_back_never_hang()
 check_global_bn_equals_single_device()
 check_per_device_bn_equals_bn_of_each_shard()
 check_collectives()
