@@ -18,7 +18,7 @@ import numpy as np
 
 from errors import ConfigError
 from training import checkpoints as ckpt_lib
-from training import diagnostics, tasks
+from training import diagnostics, metric_writer, tasks
 from training import workdir as wd
 from training.experiment import Experiment
 from training.metric_writer import MetricWriter
@@ -68,6 +68,7 @@ class Run:
     self.root_key = jax.random.key(config.seed)
     self.state, self.metrics, self.end_step = RUNNING, None, None
     self.grad_history = []   # per diagnostic step: the gradient norm of each layer
+    self.start_step = 0
 
   @property
   def done_before(self) -> bool:
@@ -87,14 +88,26 @@ class Run:
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
     step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key))
     if step is None:
+      was = (self.previous or {}).get('step') or 0
+      if was:   # a run that had trained, and no checkpoint it could go on from
+        print(f'{self.workdir}: no readable checkpoint (the run was {self.previous["state"]} '
+              f'at step {was}): starting again from step 0; the curves it logged are dropped',
+              file=sys.stderr, flush=True)
       return fresh
     print(f'{self.workdir}: resumed from the checkpoint at step {step}', flush=True)
     return ckpt_lib.restore_state(fresh, tree)
 
   def start(self, step: int) -> None:
-    """Starts logging from `step` (TensorBoard points after it, from a killed run, dropped)."""
-    self.writer = MetricWriter(self.workdir, resume_step=step)
-    if step == 0:
+    """Starts logging from `step`. What a killed run logged that this one logs again is dropped
+    from the event files first: everything after `step`, and at `step` all but the train and
+    eval points (written before the checkpoint at `step`; diagnostics at `step` come after it;
+    at the last step, the final eval is run again). The HParams session start is written once:
+    at step 0, or again if it was lost."""
+    self.start_step = step
+    last = step >= self.config.num_train_steps
+    self.writer = MetricWriter(self.workdir, resume_step=step,
+                               kept_at_step=('train/',) if last else ('train/', 'eval/'))
+    if step == 0 or not metric_writer.has_session_start(self.workdir):
       self.writer.hparams(self.hparams, HPARAM_METRICS)
     wd.write_status(self.workdir, RUNNING, step=step)
 
@@ -129,14 +142,19 @@ class Run:
     for stat, per_layer in stats.items():
       self.writer.scalars(step, stat, {name: float(per_layer[name]) for name in layers
                                        if name in per_layer})
+    if not self.grad_history and self.start_step:   # resumed: the columns logged before
+      logged = metric_writer.read_scalars(self.workdir, 'grad_norm')
+      for s in sorted({s for per_step in logged.values() for s in per_step if s < step}):
+        self.grad_history.append(np.array([logged[f'grad_norm/{name}'][s] for name in layers]))
     self.grad_history.append(np.array([stats['grad_norm'][name] for name in layers]))
     self.writer.image(step, 'grad_norm/heatmap', diagnostics.heatmap(self.grad_history, layers))
 
   def save(self, state, step: int) -> None:
-    """A checkpoint at `step` (if not already there); curves up to it survive a kill."""
+    """A checkpoint at `step` (if not already there). The curves are flushed first, so that
+    every point up to a checkpoint is on disk before the checkpoint is."""
+    self.writer.flush()
     if step not in self.checkpoints.steps():
       self.checkpoints.save(step, ckpt_lib.state_tree(state, self.root_key))
-    self.writer.flush()
     wd.write_status(self.workdir, RUNNING, step=step)
 
   def interrupt(self, step: int) -> None:
