@@ -2,18 +2,28 @@
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 kill during a save never leaves a checkpoint that looks complete and is not. A checkpoint that
-is complete but damaged afterwards (truncated or corrupted files) fails to restore: we say so
-in one line and fall back to the previous one.
+is complete but damaged afterwards (truncated or corrupted files) is found by the checksums we
+write beside it (orbax restored some damaged files without an error: wrong parameters,
+silently) or fails to restore: we say so in one line and fall back to the previous one. A
+checkpoint of another model state (different arrays) is not damage: it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
+import logging
 import os
+import re
 import sys
 import time
+import zlib
 
 import jax
 import orbax.checkpoint as ocp
+
+from errors import ConfigError
 
 
 def state_tree(state, root_key: jax.Array) -> dict:
@@ -28,6 +38,60 @@ def restore_state(state, tree: dict):
                        batch_stats=tree['batch_stats'], opt_state=tree['opt_state'])
 
 
+CHECKSUMS = 'normlab_checksums.json'   # in each checkpoint's directory, written after it
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(next((getattr(k, a) for a in ('key', 'name', 'idx') if hasattr(k, a)), k))
+                  for k in path)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {_path_str(p): tuple(getattr(leaf, 'shape', ()))
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _crc(path: str) -> int:
+  crc = 0
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 20):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def _files(directory: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names if name != CHECKSUMS)
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Orbax and TensorStore report a damaged checkpoint with pages of log lines, asyncio
+  tracebacks and "exception ignored" messages from abandoned coroutines; we say it in one."""
+  loggers = [logging.getLogger(n) for n in ('absl', 'asyncio', 'orbax', 'jax')]
+  levels = [l.level for l in loggers]
+  hook = sys.unraisablehook
+  for l in loggers:
+    l.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    gc.collect()   # abandoned coroutines report now, while the hook is quiet
+    sys.unraisablehook = hook
+    for l, level in zip(loggers, levels):
+      l.setLevel(level)
+
+
+def _reason(e: Exception) -> str:
+  """The first sentence of an exception, on one line."""
+  text = ' '.join(str(e).split()) or type(e).__name__
+  text = re.split(r'(?<=\.) |See full TensorStore details', text)[0].strip()
+  if len(text) > 300:
+    text = text[:300].rsplit(' ', 1)[0] + ' ...'
+  return f'{type(e).__name__}: {text}'
+
+
 class Checkpoints:
 
   def __init__(self, workdir: str, keep: int, read_only: bool = False):
@@ -37,31 +101,92 @@ class Checkpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-            create=not read_only, read_only=read_only, enable_async_checkpointing=False))
+            create=not read_only, read_only=read_only, enable_async_checkpointing=False),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, tree) -> None:
+    """Saves, then records each file's size and CRC-32 beside it (a checkpoint killed before
+    that is complete, just not verifiable: restored as orbax reads it)."""
     self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      directory = os.path.join(self.directory, str(step))
+      sums = {f: [os.path.getsize(os.path.join(directory, f)), _crc(os.path.join(directory, f))]
+              for f in _files(directory)}
+      tmp = os.path.join(directory, CHECKSUMS + '.tmp')
+      with open(tmp, 'w') as f:
+        json.dump(sums, f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, os.path.join(directory, CHECKSUMS))
+
+  def damage(self, step: int) -> str | None:
+    """Why the checkpoint at `step` is damaged (a file missing or changed since it was saved),
+    or None when its files are as saved (or it has no checksums to tell)."""
+    directory = os.path.join(self.directory, str(step))
+    try:
+      with open(os.path.join(directory, CHECKSUMS)) as f:
+        sums = json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError) as e:
+      return f'{CHECKSUMS}: {_reason(e)}'
+    for name, (size, crc) in sums.items():
+      path = os.path.join(directory, name)
+      if not os.path.exists(path):
+        return f'{name} is missing'
+      if os.path.getsize(path) != size:
+        return f'{name} is {os.path.getsize(path)} bytes; it was saved with {size}'
+      if _crc(path) != crc:
+        return f'{name} has changed since it was saved (CRC-32)'
+    return None
+
+  def check_structure(self, step: int, like) -> None:
+    """Refuses (ConfigError) a checkpoint whose arrays are not those of `like`: a different
+    model, not damage. Names the first differing paths."""
+    try:
+      with _quiet():
+        saved = _shapes(self._manager.item_metadata(step))
+    except Exception:  # noqa: BLE001 - unreadable metadata is damage: restore will say so
+      return
+    if not saved:
+      return
+    want = _shapes(like)
+    diff = ([f'{k} only in the checkpoint' for k in sorted(set(saved) - set(want))] +
+            [f'{k} only in this model' for k in sorted(set(want) - set(saved))] +
+            [f'{k}: {saved[k]} saved, {want[k]} here' for k in sorted(set(saved) & set(want))
+             if saved[k] != want[k]])
+    if diff:
+      shown = '; '.join(diff[:4]) + (f'; and {len(diff) - 4} more' if len(diff) > 4 else '')
+      raise ConfigError(f'the checkpoint at step {step} in {self.directory} holds another '
+                        f'model state ({shown}); nothing was changed. Resume with the code and '
+                        'config that wrote it, or use a new --workdir')
 
   def restore_latest(self, like) -> tuple[int | None, object]:
     """Restores the newest readable checkpoint into the structure of `like`.
 
-    Returns (step, tree), or (None, like) when there is no readable checkpoint.
+    Returns (step, tree), or (None, like) when there is no readable checkpoint. A damaged one
+    is reported in one line and skipped (set aside, unless read-only); one holding another
+    model state stops with a ConfigError before anything is changed.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     unreadable = []
     for step in reversed(self.steps()):
-      try:
-        tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        break
-      except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
-        reason = ' '.join(str(e).split())[:160] or type(e).__name__
-        print(f'warning: checkpoint at step {step} is unreadable ({type(e).__name__}: {reason}); '
-              'falling back to the previous one', file=sys.stderr, flush=True)
-        unreadable.append(step)
+      reason = self.damage(step)
+      if reason is None:
+        self.check_structure(step, like)
+        try:
+          with _quiet():
+            tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+          break
+        except Exception as e:  # noqa: BLE001 - any damage means: try the previous one
+          reason = _reason(e)
+      print(f'warning: checkpoint at step {step} ({self.directory}/{step}) is unreadable: '
+            f'{reason}; falling back to the previous one', file=sys.stderr, flush=True)
+      unreadable.append(step)
     else:
       step, tree = None, like
     if unreadable and not self._read_only:
