@@ -8,6 +8,7 @@ if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
   from training import huge_pages
   huge_pages.restart_with_huge_pages()
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -15,7 +16,7 @@ from ml_collections import config_flags
 
 import cli
 from errors import ConfigError
-from training import loop, parallel
+from training import loop, parallel, workdir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
@@ -34,8 +35,17 @@ def main(argv):
     status = loop.train_and_evaluate(config, FLAGS.workdir)
   except ConfigError as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:   # Ctrl-C before training started, or twice
+    cli.fail('interrupted', code=130)
+  except Exception as e:  # noqa: BLE001 - the machine's errors are one line; the code's, traces
+    reason = workdir.failure_reason(e)
+    if reason is None:
+      raise
+    cli.fail(f'the run failed: {reason} (status.json: failed; once that is fixed, the same '
+             'command resumes from the last checkpoint)', code=1)
   if status['state'] == 'interrupted':
-    sys.exit(143)  # stopped by SIGTERM after saving a checkpoint: run the same command to resume
+    # stopped by SIGTERM (143) or Ctrl-C (130) after saving: the same command resumes it
+    sys.exit(128 + signal.Signals[status['signal']].value)
   if status['state'] != 'finished':
     sys.exit(1)
 

@@ -71,6 +71,13 @@ def check_model_names(model_config) -> None:
                       f'{model_config.name} computes in float32')
 
 
+def depends_on_devices(model_config) -> bool:
+  """Whether the function the model computes in training depends on how many devices the batch
+  is split over (per-device BatchNorm: one statistics group per device). Such a run resumes
+  only on as many devices as it started on."""
+  return model_config.norm == 'batch' and model_config.get('bn_scope') == 'per_device'
+
+
 def build_model(model_config, dataset, *, devices: int = 1) -> nn.Module:
   """Validates the names in `model_config` and returns the module (no parameters yet).
   `devices`: how many the batch is split over (per-device BatchNorm's number of groups).

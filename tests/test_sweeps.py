@@ -76,13 +76,24 @@ def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert 'learning_rate=1000000.0: **diverged** at step' in text
 
 
-def test_crashing_run_is_failed_and_the_sweep_goes_on(tmp_path):
-  # A 0-example eval batch size passes the config checks but crashes inside the run.
-  s = Sweep(tiny_config(), [product('data.eval_batch_size', [0, 64])])
+def test_crashing_run_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+  """A run that crashes inside (its evaluation raises, for eval batch size 63) ends `failed`
+  with the error and the step it had completed; the sweep goes on to the next run."""
+  from training import loop
+  evaluate = loop.evaluate_test
+
+  def crashing(exp, steps, state):
+    if exp.config.data.eval_batch_size == 63:
+      raise RuntimeError('a bug in the evaluation')
+    return evaluate(exp, steps, state)
+
+  monkeypatch.setattr(loop, 'evaluate_test', crashing)
+  s = Sweep(tiny_config(), [product('data.eval_batch_size', [63, 64])])
   states = sweep.run_sweep(s, str(tmp_path))
-  assert states == {'eval_batch_size=0': 'failed', 'eval_batch_size=64': 'finished'}
-  status = json.load(open(tmp_path / 'eval_batch_size=0' / 'status.json'))
-  assert status['state'] == 'failed' and status['error']
+  assert states == {'eval_batch_size=63': 'failed', 'eval_batch_size=64': 'finished'}
+  status = json.load(open(tmp_path / 'eval_batch_size=63' / 'status.json'))
+  assert status['state'] == 'failed' and 'a bug in the evaluation' in status['error']
+  assert status['step'] == tiny_config().eval_every_steps   # steps done, as every state counts
 
 
 FOUR_RUNS = """

@@ -95,6 +95,7 @@ class Experiment:
   schedule: optax.Schedule
   mesh: Mesh
   resolved: dict   # what `auto` became here, and where: written to the workdir
+  fixed: tuple = ()   # keys of `resolved` a resumed run must match (they change the function)
 
   def describe(self, params, seeds: list[int], start: int) -> str:
     c, n_params = self.config, sum(x.size for x in jax.tree.leaves(params))
@@ -136,7 +137,8 @@ def build_experiment(config, mesh: Mesh | None = None,
   tx = optim.make_optimizer(config.optimizer, schedule)
   where = {'backend': jax.default_backend(), 'devices': mesh.size}
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
-                    {**{f'model.{k}': v for k, v in resolved.items()}, **where})
+                    {**{f'model.{k}': v for k, v in resolved.items()}, **where},
+                    ('devices',) if models.depends_on_devices(config.model) else ())
 
 
 def named_key(root: jax.Array, name: str) -> jax.Array:

@@ -42,29 +42,36 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
   pop = Population(exps)
   fresh = [create_train_state(exps[0], r.root_key) for r in runs]   # one model, one tx
   layers = list(fresh[0].params)   # in the order the model defines them (input first)
-  states = [r.open(e, f) for r, e, f in zip(runs, exps, fresh)]
-  if len({int(s.step) for s in states}) > 1:   # one program needs one step counter
-    for r in runs:
-      r.checkpoints.close()
-    print('seeds resume from different steps: training them one by one', flush=True)
-    return [train_and_evaluate(c, r.workdir, r.hparams) for c, r in zip(configs, runs)]
-  exp, start = exps[0], int(states[0].step)
-  for k, r in enumerate(runs):
-    r.tag = pop.tag(k)
-    r.start(start)
-  steps, state, config = compile_steps(exp, pop.size), pop.stack(states), exp.config
-  print(exp.describe(fresh[0].params, pop.seeds, start), flush=True)
-  pending, step, clock = [], start, TrainClock()
-  with Preemption() as preemption:
+  with Preemption() as preemption:   # from the first write on, Ctrl-C / SIGTERM save and stop
+    states = []
+    try:
+      for r, e, f in zip(runs, exps, fresh):
+        states.append(r.open(e, f))
+    except BaseException:
+      for r in runs[:len(states)]:
+        r.abandon()
+      raise
+    if len({int(s.step) for s in states}) > 1:   # one program needs one step counter
+      for r in runs:
+        r.abandon()
+      print('seeds resume from different steps: training them one by one', flush=True)
+      return [train_and_evaluate(c, r.workdir, r.hparams) for c, r in zip(configs, runs)]
+    exp, start = exps[0], int(states[0].step)
+    for k, r in enumerate(runs):
+      r.tag = pop.tag(k)
+      r.start(start)
+    steps, state, config = compile_steps(exp, pop.size), pop.stack(states), exp.config
+    print(exp.describe(fresh[0].params, pop.seeds, start), flush=True)
+    pending, done, clock = [], start, TrainClock()   # done: steps completed
     try:
       for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
-        done = step + 1
         if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
           with clock.paused(state):
             stats = jax.device_get(steps.diagnose(state, batch))   # of the state before
             for k, r in _live(runs):
               r.log_diagnostics(step, pop.member(stats, k), layers)
         state, sums = steps.train(state, batch)
+        done = step + 1
         clock.tick(state, first=step == start)
         pending.append(sums)
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
@@ -82,18 +89,18 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
             if saving:
               r.save(pop.member(state, k), done)
         for _, r in _live(runs) if preemption.requested else []:
-          r.interrupt(done)
+          r.interrupt(done, preemption.signal)
         if not any(r.live for r in runs):
           break
-      step = int(np.max(jax.device_get(state.step)))
+      done = int(np.max(jax.device_get(state.step)))
       for k, r in _live(runs):
-        r.log_eval(step, evaluate_test(exp, steps, pop.member(state, k)), final=True)
-        r.save(pop.member(state, k), step)
-    except Exception as e:
+        r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)), final=True)
+        r.save(pop.member(state, k), done)
+    except BaseException as e:   # Ctrl-C twice included: the status says failed, and why
       for r in runs:
-        r.close(int(step), error=e)
+        r.close(done, error=e)
       raise
-  return [r.close(step) for r in runs]
+  return [r.close(done) for r in runs]
 
 
 def _live(runs):

@@ -42,9 +42,14 @@ HPARAM_METRICS = ['eval/accuracy', 'eval/loss', 'train/loss']
 def claim_workdir(config, workdir: str) -> dict | None:
   """Checks `workdir` against `config` without writing. Returns the existing status (None for a
   new workdir). A different config stops with the differing keys."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir {workdir} is a file, not a directory')
+  holder = wd.lock_holder(workdir)
+  if holder is not None:
+    raise wd.in_use_error(workdir, holder)
   old = wd.read_json(os.path.join(workdir, wd.CONFIG_FILE))
   if old is None:
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) - {wd.LOCK_FILE}:
       raise ConfigError(f'{workdir} is not empty and holds no run ({wd.CONFIG_FILE} missing); '
                         'choose a new --workdir')
     return None
@@ -69,6 +74,8 @@ class Run:
     self.state, self.metrics, self.end_step = RUNNING, None, None
     self.grad_history = []   # per diagnostic step: the gradient norm of each layer
     self.start_step = 0
+    self.writer = self.checkpoints = self.lock = None   # set by open / start
+    self.signal = None   # the signal that interrupted the run
 
   @property
   def done_before(self) -> bool:
@@ -79,12 +86,24 @@ class Run:
     return self.state == RUNNING
 
   def open(self, exp: Experiment, fresh):
-    """Writes the config and what `auto` resolved to, and restores the newest readable
-    checkpoint (else keeps `fresh`). Returns the train state."""
-    os.makedirs(self.workdir, exist_ok=True)
+    """Makes sure the workdir can be written and takes its lock; writes the config and what
+    `auto` resolved to; restores the newest readable checkpoint (else keeps `fresh`). Returns
+    the train state. Refuses (ConfigError) before writing anything else when another process
+    holds the workdir or the run was started on a setup that computes another function."""
+    wd.check_writable(self.workdir)
+    self.lock = wd.WorkdirLock(self.workdir)
+    self.lock.acquire()
+    try:
+      self.previous = claim_workdir(self.config, self.workdir)   # as it is now that we hold it
+      if self.done_before:
+        raise ConfigError(f'{self.workdir}: another process finished this run meanwhile')
+      resolved = self._check_resolved(exp)
+    except BaseException:
+      self.lock.release()
+      raise
     wd.write_json_atomic(os.path.join(self.workdir, wd.CONFIG_FILE),
                          wd.config_to_dict(self.config))
-    wd.write_json_atomic(os.path.join(self.workdir, wd.RESOLVED_FILE), exp.resolved)
+    wd.write_json_atomic(os.path.join(self.workdir, wd.RESOLVED_FILE), resolved)
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
     step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key))
     if step is None:
@@ -96,6 +115,24 @@ class Run:
       return fresh
     print(f'{self.workdir}: resumed from the checkpoint at step {step}', flush=True)
     return ckpt_lib.restore_state(fresh, tree)
+
+  def _check_resolved(self, exp: Experiment) -> dict:
+    """What to write to resolved.json: what resolved here, and (when resuming) what resolved
+    where the run trained before. Keys in `exp.fixed` must match those (the device count of
+    per-device BatchNorm): a different value would change the experiment mid-run."""
+    old = wd.read_json(os.path.join(self.workdir, wd.RESOLVED_FILE))
+    if old is None or self.previous is None:
+      return exp.resolved
+    first = {k: v for k, v in old.items() if k != 'earlier'}
+    for key in exp.fixed:
+      if key in first and first[key] != exp.resolved[key]:
+        raise ConfigError(f'{self.workdir} was trained with {key}={first[key]} and this '
+                          f'process has {key}={exp.resolved[key]}: with '
+                          f'model.bn_scope={self.config.model.bn_scope} that changes what '
+                          f'the model computes; resume with {key}={first[key]} or use a new '
+                          '--workdir')
+    earlier = old.get('earlier', [])
+    return {**exp.resolved, 'earlier': earlier + ([first] if first != exp.resolved else [])}
 
   def start(self, step: int) -> None:
     """Starts logging from `step`. What a killed run logged that this one logs again is dropped
@@ -157,24 +194,49 @@ class Run:
       self.checkpoints.save(step, ckpt_lib.state_tree(state, self.root_key))
     wd.write_status(self.workdir, RUNNING, step=step)
 
-  def interrupt(self, step: int) -> None:
-    self.state, self.end_step = INTERRUPTED, step
-    print(f'{self.tag}run interrupted at step {step}', flush=True, file=sys.stderr)
+  def interrupt(self, step: int, signum: int) -> None:
+    self.state, self.end_step, self.signal = INTERRUPTED, step, signal.Signals(signum).name
+    print(f'{self.tag}run interrupted ({self.signal}) at step {step}; the same command resumes '
+          'it', flush=True, file=sys.stderr)
 
-  def close(self, step: int, error: Exception | None = None) -> dict:
+  def abandon(self) -> None:
+    """Lets go of an opened run without ending it (its status stays as it was)."""
+    if self.checkpoints is not None:
+      self.checkpoints.close()
+    if self.lock is not None:
+      self.lock.release()
+
+  def close(self, step: int, error: BaseException | None = None) -> dict:
     """Ends the run as it stands (or `failed` with `error`); returns its status."""
     if error is not None:
       self.state = FAILED
     elif self.state == RUNNING:
       self.state = FINISHED
     step = self.end_step if self.end_step is not None else step
-    if self.state in DONE:
-      self.writer.end_session(self.hparams, HPARAM_METRICS)
-    self.writer.close()
-    self.checkpoints.close()
-    extra = {'error': f'{type(error).__name__}: {error}'} if error is not None else {}
-    wd.write_status(self.workdir, self.state, step=step, metrics=self.metrics, **extra)
-    return {'state': self.state, 'step': step, 'metrics': self.metrics}
+    extra = {'signal': self.signal} if self.state == INTERRUPTED else {}
+    if error is not None:
+      reason = wd.failure_reason(error)
+      extra = {'error': reason or f'{type(error).__name__}: {error}'}
+    try:   # a full disk may refuse these too: the status is the one that must get through
+      if self.writer is not None:
+        if self.state in DONE:
+          self.writer.end_session(self.hparams, HPARAM_METRICS)
+        self.writer.close()
+    except OSError:
+      pass
+    if self.checkpoints is not None:
+      self.checkpoints.close()
+    try:
+      wd.write_status(self.workdir, self.state, step=step, metrics=self.metrics, **extra)
+    except OSError as e:
+      if error is None:
+        raise
+      print(f'{self.tag}could not record the failure in {wd.STATUS_FILE}: {e.strerror or e}',
+            file=sys.stderr, flush=True)
+    finally:
+      if self.lock is not None:
+        self.lock.release()
+    return {'state': self.state, 'step': step, 'metrics': self.metrics, **extra}
 
 
 def already_done(runs: list[Run]) -> list[dict]:
@@ -190,23 +252,37 @@ def already_done(runs: list[Run]) -> list[dict]:
 
 
 class Preemption:
-  """SIGTERM (what schedulers send before preemption) sets a flag the loop checks each step."""
+  """SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) set a flag the loop
+  checks each step: it saves a checkpoint and ends the run `interrupted`. `signal` is the one
+  received (train.py exits 128 + its number: 143, 130). A second Ctrl-C stops at once
+  (KeyboardInterrupt: the run ends `failed`; the last checkpoint stays)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal = None
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.signal == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = signum
+    if signum == signal.SIGINT:
+      print('interrupted: saving a checkpoint (Ctrl-C again to stop at once)',
+            file=sys.stderr, flush=True)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from typing import Any
 
@@ -109,3 +111,139 @@ def read_status(workdir: str) -> dict | None:
 def write_status(workdir: str, state: str, **fields) -> None:
   write_json_atomic(os.path.join(workdir, STATUS_FILE),
                     {'state': state, 'time': time.time(), **fields})
+
+
+LOCK_FILE = 'lock.json'
+HEARTBEAT_SECONDS = 30    # the holder touches its lock this often
+STALE_SECONDS = 180       # a lock not touched for this long belongs to a dead process
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # someone else's process
+    return True
+  return True
+
+
+def lock_holder(workdir: str) -> dict | None:
+  """Who holds `workdir` ({host, pid, since}), or None when nobody live does. A lock is stale
+  when its process is gone (same host), is this very process (a run that ended without closing),
+  or its heartbeat stopped (another host: the process was killed with its machine)."""
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+    age = time.time() - os.path.getmtime(path)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError):   # being written this instant: held
+    return {'host': '?', 'pid': '?', 'since': time.time()}
+  same_host = holder.get('host') == socket.gethostname()
+  if same_host and (holder.get('pid') == os.getpid() or not _alive(int(holder.get('pid', 0)))):
+    return None
+  if age > STALE_SECONDS:
+    return None
+  return holder
+
+
+def in_use_error(workdir: str, holder: dict) -> ConfigError:
+  since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))
+  return ConfigError(f'{workdir} is in use by process {holder.get("pid")} on '
+                     f'{holder.get("host")} (since {since}); a workdir holds one run at a time. '
+                     f'If that process is dead, remove {os.path.join(workdir, LOCK_FILE)}')
+
+
+class WorkdirLock:
+  """One process trains in a workdir at a time (a requeued job while the old one still runs is
+  refused). The lock names its host and pid; a heartbeat thread touches it, so a lock left by a
+  killed process is recognised as stale and taken over (see `lock_holder`)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.workdir = workdir
+    self._me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.time()}
+    self._stop = threading.Event()
+    self._thread = None
+
+  def acquire(self) -> None:
+    if not is_primary():
+      return
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = lock_holder(self.workdir)
+        if holder is not None:
+          raise in_use_error(self.workdir, holder) from None
+        try:   # stale: exactly one process gets to move it away
+          os.replace(self.path, f'{self.path}.stale.{os.getpid()}')
+          os.remove(f'{self.path}.stale.{os.getpid()}')
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(self._me, f)
+        f.flush()
+        os.fsync(f.fileno())
+      self._thread = threading.Thread(target=self._beat, daemon=True, name='workdir-lock')
+      self._thread.start()
+      return
+    raise ConfigError(f'could not lock {self.workdir}: another process keeps taking it')
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_SECONDS):
+      try:
+        os.utime(self.path)
+      except OSError:
+        pass
+
+  def release(self) -> None:
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join()
+    self._thread = None
+    try:
+      with open(self.path) as f:
+        if json.load(f) == self._me:
+          os.remove(self.path)
+    except (OSError, ValueError):
+      pass
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` (and its checkpoints directory, if there) far enough to know that files
+  can be written there; one line naming the place and the reason if not. Before training."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir {workdir} is a file, not a directory')
+  for directory in (workdir, os.path.join(workdir, 'checkpoints')):
+    if directory != workdir and not os.path.isdir(directory):
+      continue
+    probe = os.path.join(directory, f'.probe.{os.getpid()}')
+    try:
+      os.makedirs(directory, exist_ok=True)
+      with open(probe, 'w') as f:
+        f.write('ok')
+      os.remove(probe)
+    except OSError as e:
+      raise ConfigError(f'cannot write in {directory}: {e.strerror or e}') from None
+
+
+def failure_reason(error: BaseException) -> str | None:
+  """A human reason for an error of the machine rather than of the code (a full disk, a
+  directory made read-only, a quota), or None. Orbax/TensorStore report a full disk as
+  RESOURCE_EXHAUSTED in the text of another exception."""
+  for e in (error, error.__cause__, error.__context__):
+    if isinstance(e, OSError) and e.errno:
+      return os.strerror(e.errno).lower()
+  text = str(error)
+  for marker, reason in (('No space left', 'no space left on device'),
+                         ('RESOURCE_EXHAUSTED', 'no space left on device'),
+                         ('Read-only file system', 'read-only file system'),
+                         ('Permission denied', 'permission denied')):
+    if marker in text:
+      return reason
+  return None
