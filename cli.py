@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 from absl import flags
@@ -10,8 +11,14 @@ from absl import flags
 from errors import ConfigError
 
 
-def fail(message: str, code: int = 2):
+def fail(message: str, code: int = 2, hard: bool = False):
+  """One line on stderr and exit `code`. hard: without the interpreter's shutdown, after a
+  failure inside orbax/TensorStore whose abandoned writes would each print a traceback then
+  (everything the run must keep, its status and lock, is already written)."""
   print(f'error: {message}', file=sys.stderr, flush=True)
+  if hard:
+    sys.stdout.flush()
+    os._exit(code)
   sys.exit(code)
 
 

@@ -42,7 +42,7 @@ def main(argv):
     if reason is None:
       raise
     cli.fail(f'the run failed: {reason} (status.json: failed; once that is fixed, the same '
-             'command resumes from the last checkpoint)', code=1)
+             'command resumes from the last checkpoint)', code=1, hard=True)
   if status['state'] == 'interrupted':
     # stopped by SIGTERM (143) or Ctrl-C (130) after saving: the same command resumes it
     sys.exit(128 + signal.Signals[status['signal']].value)

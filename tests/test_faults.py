@@ -92,3 +92,271 @@ def test_killed_then_resumed_equals_an_unbroken_run(tmp_path, unbroken, moment):
   got = curves(workdir)
   for key in reference:
     assert got[key] == reference[key], (moment, key)
+
+
+# ---- one process per workdir -------------------------------------------------------------
+
+LONG = ['--config.num_train_steps=100000']   # runs until stopped
+
+
+def start_training(workdir, *extra):
+  return subprocess.Popen([sys.executable, 'train.py', *FLAGS, f'--workdir={workdir}', *extra],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=120):
+  import time
+  t0 = time.time()
+  while not predicate():
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t0 < timeout
+    time.sleep(0.05)
+
+
+def one_error_line(stderr: str) -> str:
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:'), lines[-20:]
+  return lines[0]
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_workdir_the_second_is_refused(tmp_path):
+  """Started together, and staggered (a requeued job while the old one still runs): exactly one
+  trains; the other exits non-zero in one line naming the holder's host and pid."""
+  together = [start_training(tmp_path / 'a', *LONG) for _ in range(2)]
+  refused = together[0] if together[0].wait(timeout=120) is not None else None
+  del refused
+  import signal as sig
+  import time
+  time.sleep(1)
+  codes = [p.poll() for p in together]
+  assert sorted(c is None for c in codes) == [False, True], codes   # one runs, one ended
+  loser = together[codes.index(next(c for c in codes if c is not None))]
+  winner = together[1 - together.index(loser)]
+  assert loser.returncode == 2
+  line = one_error_line(loser.communicate()[1])
+  assert f'in use by process {winner.pid}' in line
+  # staggered: the winner is training; a second one comes
+  wait_for(lambda: os.path.exists(tmp_path / 'a' / 'checkpoints' / '50'), winner)
+  late = train(tmp_path / 'a')
+  assert late.returncode == 2 and f'in use by process {winner.pid}' in one_error_line(late.stderr)
+  winner.send_signal(sig.SIGTERM)
+  assert winner.wait(timeout=120) == 143
+  assert not os.path.exists(tmp_path / 'a' / 'lock.json')   # released
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, capfd):
+  """A lock left by a process that died (kill -9 cannot clean up) does not block the same
+  command from resuming; a live holder does (here: this test's parent process)."""
+  import json
+  import socket
+  from errors import ConfigError
+  from conftest import tiny_config
+  from training import loop
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True).stdout.strip()
+  (workdir / 'lock.json').write_text(json.dumps(
+      {'host': socket.gethostname(), 'pid': int(dead), 'since': 0}))
+  assert loop.train_and_evaluate(tiny_config(), str(workdir))['state'] == 'finished'
+  assert not (workdir / 'lock.json').exists()
+  os.remove(workdir / 'status.json')
+  (workdir / 'lock.json').write_text(json.dumps(
+      {'host': socket.gethostname(), 'pid': os.getppid(), 'since': 0}))
+  with pytest.raises(ConfigError, match=f'in use by process {os.getppid()}'):
+    loop.train_and_evaluate(tiny_config(), str(workdir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signal_name,code', [('SIGINT', 130), ('SIGTERM', 143)])
+def test_ctrl_c_and_sigterm_save_and_stop_and_the_same_command_resumes(
+    tmp_path, unbroken, signal_name, code):
+  import signal as sig
+  workdir = tmp_path / 'run'
+  proc = start_training(workdir)
+  wait_for(lambda: os.path.exists(workdir / 'checkpoints' / '50'), proc)
+  proc.send_signal(getattr(sig, signal_name))
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == code and 'Traceback' not in stderr, stderr[-2000:]
+  status = wd.read_status(str(workdir))
+  assert status['state'] == 'interrupted' and status['signal'] == signal_name
+  assert os.path.isdir(workdir / 'checkpoints' / str(status['step']))   # saved where it stopped
+  result = train(workdir)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert wd.read_status(str(workdir))['metrics'] == unbroken[0]['metrics']
+
+
+# ---- places that cannot be written ----------------------------------------------------------
+
+def unwritable_dir():
+  """A directory this process cannot write in, or None (root ignores permission bits: then a
+  read-only mount such as /sys, if there is one)."""
+  import tempfile
+  if os.geteuid() != 0:
+    d = tempfile.mkdtemp()
+    os.chmod(d, 0o555)
+    return d
+  for d in ('/sys/fs', '/proc/sys'):
+    try:
+      open(os.path.join(d, '.normlab_probe'), 'w').close()
+    except OSError:
+      return d
+  return None
+
+
+@pytest.mark.parametrize('place', ['workdir is a file', 'parent is a file',
+                                   'unwritable parent', 'read-only checkpoints directory'])
+def test_a_place_that_cannot_be_written_is_one_line_before_training(tmp_path, place):
+  if place == 'workdir is a file':
+    (tmp_path / 'run').write_text('x')
+    workdir, expect = tmp_path / 'run', 'is a file, not a directory'
+  elif place == 'parent is a file':
+    (tmp_path / 'file').write_text('x')
+    workdir, expect = tmp_path / 'file' / 'run', 'cannot write in'
+  else:
+    target = unwritable_dir()
+    if target is None:
+      pytest.skip('no unwritable directory on this machine')
+    if place == 'unwritable parent':
+      workdir, expect = os.path.join(target, 'run'), 'cannot write in'
+    else:   # a run with a checkpoint, whose checkpoints directory became read-only
+      workdir = tmp_path / 'run'
+      first = train(workdir, runner=[os.path.join(ROOT, 'tests', 'fault_runner.py'),
+                                     'training.checkpoints:Checkpoints.save', '1', 'after', '--'])
+      assert first.returncode == -9
+      os.rename(workdir / 'checkpoints', tmp_path / 'saved_checkpoints')
+      os.symlink(target, workdir / 'checkpoints')
+      expect = f'cannot write in {workdir}/checkpoints'
+  before = sorted(os.listdir(tmp_path))
+  result = train(workdir)
+  assert result.returncode == 2
+  line = one_error_line(result.stderr)
+  assert expect in line and 'step' not in result.stdout, (line, result.stdout[-500:])
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def write_limit(limit_bytes):
+  """For subprocess.run(preexec_fn=...): files may not grow past `limit_bytes` (writes beyond
+  fail with EFBIG, as they would with ENOSPC on a full disk)."""
+  def apply():
+    import resource
+    import signal as sig
+    sig.signal(sig.SIGXFSZ, sig.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+  return apply
+
+
+@pytest.mark.slow
+def test_a_write_the_machine_refuses_fails_in_one_line_and_the_same_command_resumes(
+    tmp_path, unbroken):
+  """Files may not grow past 60 kB: a checkpoint's data file outgrows it (TensorStore reports
+  the OS error inside a ValueError). One line, no traceback, status `failed` with a human reason;
+  once writes work again, the same command resumes (here from 0: no checkpoint was complete,
+  which it says) and ends as an unbroken run."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run([sys.executable, 'train.py', *FLAGS, f'--workdir={workdir}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          preexec_fn=write_limit(60_000))
+  assert result.returncode == 1
+  line = one_error_line(result.stderr)
+  assert 'file too large' in line and 'resumes' in line, line
+  status = wd.read_status(str(workdir))
+  assert status['state'] == 'failed' and status['error'] == 'file too large'
+  again = train(workdir)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'starting again from step 0' in again.stderr
+  assert wd.read_status(str(workdir))['metrics'] == unbroken[0]['metrics']
+  assert curves(str(workdir)) == unbroken[1]   # the failed attempt's points are gone
+
+
+def test_disk_full_during_a_checkpoint_is_failed_with_the_reason(tmp_path, monkeypatch):
+  """ENOSPC from the second checkpoint save (a real full disk cannot be made here without
+  root): status `failed`, 'no space left on device', the completed step; then it resumes."""
+  import errno
+  from conftest import tiny_config
+  from training import checkpoints, loop
+  save, calls = checkpoints.Checkpoints.save, []
+
+  def full(self, step, tree):
+    calls.append(step)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return save(self, step, tree)
+
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', full)
+  with pytest.raises(OSError):
+    loop.train_and_evaluate(tiny_config(), str(tmp_path))
+  status = wd.read_status(str(tmp_path))
+  assert (status['state'], status['error'], status['step']) == (
+      'failed', 'no space left on device', 20)
+  assert wd.failure_reason(ValueError('RESOURCE_EXHAUSTED: write failed')) == (
+      'no space left on device')
+  monkeypatch.setattr(checkpoints.Checkpoints, 'save', save)
+  assert loop.train_and_evaluate(tiny_config(), str(tmp_path))['state'] == 'finished'
+
+
+@pytest.mark.slow
+def test_no_checkpoint_left_restarts_from_0_in_one_line_and_drops_the_old_points(
+    tmp_path, unbroken):
+  """Status says running at 100, every checkpoint is gone: one line says it starts again from
+  0 and why, and the curves end as an unbroken run's (no point of the lost attempt left)."""
+  import shutil
+  workdir = tmp_path / 'run'
+  killed_at(workdir, 'training.checkpoints:Checkpoints.save', 2, 'after')
+  assert wd.read_status(str(workdir))['step'] == 50   # the status of the save before
+  shutil.rmtree(workdir / 'checkpoints')
+  result = train(workdir)
+  assert result.returncode == 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'starting again from step 0' in lines[0], lines
+  assert wd.read_status(str(workdir))['metrics'] == unbroken[0]['metrics']
+  assert curves(str(workdir)) == unbroken[1]
+
+
+def test_a_checkpoint_of_another_model_state_is_refused_and_nothing_moves(tmp_path):
+  """A checkpoint whose arrays differ from the model's (other code, another config) is not
+  damage: a ConfigError naming the differing paths, and the checkpoints stay where they are."""
+  import jax
+  import numpy as np
+  from errors import ConfigError
+  from training import checkpoints
+  ckpts = checkpoints.Checkpoints(str(tmp_path), keep=3)
+  saved = {'params': {'dense': {'kernel': np.ones((3, 4), np.float32)}}, 'step': np.int32(7)}
+  ckpts.save(7, saved)
+  other = {'params': {'dense': {'kernel': np.ones((3, 5), np.float32),
+                                'bias': np.zeros(5, np.float32)}}, 'step': np.int32(0)}
+  with pytest.raises(ConfigError, match=r'params/dense/bias only in this model; '
+                                        r'params/dense/kernel: \(3, 4\) saved, \(3, 5\) here'):
+    ckpts.restore_latest(other)
+  assert ckpts.steps() == [7] and not os.path.exists(f'{tmp_path}/checkpoints_unreadable')
+  step, tree = ckpts.restore_latest(jax.tree.map(np.zeros_like, saved))
+  assert step == 7 and np.array_equal(tree['params']['dense']['kernel'], saved['params']['dense']['kernel'])
+  ckpts.close()
+
+
+@pytest.mark.slow
+def test_per_device_batch_norm_resumes_only_on_as_many_devices(tmp_path):
+  """Per-device BatchNorm on 2 devices computes another function than on 1: resuming on 1 is
+  refused in one line before anything is written; on 2 it resumes."""
+  workdir = tmp_path / 'run'
+  two = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  flags = [*FLAGS, '--config.model.bn_scope=per_device', f'--workdir={workdir}']
+  first = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'fault_runner.py'),
+                          'training.checkpoints:Checkpoints.save', '1', 'after', '--', *flags],
+                         cwd=ROOT, capture_output=True, text=True, env=two, timeout=600)
+  assert first.returncode == -9, first.stderr[-2000:]
+  def files():   # every file and its modification time (the stale lock aside: taken over)
+    return {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+            for r, _, names in os.walk(workdir) for n in names if n != 'lock.json'}
+
+  before = files()
+  one = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  refused = subprocess.run([sys.executable, 'train.py', *flags], cwd=ROOT, capture_output=True,
+                           text=True, env=one, timeout=600)
+  assert refused.returncode == 2
+  assert 'trained with devices=2 and this process has devices=1' in one_error_line(refused.stderr)
+  assert files() == before
+  resumed = subprocess.run([sys.executable, 'train.py', *flags], cwd=ROOT, capture_output=True,
+                           text=True, env=two, timeout=600)
+  assert resumed.returncode == 0 and 'resumed from the checkpoint at step 50' in resumed.stdout

@@ -110,8 +110,9 @@ class Checkpoints:
   def save(self, step: int, tree) -> None:
     """Saves, then records each file's size and CRC-32 beside it (a checkpoint killed before
     that is complete, just not verifiable: restored as orbax reads it)."""
-    self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
-    self._manager.wait_until_finished()
+    with _quiet():   # a failed write (a full disk) is raised once, not logged in pages
+      self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+      self._manager.wait_until_finished()
     if jax.process_index() == 0:
       directory = os.path.join(self.directory, str(step))
       sums = {f: [os.path.getsize(os.path.join(directory, f)), _crc(os.path.join(directory, f))]

@@ -44,6 +44,11 @@ def claim_workdir(config, workdir: str) -> dict | None:
   new workdir). A different config stops with the differing keys."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f'--workdir {workdir} is a file, not a directory')
+  ancestor = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise ConfigError(f'cannot write in {workdir}: {ancestor} is a file, not a directory')
   holder = wd.lock_holder(workdir)
   if holder is not None:
     raise wd.in_use_error(workdir, holder)

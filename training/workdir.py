@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -137,9 +138,9 @@ def lock_holder(workdir: str) -> dict | None:
     with open(path) as f:
       holder = json.load(f)
     age = time.time() - os.path.getmtime(path)
-  except FileNotFoundError:
+  except OSError:   # no lock (or no such directory: check_writable says why)
     return None
-  except (OSError, ValueError):   # being written this instant: held
+  except ValueError:   # being written this instant: held
     return {'host': '?', 'pid': '?', 'since': time.time()}
   same_host = holder.get('host') == socket.gethostname()
   if same_host and (holder.get('pid') == os.getpid() or not _alive(int(holder.get('pid', 0)))):
@@ -240,6 +241,9 @@ def failure_reason(error: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno:
       return os.strerror(e.errno).lower()
   text = str(error)
+  code = re.search(r"os_error_code='?(\d+)", text)   # TensorStore's report of an OS error
+  if code:
+    return os.strerror(int(code.group(1))).lower()
   for marker, reason in (('No space left', 'no space left on device'),
                          ('RESOURCE_EXHAUSTED', 'no space left on device'),
                          ('Read-only file system', 'read-only file system'),
