@@ -13,6 +13,6 @@ def get_config(arg: str | None = None):
   config = common.base(model, 'cifar10', batch_size=128, steps=64000, learning_rate=0.1,
                        schedule='piecewise', log_every=100, eval_every=2000)
   config.data.augment = 'crop_flip'
-  config.data.download = True
+  config.data.download = False   # the first run on a machine with internet: --config.data.download=True
   config.optimizer.boundaries = (32000, 48000)
   return config.lock()

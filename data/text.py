@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from data import tfds_source
 from data.base import ArraySplit, Dataset
 
 BYTE_VOCAB = 257  # 0 = padding, 1..256 = bytes
@@ -109,10 +110,7 @@ class TfdsTextSplit:
 
 def tfds_loader(name: str, language_model: bool):
   def load(data_config) -> Dataset:
-    import tensorflow_datasets as tfds
-    test_split = 'test'
-    sources = tfds.data_source(name, split=['train', test_split], data_dir=data_config.data_dir,
-                               download=data_config.download)
+    sources = tfds_source.open_splits(name, ['train', 'test'], data_config)
     t = data_config.seq_length
     num_classes = (BYTE_VOCAB if language_model
                    else sources[0].dataset_info.features['label'].num_classes)

@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from data import tfds_source
 from data.base import Dataset
 
 # Per-channel mean and std of the training images in [0, 1], used to standardize inputs.
@@ -41,9 +42,7 @@ class TfdsSplit:
 
 def loader(name: str):
   def load(data_config) -> Dataset:
-    import tensorflow_datasets as tfds  # slow import: only when a TFDS dataset is used
-    sources = tfds.data_source(name, split=['train', 'test'], data_dir=data_config.data_dir,
-                               download=data_config.download)
+    sources = tfds_source.open_splits(name, ['train', 'test'], data_config)
     mean, std = (np.asarray(s, np.float32) for s in STATS[name])
     info = sources[0].dataset_info
     return Dataset(train=TfdsSplit(sources[0], mean, std), test=TfdsSplit(sources[1], mean, std),

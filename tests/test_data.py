@@ -1,5 +1,7 @@
 """Data: batches are a pure function of (seed, step); the TFDS path works on mock data."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,18 @@ def test_tfds_path_on_mock_data(name, shape):
   assert batch['inputs'].shape == (8, *shape) and batch['inputs'].dtype == np.float32
   assert batch['targets'].shape == (8,) and batch['targets'].max() < 10
   assert np.isfinite(batch['inputs']).all()
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'imdb_reviews'])
+def test_an_unprepared_tfds_dataset_offline_is_one_line_and_creates_nothing(tmp_path, name):
+  """No prepared data and data.download=False: a ConfigError in seconds pointing to README's
+  TFDS section; nothing downloaded, nothing created in the data directory."""
+  import time
+  from errors import ConfigError
+  config = tiny_config(**{'data.name': name, 'data.download': False,
+                          'data.data_dir': str(tmp_path)})
+  t0 = time.time()
+  with pytest.raises(ConfigError, match=f'TFDS dataset {name} is not prepared in {tmp_path} '
+                                        r'and data.download is False.*Real datasets \(TFDS\)'):
+    data_lib.load_dataset(config.data, config.seed)
+  assert time.time() - t0 < 60 and os.listdir(tmp_path) == []
