@@ -360,3 +360,29 @@ def test_per_device_batch_norm_resumes_only_on_as_many_devices(tmp_path):
   resumed = subprocess.run([sys.executable, 'train.py', *flags], cwd=ROOT, capture_output=True,
                            text=True, env=two, timeout=600)
   assert resumed.returncode == 0 and 'resumed from the checkpoint at step 50' in resumed.stdout
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume(tmp_path, unbroken):
+  """SIGKILL at random moments (NORMLAB_KILLS of them, 3 by default; uniform over the first 15 s
+  of a run that takes about 10-20 s here, so some land in start-up, some in training, checkpoints,
+  evals or after the end), then the same command: the curves, heat maps and metrics of an
+  unbroken run, every time."""
+  import random
+  import time
+  rng = random.Random(int(os.environ.get('NORMLAB_KILL_SEED', '0')))
+  status, reference = unbroken
+  for k in range(int(os.environ.get('NORMLAB_KILLS', '3'))):
+    workdir = tmp_path / f'run{k}'
+    proc = start_training(workdir)
+    delay = rng.uniform(0, 15)
+    try:
+      proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+    result = train(workdir)
+    assert result.returncode == 0, (k, delay, result.stderr[-2000:])
+    final = wd.read_status(str(workdir))
+    assert final['metrics'] == status['metrics'], (k, delay)
+    assert curves(str(workdir)) == reference, (k, delay)
