@@ -22,6 +22,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:arg]).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory of this run: config, checkpoints, TensorBoard.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process without Slurm (config.distributed): '
+                     'how many processes; with JAX_COORDINATOR_ADDRESS=host:port of process 0.')
+flags.DEFINE_integer('process_id', None, 'Multi-process without Slurm: this process (0 .. n-1).')
+flags.DEFINE_integer('peer_timeout', 100, 'Multi-process: seconds without a heartbeat from a '
+                     'peer (a killed process) before the others stop.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -30,8 +35,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = cli.config_or_fail(FLAGS.config)
-  parallel.maybe_initialize_distributed(config)
   try:
+    parallel.maybe_initialize_distributed(config, FLAGS.num_processes, FLAGS.process_id,
+                                          FLAGS.peer_timeout)
     status = loop.train_and_evaluate(config, FLAGS.workdir)
   except ConfigError as e:
     cli.fail(str(e))

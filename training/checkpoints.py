@@ -21,6 +21,7 @@ import time
 import zlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from errors import ConfigError
@@ -29,7 +30,10 @@ from errors import ConfigError
 def state_tree(state, root_key: jax.Array) -> dict:
   """What a checkpoint holds: the train state and the run's root key."""
   return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state, 'rng': jax.random.key_data(root_key)}
+          'opt_state': state.opt_state,
+          # a host value (every process has the same key): a jax.Array here would be a
+          # host-local array, which orbax refuses to save with several processes
+          'rng': np.asarray(jax.random.key_data(root_key))}
 
 
 def restore_state(state, tree: dict):
@@ -166,14 +170,19 @@ class Checkpoints:
                         f'model state ({shown}); nothing was changed. Resume with the code and '
                         'config that wrote it, or use a new --workdir')
 
-  def restore_latest(self, like) -> tuple[int | None, object]:
-    """Restores the newest readable checkpoint into the structure of `like`.
+  def restore_latest(self, like, sharding=None) -> tuple[int | None, object]:
+    """Restores the newest readable checkpoint into the structure of `like`, its arrays placed
+    with `sharding` (the run's replicated sharding over the global mesh: with several processes
+    each restores its own devices' copies; None: as `like`'s arrays).
 
     Returns (step, tree), or (None, like) when there is no readable checkpoint. A damaged one
     is reported in one line and skipped (set aside, unless read-only); one holding another
     model state stops with a ConfigError before anything is changed.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        if sharding is not None and isinstance(x, jax.Array)
+        else ocp.utils.to_shape_dtype_struct(x), like)
     unreadable = []
     for step in reversed(self.steps()):
       reason = self.damage(step)

@@ -5,6 +5,8 @@ with global statistics, the all-reduces of the statistics)."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -48,11 +50,27 @@ def shard_batch(batch, mesh: Mesh, population: int = 1):
   return jax.tree.map(local, batch)
 
 
-def maybe_initialize_distributed(config) -> None:
-  """Multi-host: `config.distributed=True` calls jax.distributed.initialize() (which reads the
-  cluster from the environment: Slurm, TPU pods, or JAX_COORDINATOR_ADDRESS etc.)."""
-  if config.get('distributed', False):
-    jax.distributed.initialize()
+def maybe_initialize_distributed(config, num_processes: int | None = None,
+                                 process_id: int | None = None, peer_timeout: int = 100) -> None:
+  """Multi-process: with `config.distributed=True`, jax.distributed.initialize(), before any
+  device is queried (no module of this project initializes a JAX backend on import).
+
+  The cluster comes from the environment: Slurm (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, ...:
+  one process per task) or a TPU pod; or, for a plain multi-node launch, JAX_COORDINATOR_ADDRESS
+  (host:port of process 0) with `num_processes` and `process_id` (train.py's flags).
+  `peer_timeout`: seconds without a heartbeat from a peer before the others stop.
+  """
+  if not config.get('distributed', False):
+    return
+  kwargs = {'heartbeat_timeout_seconds': peer_timeout}
+  if num_processes is not None or process_id is not None:
+    address = os.environ.get('JAX_COORDINATOR_ADDRESS')
+    if not address or num_processes is None or process_id is None:
+      raise ConfigError('a launch without Slurm needs JAX_COORDINATOR_ADDRESS=host:port and '
+                        'both --num_processes and --process_id')
+    kwargs.update(coordinator_address=address, num_processes=num_processes,
+                  process_id=process_id)
+  jax.distributed.initialize(**kwargs)
 
 
 def replicate(tree, mesh: Mesh):

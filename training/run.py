@@ -18,7 +18,7 @@ import numpy as np
 
 from errors import ConfigError
 from training import checkpoints as ckpt_lib
-from training import diagnostics, metric_writer, tasks
+from training import diagnostics, metric_writer, parallel, tasks
 from training import workdir as wd
 from training.experiment import Experiment
 from training.metric_writer import MetricWriter
@@ -49,7 +49,7 @@ def claim_workdir(config, workdir: str) -> dict | None:
     ancestor = os.path.dirname(ancestor)
   if not os.path.isdir(ancestor):
     raise ConfigError(f'cannot write in {workdir}: {ancestor} is a file, not a directory')
-  holder = wd.lock_holder(workdir)
+  holder = wd.lock_holder(workdir) if wd.is_primary() else None   # process 0 holds the lock
   if holder is not None:
     raise wd.in_use_error(workdir, holder)
   old = wd.read_json(os.path.join(workdir, wd.CONFIG_FILE))
@@ -110,7 +110,8 @@ class Run:
                          wd.config_to_dict(self.config))
     wd.write_json_atomic(os.path.join(self.workdir, wd.RESOLVED_FILE), resolved)
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
-    step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key))
+    step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key),
+                                                 parallel.replicated(exp.mesh))
     if step is None:
       was = (self.previous or {}).get('step') or 0
       if was:   # a run that had trained, and no checkpoint it could go on from

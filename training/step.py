@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 
 from training import diagnostics
-from training.parallel import data_sharding, replicated
+from jax.sharding import Mesh
+
+from training.parallel import data_sharding, replicated, shard_batch
 from training.experiment import Experiment, TrainState
 
 
@@ -82,13 +84,15 @@ class Steps:
   train: Callable      # (state, batch) -> (state, sums); the state is donated
   diagnose: Callable   # (state, batch) -> {stat: {layer: value}}; steps nothing
   _eval: dict          # (batch_stats_mode, sharded) -> jitted (variables, batch) -> sums
-  devices: int
+  mesh: Mesh
 
   def eval(self, variables, batch, batch_stats_mode: bool = False):
     """Sums of one eval batch. Split over the devices like training when the batch divides
     among them; a batch that does not (the last of a split) runs whole on every device, so
     batch statistics are still those of exactly the batch given."""
-    sharded = len(batch['inputs']) % self.devices == 0
+    sharded = len(batch['inputs']) % self.mesh.size == 0
+    if sharded:   # a global array (with several processes, each gives its share)
+      batch = shard_batch(batch, self.mesh)
     return self._eval[batch_stats_mode, sharded](variables, batch)
 
 
@@ -110,4 +114,4 @@ def compile_steps(exp: Experiment, population: int = 1) -> Steps:
                                     out_shardings=rep)
            for mode in (False, True) for sharded in (False, True)}
   return Steps(sync(train), sync(diagnose), {k: sync(f) for k, f in evals.items()},
-               exp.mesh.size)
+               exp.mesh)

@@ -1,0 +1,111 @@
+"""Multi-process training: train.py as 2 processes on localhost (CPU collectives), as a Slurm
+job step or a plain multi-node launch would start it. Importing the project initializes no JAX
+backend (jax.distributed.initialize must come first)."""
+
+import glob
+import json
+import os
+import pkgutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = ['--config=configs/default.py', '--config.model.depth=8', '--config.model.width=8',
+         '--config.data.batch_size=32', '--config.num_train_steps=60',
+         '--config.log_every_steps=10', '--config.eval_every_steps=20',
+         '--config.checkpoint_every_steps=20']
+
+
+def test_importing_any_module_initializes_no_jax_backend():
+  """Every module of the project's packages (walked, so a new one is covered), then the entry
+  points: none may touch a device on import."""
+  modules = ['cli', 'errors']
+  for pkg in ('models', 'training', 'data', 'experiments', 'configs', 'benchmarks'):
+    modules += [m.name for m in pkgutil.walk_packages([os.path.join(ROOT, pkg)], pkg + '.')]
+  assert len(modules) > 40
+  for entry in ('train', 'eval'):   # each defines its own flags: one process each
+    code = ('import importlib, sys\n'
+            'import jax._src.xla_bridge as xb\n'
+            f'for name in {modules + [entry]!r}:\n'
+            '  importlib.import_module(name)\n'
+            '  if xb.backends_are_initialized():\n'
+            '    sys.exit("initialized by " + name)\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, how, runner=(), extra=()):
+  """Two processes; `how`: 'slurm' (the environment of a 2-task Slurm job step) or 'plain'
+  (JAX_COORDINATOR_ADDRESS with --num_processes and --process_id). runner[i]: what process i
+  runs instead of train.py (tests/fault_runner.py ... --)."""
+  port = free_port()
+  procs = []
+  for i in range(2):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'XLA_FLAGS'))}
+    env['JAX_COORDINATOR_ADDRESS'] = f'127.0.0.1:{port}'
+    args = []
+    if how == 'slurm':
+      env.update(SLURM_JOB_ID='4242', SLURM_NTASKS='2', SLURM_PROCID=str(i),
+                 SLURM_LOCALID=str(i), SLURM_STEP_NODELIST='localhost')
+    else:
+      args = ['--num_processes=2', f'--process_id={i}']
+    program = list(runner[i]) if runner else ['train.py']
+    procs.append(subprocess.Popen(
+        [sys.executable, *program, *FLAGS, f'--workdir={workdir}', '--config.distributed=True',
+         '--peer_timeout=10', *args, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def finish(procs, timeout=600):
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  return [p.returncode for p in procs], outs
+
+
+def status(workdir):
+  with open(os.path.join(workdir, 'status.json')) as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+def test_two_processes_train_resume_after_a_kill_and_equal_one_process_on_two_devices(tmp_path):
+  # the reference: one process, two (simulated) devices, the same global batch
+  ref = str(tmp_path / 'ref')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  result = subprocess.run([sys.executable, 'train.py', *FLAGS, f'--workdir={ref}'], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+  # two processes (Slurm-style); process 1 is killed (SIGKILL) after its first checkpoint save
+  workdir = str(tmp_path / 'run')
+  killer = [os.path.join(ROOT, 'tests', 'fault_runner.py'),
+            'training.checkpoints:Checkpoints.save', '2', 'after', '--']
+  t0 = time.time()
+  procs = launch(workdir, 'slurm', runner=[['train.py'], killer])
+  codes, outs = finish(procs)
+  assert codes[1] == -9, outs[1][1][-2000:]
+  assert codes[0] != 0 and time.time() - t0 < 300   # the survivor stops too (peer timeout)
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '20'))
+
+  # both restarted (a plain launch this time): resume, finish, equal the reference
+  codes, outs = finish(launch(workdir, 'plain'))
+  assert codes == [0, 0], [o[1][-2000:] for o in outs]
+  assert all('resumed from the checkpoint at step' in o[0] for o in outs)
+  assert status(workdir)['state'] == 'finished'
+  assert status(workdir)['metrics'] == status(ref)['metrics']
+  # only process 0 wrote the workdir's files: one event file per start, each named by a pid of
+  # a process 0 (names end in .<pid>.<time_ns>)
+  events = glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  assert len(events) == 2, events
+  assert procs[0].pid in {int(e.split('.')[-2]) for e in events}
