@@ -8,7 +8,6 @@ if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
   from training import huge_pages
   huge_pages.restart_with_huge_pages()
 
-import signal
 import sys
 
 from absl import app, flags, logging
@@ -50,8 +49,9 @@ def main(argv):
     cli.fail(f'the run failed: {reason} (status.json: failed; once that is fixed, the same '
              'command resumes from the last checkpoint)', code=1, hard=True)
   if status['state'] == 'interrupted':
-    # stopped by SIGTERM (143) or Ctrl-C (130) after saving: the same command resumes it
-    sys.exit(128 + signal.Signals[status['signal']].value)
+    # stopped after saving, by Ctrl-C (130) or a scheduler's SIGTERM / SIGUSR2 (143, what
+    # schedulers expect of a preempted job): the same command resumes it
+    sys.exit(130 if status['signal'] == 'SIGINT' else 143)
   if status['state'] != 'finished':
     sys.exit(1)
 

@@ -137,7 +137,24 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
   for r in mine:
     if r not in todo:
       print(f'{r.name}: {states[r.name]}, skipped', flush=True)
-  for n, group in enumerate(seed_groups(todo, resolve_together(seeds_in_one_program))):
+  stop = run_lib.Preemption()   # a signal between runs (each run has its own while it trains)
+  with stop:
+    _run_groups(seed_groups(todo, resolve_together(seeds_in_one_program)), directory, states,
+                stop)
+  counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+  print('sweep done: ' + ', '.join(f'{v} {k}' for k, v in counts.items()), flush=True)
+  return states
+
+
+def _run_groups(groups, directory: str, states: dict, stop: run_lib.Preemption) -> None:
+  """Trains each group of runs in turn; after a run is interrupted (SIGTERM, SIGUSR2, Ctrl-C:
+  it saved), or a signal came between runs, no other run starts."""
+  interrupted = False   # in this invocation (a resumed sweep starts with interrupted runs)
+  for n, group in enumerate(groups):
+    if stop.requested or interrupted:
+      print('sweep interrupted: the runs not started stay as they are; the same command '
+            'resumes them', file=sys.stderr, flush=True)
+      return
     names = [r.name for r in group]
     print(f'[group {n + 1}] {" + ".join(names)}', flush=True)
     workdirs = [os.path.join(directory, name) for name in names]
@@ -145,6 +162,7 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
       results = loop.train_seeds([r.config for r in group], workdirs,
                                  [r.overrides for r in group])
       states.update({name: res['state'] for name, res in zip(names, results)})
+      interrupted = any(res['state'] == 'interrupted' for res in results)
     except ConfigError as e:   # e.g. the workdir holds a different run: never overwrite it
       print(f'error: {", ".join(names)}: {e}', file=sys.stderr, flush=True)
       states.update({name: 'refused' for name in names})
@@ -154,9 +172,6 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
         if run_state(workdir) != 'failed' and os.path.exists(os.path.join(workdir, wd.CONFIG_FILE)):
           wd.write_status(workdir, 'failed', error=f'{type(e).__name__}: {e}')
         states[name] = 'failed'
-  counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
-  print('sweep done: ' + ', '.join(f'{v} {k}' for k, v in counts.items()), flush=True)
-  return states
 
 
 def main(argv):
@@ -168,6 +183,8 @@ def main(argv):
                        FLAGS.seeds_in_one_program)
   except ConfigError as e:
     cli.fail(str(e))
+  if 'interrupted' in states.values():
+    sys.exit(143)   # a run saved and stopped, nothing else started: the same command resumes
   if any(s in ('failed', 'refused') for s in states.values()):
     sys.exit(1)
 

@@ -145,6 +145,36 @@ def test_killed_sweep_resumes_without_rerunning_finished_runs(tmp_path):
   assert final_metrics(interrupted) == final_metrics(reference)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('signal_name', ['SIGTERM', 'SIGUSR2'])
+def test_a_signalled_sweep_saves_the_current_run_starts_no_other_and_resumes(
+    tmp_path, signal_name):
+  """SIGTERM / SIGUSR2 (a scheduler's warning) mid-sweep: the run in training saves and ends
+  `interrupted`, no other run starts, exit 143 within seconds; the same command finishes the
+  sweep with the metrics of an uninterrupted one (computed here one run at a time: resumed
+  runs are bit-identical, test_resume.py)."""
+  directory = tmp_path / 'sweep'
+  proc = subprocess.Popen(sweep_cmd(directory), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  t0 = time.time()
+  first = directory / 'norm=batch,seed=0'
+  while not os.path.isdir(first / 'checkpoints' / '10'):
+    assert proc.poll() is None and time.time() - t0 < 300, proc.communicate()
+    time.sleep(0.05)
+  sent = time.time()
+  proc.send_signal(getattr(signal, signal_name))
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 143 and 'Traceback' not in stderr, stderr[-2000:]
+  assert time.time() - sent < 30
+  states = {n: s for n, (s, _) in final_metrics(directory).items()}
+  assert states == {'norm=batch,seed=0': 'interrupted'}, states   # nothing else started
+  result = subprocess.run(sweep_cmd(directory), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert {s for s, _ in final_metrics(directory).values()} == {'finished'}
+  assert len(final_metrics(directory)) == 4
+
+
 def test_report_groups_and_numbers_match_the_event_files(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   s = sweeps.load_sweep('experiments/smoke.py')

@@ -258,12 +258,13 @@ def already_done(runs: list[Run]) -> list[dict]:
 
 
 class Preemption:
-  """SIGTERM (what schedulers send before preemption) and SIGINT (Ctrl-C) set a flag the loop
-  checks each step: it saves a checkpoint and ends the run `interrupted`. `signal` is the one
-  received (train.py exits 128 + its number: 143, 130). A second Ctrl-C stops at once
+  """SIGTERM (what schedulers send before preemption), SIGUSR2 (what Slurm's `--signal` and
+  submitit send before a time-out or preemption) and SIGINT (Ctrl-C) set a flag the loop checks
+  each step: it saves a checkpoint and ends the run `interrupted`. `signal` is the one received
+  (train.py exits 128 + its number: 143, 140, 130). A second Ctrl-C stops at once
   (KeyboardInterrupt: the run ends `failed`; the last checkpoint stays)."""
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
   def __init__(self):
     self.signal = None
