@@ -237,15 +237,11 @@ def test_a_place_that_cannot_be_written_is_one_line_before_training(tmp_path, pl
   assert sorted(os.listdir(tmp_path)) == before
 
 
-def write_limit(limit_bytes):
-  """For subprocess.run(preexec_fn=...): files may not grow past `limit_bytes` (writes beyond
-  fail with EFBIG, as they would with ENOSPC on a full disk)."""
-  def apply():
-    import resource
-    import signal as sig
-    sig.signal(sig.SIGXFSZ, sig.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-  return apply
+def write_limit(kilobytes):
+  """A command prefix: files may not grow past `kilobytes` (writes beyond fail with EFBIG, as
+  they would with ENOSPC on a full disk). A shell sets it (no preexec_fn: forking a
+  multithreaded JAX process to run Python in the child may deadlock)."""
+  return ['bash', '-c', f"trap '' XFSZ; ulimit -f {kilobytes}; exec \"$@\"", 'limited']
 
 
 @pytest.mark.slow
@@ -256,9 +252,9 @@ def test_a_write_the_machine_refuses_fails_in_one_line_and_the_same_command_resu
   once writes work again, the same command resumes (here from 0: no checkpoint was complete,
   which it says) and ends as an unbroken run."""
   workdir = tmp_path / 'run'
-  result = subprocess.run([sys.executable, 'train.py', *FLAGS, f'--workdir={workdir}'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          preexec_fn=write_limit(60_000))
+  result = subprocess.run([*write_limit(59), sys.executable, 'train.py', *FLAGS,
+                           f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 1
   line = one_error_line(result.stderr)
   assert 'file too large' in line and 'resumes' in line, line
