@@ -54,7 +54,9 @@ def claim_workdir(config, workdir: str) -> dict | None:
     raise wd.in_use_error(workdir, holder)
   old = wd.read_json(os.path.join(workdir, wd.CONFIG_FILE))
   if old is None:
-    if os.path.isdir(workdir) and set(os.listdir(workdir)) - {wd.LOCK_FILE}:
+    # another process starting the same run this instant leaves only its lock and probes
+    if os.path.isdir(workdir) and [f for f in os.listdir(workdir) if not (
+        f == wd.LOCK_FILE or f.startswith((wd.LOCK_FILE + '.', wd.PROBE_PREFIX)))]:
       raise ConfigError(f'{workdir} is not empty and holds no run ({wd.CONFIG_FILE} missing); '
                         'choose a new --workdir')
     return None

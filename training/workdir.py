@@ -115,6 +115,7 @@ def write_status(workdir: str, state: str, **fields) -> None:
 
 
 LOCK_FILE = 'lock.json'
+PROBE_PREFIX = '.probe.'   # check_writable's short-lived file
 HEARTBEAT_SECONDS = 30    # the holder touches its lock this often
 STALE_SECONDS = 180       # a lock not touched for this long belongs to a dead process
 
@@ -172,9 +173,23 @@ class WorkdirLock:
   def acquire(self) -> None:
     if not is_primary():
       return
+    tmp = f'{self.path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:   # the lock appears whole (a link), never half written
+      json.dump(self._me, f)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      self._take(tmp)
+    finally:
+      os.remove(tmp)
+    self._thread = threading.Thread(target=self._beat, daemon=True, name='workdir-lock')
+    self._thread.start()
+
+  def _take(self, tmp: str) -> None:
     for _ in range(3):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, self.path)   # fails if the lock exists: atomic test-and-set
+        return
       except FileExistsError:
         holder = lock_holder(self.workdir)
         if holder is not None:
@@ -185,13 +200,6 @@ class WorkdirLock:
         except FileNotFoundError:
           pass
         continue
-      with os.fdopen(fd, 'w') as f:
-        json.dump(self._me, f)
-        f.flush()
-        os.fsync(f.fileno())
-      self._thread = threading.Thread(target=self._beat, daemon=True, name='workdir-lock')
-      self._thread.start()
-      return
     raise ConfigError(f'could not lock {self.workdir}: another process keeps taking it')
 
   def _beat(self) -> None:
@@ -223,7 +231,7 @@ def check_writable(workdir: str) -> None:
   for directory in (workdir, os.path.join(workdir, 'checkpoints')):
     if directory != workdir and not os.path.isdir(directory):
       continue
-    probe = os.path.join(directory, f'.probe.{os.getpid()}')
+    probe = os.path.join(directory, f'{PROBE_PREFIX}{os.getpid()}')
     try:
       os.makedirs(directory, exist_ok=True)
       with open(probe, 'w') as f:
