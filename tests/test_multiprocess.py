@@ -31,7 +31,11 @@ def test_importing_any_module_initializes_no_jax_backend():
     code = ('import importlib, sys\n'
             'import jax._src.xla_bridge as xb\n'
             f'for name in {modules + [entry]!r}:\n'
-            '  importlib.import_module(name)\n'
+            '  try:\n'
+            '    importlib.import_module(name)\n'
+            '  except ModuleNotFoundError as e:\n'   # an optional package (torch: benchmarks)
+            '    if e.name.split(".")[0] in ("models", "training", "data", "experiments"):\n'
+            '      raise\n'
             '  if xb.backends_are_initialized():\n'
             '    sys.exit("initialized by " + name)\n')
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
