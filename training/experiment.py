@@ -25,6 +25,7 @@ import models
 from data import pipeline
 from errors import ConfigError
 from training import optim, parallel, tasks
+from training import workdir as wd
 
 # The range of every numeric key a config may hold (a key a config lacks is skipped):
 # (lowest, highest, whether the lowest itself is allowed). Checked before anything is loaded.
@@ -59,20 +60,12 @@ RANGES = {
 }
 
 
-def _get(config, dotted: str):
-  node = config
-  for key in dotted.split('.'):
-    if not hasattr(node, 'keys') or key not in node:
-      return None
-    node = node[key]
-  return node
-
-
 def check_ranges(config) -> None:
   """Every numeric key of RANGES that `config` holds, inside its range (one line if not)."""
+  flat = wd.flatten(wd.config_to_dict(config))
   for key, (low, high, low_ok) in RANGES.items():
-    value = _get(config, key)
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+    value = flat.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
       continue
     if not (value >= low if low_ok else value > low) or (high is not None and value > high):
       allowed = (f'{">=" if low_ok else ">"} {low}' +

@@ -225,9 +225,8 @@ class WorkdirLock:
 
 def check_writable(workdir: str) -> None:
   """Creates `workdir` (and its checkpoints directory, if there) far enough to know that files
-  can be written there; one line naming the place and the reason if not. Before training."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'--workdir {workdir} is a file, not a directory')
+  can be written there; one line naming the place and the reason if not. Before training.
+  (A `workdir` that is a file, or under one, was refused earlier: run.claim_workdir.)"""
   for directory in (workdir, os.path.join(workdir, 'checkpoints')):
     if directory != workdir and not os.path.isdir(directory):
       continue
