@@ -24,8 +24,9 @@ flags.DEFINE_string('workdir', None, 'Directory of this run: config, checkpoints
 flags.DEFINE_integer('num_processes', None, 'Multi-process without Slurm (config.distributed): '
                      'how many processes; with JAX_COORDINATOR_ADDRESS=host:port of process 0.')
 flags.DEFINE_integer('process_id', None, 'Multi-process without Slurm: this process (0 .. n-1).')
-flags.DEFINE_integer('peer_timeout', 100, 'Multi-process: seconds without a heartbeat from a '
-                     'peer (a killed process) before the others stop.')
+flags.DEFINE_integer('peer_timeout', 60, 'Multi-process: seconds without a heartbeat from a '
+                     'peer (a killed process, a machine gone) before the others record the run '
+                     'failed and exit 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

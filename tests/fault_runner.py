@@ -3,7 +3,8 @@
   python tests/fault_runner.py TARGET N WHEN [--flushed] -- <train.py flags>
 
 TARGET is `module:Class.method` (or `module:function`), N the call to die at (1-based), WHEN
-`before` or `after` that call. --flushed first flushes the open TensorBoard writers, as
+`before` or `after` that call, or `signal:NAME` to send itself that signal after the call
+instead of dying (a scheduler's SIGTERM / SIGUSR2 at a known moment). --flushed first flushes the open TensorBoard writers, as
 tensorboardX's own periodic flush (every 10 s) may have done before a real kill.
 """
 
@@ -41,6 +42,8 @@ def arm(target: str, n: int, when: str, flushed: bool):
     result = original(*args, **kwargs)
     if calls[0] == n and when == 'after':
       die(flushed)
+    if calls[0] == n and when.startswith('signal:'):
+      os.kill(os.getpid(), getattr(signal, when.split(':')[1]))
     return result
 
   setattr(owner, name, wrapper)

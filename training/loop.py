@@ -15,12 +15,12 @@ import jax
 import numpy as np
 
 from data import pipeline
-from training import parallel
+from training import parallel, peers
 from training.clock import TrainClock
 from training.evaluation import evaluate_test
 from training.experiment import build_experiment, create_train_state
 from training.population import Population, check_population
-from training.run import Preemption, Run, already_done
+from training.run import Preemption, Run, already_done, peer_lost
 from training.step import compile_steps
 
 
@@ -63,39 +63,47 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     steps, state, config = compile_steps(exp, pop.size), pop.stack(states), exp.config
     print(exp.describe(fresh[0].params, pop.seeds, start), flush=True)
     pending, done, clock = [], start, TrainClock()   # done: steps completed
+
+    def lost(reason: str) -> None:   # a peer process is gone (several processes only)
+      peer_lost(runs, done, reason)
+      peers.exit_now(f'{reason}; status.json: failed. Restart every process with the same '
+                     'command to resume from the last checkpoint')
+    watchdog = peers.Watchdog(lost) if peers.several() else contextlib.nullcontext()
     try:
-      for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
-        if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
-          with clock.paused(state):
-            stats = jax.device_get(steps.diagnose(state, batch))   # of the state before
+      with watchdog:
+        for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
+          if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
+            with clock.paused(state):
+              stats = jax.device_get(steps.diagnose(state, batch))   # of the state before
+              for k, r in _live(runs):
+                r.log_diagnostics(step, pop.member(stats, k), layers)
+          state, sums = steps.train(state, batch)
+          done = step + 1
+          clock.tick(state, first=step == start)
+          pending.append(sums)
+          if done % config.log_every_steps == 0 or done == config.num_train_steps:
+            totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+            speed = clock.rate(state)
             for k, r in _live(runs):
-              r.log_diagnostics(step, pop.member(stats, k), layers)
-        state, sums = steps.train(state, batch)
-        done = step + 1
-        clock.tick(state, first=step == start)
-        pending.append(sums)
-        if done % config.log_every_steps == 0 or done == config.num_train_steps:
-          totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-          speed = clock.rate(state)
-          for k, r in _live(runs):
-            r.log_train(done, pop.member(totals, k), float(exp.schedule(step)), speed)
-          pending = []
-        evaluating = done % config.eval_every_steps == 0 and done < config.num_train_steps
-        saving = done % config.checkpoint_every_steps == 0 or preemption.requested
-        with clock.paused(state) if evaluating or saving else contextlib.nullcontext():
-          for k, r in _live(runs):
-            if evaluating:
-              r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)))
-            if saving:
-              r.save(pop.member(state, k), done)
-        for _, r in _live(runs) if preemption.requested else []:
-          r.interrupt(done, preemption.signal)
-        if not any(r.live for r in runs):
-          break
-      done = int(np.max(jax.device_get(state.step)))
-      for k, r in _live(runs):
-        r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)), final=True)
-        r.save(pop.member(state, k), done)
+              r.log_train(done, pop.member(totals, k), float(exp.schedule(step)), speed)
+            pending = []
+          evaluating = done % config.eval_every_steps == 0 and done < config.num_train_steps
+          stopping = preemption.stop_at(done)
+          saving = done % config.checkpoint_every_steps == 0 or stopping
+          with clock.paused(state) if evaluating or saving else contextlib.nullcontext():
+            for k, r in _live(runs):
+              if evaluating:
+                r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)))
+              if saving:
+                r.save(pop.member(state, k), done)
+          for _, r in _live(runs) if stopping else []:
+            r.interrupt(done, preemption.signal)
+          if not any(r.live for r in runs):
+            break
+        done = int(np.max(jax.device_get(state.step)))
+        for k, r in _live(runs):
+          r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)), final=True)
+          r.save(pop.member(state, k), done)
     except BaseException as e:   # Ctrl-C twice included: the status says failed, and why
       for r in runs:
         r.close(done, error=e)

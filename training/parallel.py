@@ -51,18 +51,21 @@ def shard_batch(batch, mesh: Mesh, population: int = 1):
 
 
 def maybe_initialize_distributed(config, num_processes: int | None = None,
-                                 process_id: int | None = None, peer_timeout: int = 100) -> None:
+                                 process_id: int | None = None, peer_timeout: int = 60) -> None:
   """Multi-process: with `config.distributed=True`, jax.distributed.initialize(), before any
   device is queried (no module of this project initializes a JAX backend on import).
 
   The cluster comes from the environment: Slurm (SLURM_JOB_ID, SLURM_NTASKS, SLURM_PROCID, ...:
   one process per task) or a TPU pod; or, for a plain multi-node launch, JAX_COORDINATOR_ADDRESS
   (host:port of process 0) with `num_processes` and `process_id` (train.py's flags).
-  `peer_timeout`: seconds without a heartbeat from a peer before the others stop.
+  `peer_timeout`: seconds without a heartbeat from a peer before the others stop
+  (training/peers.py; JAX's own heartbeat time-out is set longer).
   """
   if not config.get('distributed', False):
     return
-  kwargs = {'heartbeat_timeout_seconds': peer_timeout}
+  from training import peers
+  peers.timeout_seconds = peer_timeout
+  kwargs = {'heartbeat_timeout_seconds': peers.jax_heartbeat_timeout(peer_timeout)}
   if num_processes is not None or process_id is not None:
     address = os.environ.get('JAX_COORDINATOR_ADDRESS')
     if not address or num_processes is None or process_id is None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from errors import ConfigError
 from training import checkpoints as ckpt_lib
-from training import diagnostics, metric_writer, parallel, tasks
+from training import diagnostics, metric_writer, parallel, peers, tasks
 from training import workdir as wd
 from training.experiment import Experiment
 from training.metric_writer import MetricWriter
@@ -234,8 +234,10 @@ class Run:
       pass
     if self.checkpoints is not None:
       self.checkpoints.close()
-    try:
-      wd.write_status(self.workdir, self.state, step=step, metrics=self.metrics, **extra)
+    try:   # a lost peer may be process 0, which writes the status otherwise
+      wd.write_status(self.workdir, self.state, step=step, metrics=self.metrics,
+                      every_process=error is not None and peers.lost_peer(error) is not None,
+                      **extra)
     except OSError as e:
       if error is None:
         raise
@@ -245,6 +247,18 @@ class Run:
       if self.lock is not None:
         self.lock.release()
     return {'state': self.state, 'step': step, 'metrics': self.metrics, **extra}
+
+
+def peer_lost(runs: list[Run], step: int, reason: str) -> None:
+  """From the watchdog thread, while the main thread may be blocked in a collective forever:
+  records `failed` with the reason (in every surviving process: process 0 may be the one gone)
+  and lets go of the lock. Curves are not flushed (the main thread may be writing them); every
+  point up to the last checkpoint is on disk already."""
+  for r in runs:
+    if r.live:
+      wd.write_status(r.workdir, FAILED, step=step, error=reason, every_process=True)
+    if r.lock is not None:
+      r.lock.release()
 
 
 def already_done(runs: list[Run]) -> list[dict]:
@@ -261,24 +275,31 @@ def already_done(runs: list[Run]) -> list[dict]:
 
 class Preemption:
   """SIGTERM (what schedulers send before preemption), SIGUSR2 (what Slurm's `--signal` and
-  submitit send before a time-out or preemption) and SIGINT (Ctrl-C) set a flag the loop checks
-  each step: it saves a checkpoint and ends the run `interrupted`. `signal` is the one received
-  (train.py exits 128 + its number: 143, 140, 130). A second Ctrl-C stops at once
-  (KeyboardInterrupt: the run ends `failed`; the last checkpoint stays)."""
+  submitit send before a time-out or preemption) and SIGINT (Ctrl-C) ask the loop to save a
+  checkpoint and end the run `interrupted` (`stop_at`, checked each step). `signal` is the one
+  received (train.py exits 143 for SIGTERM/SIGUSR2, 130 for SIGINT). A second Ctrl-C stops at
+  once (KeyboardInterrupt: the run ends `failed`; the last checkpoint stays).
+
+  With several processes the stop is synchronized (training/peers.py): SIGTERM is left to JAX's
+  preemption notifier, the other signals are handed to it, and every process stops at the same
+  step."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
   def __init__(self):
     self.signal = None
     self._previous = {}
+    self.several = False
 
   @property
   def requested(self) -> bool:
     return self.signal is not None
 
   def __enter__(self):
+    self.several = peers.several()
+    mine = [s for s in self.SIGNALS if not (self.several and s == signal.SIGTERM)]
     try:
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in mine}
     except ValueError:  # not the main thread: leave signals alone
       self._previous = {}
     return self
@@ -288,9 +309,21 @@ class Preemption:
     if signum == signal.SIGINT and self.signal == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal = signum
+    if self.several:
+      peers.forward_to_jax(signum)
     if signum == signal.SIGINT:
       print('interrupted: saving a checkpoint (Ctrl-C again to stop at once)',
             file=sys.stderr, flush=True)
+
+  def stop_at(self, step: int) -> bool:
+    """Whether to save and stop after `step`. With several processes, every process must ask at
+    every step: it is True in all of them at the same step."""
+    if not self.several:
+      return self.requested
+    if peers.reached_stop(step):
+      self.signal = self.signal or signal.SIGTERM   # a peer's signal, or SIGTERM to JAX
+      return True
+    return False
 
   def __exit__(self, *exc):
     for s, previous in self._previous.items():

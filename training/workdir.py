@@ -86,9 +86,10 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-  """Write to a temporary file and rename: a reader never sees half a file. Process 0 only."""
-  if not is_primary():
+def write_json_atomic(path: str, obj: dict, every_process: bool = False) -> None:
+  """Write to a temporary file and rename: a reader never sees half a file. Process 0 only,
+  unless `every_process` (a peer was lost: process 0 may be the one gone)."""
+  if not (every_process or is_primary()):
     return
   tmp = f'{path}.tmp.{os.getpid()}'
   with open(tmp, 'w') as f:
@@ -109,9 +110,9 @@ def read_status(workdir: str) -> dict | None:
   return read_json(os.path.join(workdir, STATUS_FILE))
 
 
-def write_status(workdir: str, state: str, **fields) -> None:
+def write_status(workdir: str, state: str, every_process: bool = False, **fields) -> None:
   write_json_atomic(os.path.join(workdir, STATUS_FILE),
-                    {'state': state, 'time': time.time(), **fields})
+                    {'state': state, 'time': time.time(), **fields}, every_process)
 
 
 LOCK_FILE = 'lock.json'
@@ -251,6 +252,10 @@ def failure_reason(error: BaseException) -> str | None:
   code = re.search(r"os_error_code='?(\d+)", text)   # TensorStore's report of an OS error
   if code:
     return os.strerror(int(code.group(1))).lower()
+  from training import peers   # a collective with a process that is gone
+  lost = peers.lost_peer(error)
+  if lost:
+    return lost
   for marker, reason in (('No space left', 'no space left on device'),
                          ('RESOURCE_EXHAUSTED', 'no space left on device'),
                          ('Read-only file system', 'read-only file system'),
