@@ -3,6 +3,10 @@
 The order of examples in epoch e is `default_rng([seed, ORDER, e]).permutation(n)`; the
 augmentation of step s draws from `default_rng([seed, AUGMENT, s])`. Epochs drop the last
 partial batch. Nothing here depends on how many steps ran before in this process.
+
+With several processes (multi-host), each reads only its own contiguous share of every global
+batch (`share=(process_index, process_count)`): the indices and the augmentation's random draws
+are those of the whole batch, so the global batch is the same as one process would read.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ ORDER, AUGMENT = 0, 1
 AUGMENTATIONS = ('none', 'crop_flip')
 
 
-def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-  """Random crop from a zero-padded image and random horizontal flip (He et al. 2016)."""
+def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
+              rows: slice = slice(None), total: int | None = None) -> np.ndarray:
+  """Random crop from a zero-padded image and random horizontal flip (He et al. 2016).
+  `images` are the `rows` of a batch of `total` (the draws are made for the whole batch)."""
   n, h, w, _ = images.shape
+  total = n if total is None else total
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
-  flip = rng.random(n) < 0.5
+  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, total))[:, rows]
+  flip = (rng.random(total) < 0.5)[rows]
   out = np.empty_like(images)
   for i in range(n):
     crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
@@ -35,12 +42,14 @@ def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.
 class TrainBatches:
   """`batches(step)` -> the training batch of that step; `batches.prefetch(start, stop)` iterates."""
 
-  def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none'):
+  def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none',
+               share: tuple[int, int] = (0, 1)):
     if augment not in AUGMENTATIONS:
       raise ConfigError(f'unknown augmentation {augment!r}; valid: {", ".join(AUGMENTATIONS)}')
     if batch_size > len(split):
       raise ConfigError(f'batch size {batch_size} exceeds the {len(split)} training examples')
     self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+    self.rows = share_rows(batch_size, share)   # of each global batch, what this process reads
     self.steps_per_epoch = len(split) // batch_size
     self._epoch, self._order = None, None
 
@@ -52,14 +61,23 @@ class TrainBatches:
     return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    batch = self.split.get(self.indices(step))
+    """This process's share of the step's batch (all of it with one process)."""
+    batch = self.split.get(self.indices(step)[self.rows])
     if self.augment == 'crop_flip':
       rng = np.random.default_rng([self.seed, AUGMENT, step])
-      batch['inputs'] = crop_flip(batch['inputs'], rng)
+      batch['inputs'] = crop_flip(batch['inputs'], rng, rows=self.rows, total=self.batch_size)
     return batch
 
   def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     return prefetch(self, start, stop)
+
+
+def share_rows(batch_size: int, share: tuple[int, int]) -> slice:
+  """Process i of n reads rows [i * b/n, (i + 1) * b/n) of a batch of b."""
+  i, n = share
+  if batch_size % n:
+    raise ConfigError(f'a batch of {batch_size} does not split evenly over {n} processes')
+  return slice(i * batch_size // n, (i + 1) * batch_size // n)
 
 
 def prefetch(batch_of_step, start: int, stop: int) -> Iterator[tuple[int, dict]]:
@@ -74,10 +92,10 @@ def prefetch(batch_of_step, start: int, stop: int) -> Iterator[tuple[int, dict]]
       yield step, batch
 
 
-def eval_batches(split: Split, batch_size: int,
-                 max_examples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The split in order, in batches of `batch_size`; the last one may be smaller (never padded,
-  so that batch statistics in train mode only ever see real examples)."""
+def eval_indices(split: Split, batch_size: int,
+                 max_examples: int | None = None) -> Iterator[np.ndarray]:
+  """The split in order, as the indices of batches of `batch_size`; the last one may be smaller
+  (never padded, so that batch statistics in train mode only ever see real examples)."""
   n = len(split) if max_examples is None else min(max_examples, len(split))
   for start in range(0, n, batch_size):
-    yield split.get(np.arange(start, min(start + batch_size, n)))
+    yield np.arange(start, min(start + batch_size, n))

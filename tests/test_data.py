@@ -29,6 +29,36 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     np.testing.assert_array_equal(got, want)
 
 
+class CountingSplit(data_lib.ArraySplit):
+  """Counts the examples read (what a host pulls from storage)."""
+  read = 0
+
+  def get(self, indices):
+    self.read += len(indices)
+    return super().get(indices)
+
+
+@pytest.mark.parametrize('augment', ['none', 'crop_flip'])
+def test_each_process_reads_only_its_share_of_the_global_batch(augment):
+  """Multi-host: process i of n reads b/n examples per step, and the shares put together are
+  exactly the batch one process reads (same examples, same augmentation, same order)."""
+  rng = np.random.default_rng(0)
+  arrays = {'inputs': rng.normal(size=(200, 6, 6, 1)).astype(np.float32),
+            'targets': np.arange(200)}
+  whole = pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, augment=augment)
+  shares = [pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, augment=augment,
+                                  share=(i, 4)) for i in range(4)]
+  for step in (0, 7, 13):   # 13: a later epoch
+    want = whole(step)
+    parts = [s(step) for s in shares]
+    for key in want:
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
+  assert whole.split.read == 3 * 32
+  assert [s.split.read for s in shares] == [3 * 8] * 4
+  with pytest.raises(ConfigError, match='does not split evenly over 3 processes'):
+    pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, share=(0, 3))
+
+
 def test_crop_flip_is_a_shifted_or_mirrored_crop_of_the_padded_image():
   images = np.random.default_rng(0).normal(size=(20, 6, 6, 2)).astype(np.float32)
   out = pipeline.crop_flip(images, np.random.default_rng(1), pad=2)

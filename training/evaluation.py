@@ -24,8 +24,8 @@ def evaluate(steps: Steps, state_variables, split, batch_size: int, *,
              batch_stats_mode: bool = False, max_examples: int | None = None) -> dict[str, float]:
   """Metrics over `split` (its first `max_examples`), in batches of `batch_size`."""
   totals = None
-  for batch in pipeline.eval_batches(split, batch_size, max_examples):
-    sums = steps.eval(state_variables, batch, batch_stats_mode)
+  for indices in pipeline.eval_indices(split, batch_size, max_examples):
+    sums = steps.eval(state_variables, split, indices, batch_stats_mode)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return tasks.summarize(jax.device_get(totals))
 

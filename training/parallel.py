@@ -32,22 +32,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(batch, mesh: Mesh, population: int = 1):
+def shard_batch(batch, mesh: Mesh, population: int = 1, local: bool = False):
   """Splits the batch axis over the mesh (axis 1 when a population of seeds leads).
 
-  Every process computes the same global batch (a pure function of seed and step); with several
-  processes (multi-host) each one contributes only its own contiguous slice of it.
+  With several processes (multi-host) each one contributes its own contiguous share of the
+  global batch: `batch` is that share when `local` (what data/pipeline.py reads), else the
+  whole global batch, sliced here.
   """
   axis = 0 if population == 1 else 1
   sharding = data_sharding(mesh, population)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
+  if local:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
-  def local(x):
+  def local_part(x):
     n = x.shape[axis] // jax.process_count()
     part = np.take(x, np.arange(jax.process_index() * n, (jax.process_index() + 1) * n), axis)
     return jax.make_array_from_process_local_data(sharding, part)
-  return jax.tree.map(local, batch)
+  return jax.tree.map(local_part, batch)
 
 
 def maybe_initialize_distributed(config, num_processes: int | None = None,

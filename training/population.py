@@ -33,8 +33,10 @@ class Population:
   def __init__(self, exps: list[Experiment]):
     self.size, self.mesh = len(exps), exps[0].mesh
     config = exps[0].config
+    share = (jax.process_index(), jax.process_count())   # each process reads its share
     self._batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size,
-                                           e.config.seed, config.data.augment) for e in exps]
+                                           e.config.seed, config.data.augment, share)
+                     for e in exps]
     self.seeds = [e.config.seed for e in exps]
 
   def stack(self, trees):
@@ -51,7 +53,7 @@ class Population:
       batch = self._batches[0](step)
     else:
       batch = jax.tree.map(lambda *x: np.stack(x), *[b(step) for b in self._batches])
-    return parallel.shard_batch(batch, self.mesh, self.size)
+    return parallel.shard_batch(batch, self.mesh, self.size, local=True)
 
   def tag(self, k: int) -> str:
     """How log lines name seed k ('' for a lone run)."""

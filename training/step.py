@@ -19,6 +19,7 @@ import jax
 from training import diagnostics
 from jax.sharding import Mesh
 
+from data.pipeline import share_rows
 from training.parallel import data_sharding, replicated, shard_batch
 from training.experiment import Experiment, TrainState
 
@@ -86,13 +87,17 @@ class Steps:
   _eval: dict          # (batch_stats_mode, sharded) -> jitted (variables, batch) -> sums
   mesh: Mesh
 
-  def eval(self, variables, batch, batch_stats_mode: bool = False):
-    """Sums of one eval batch. Split over the devices like training when the batch divides
-    among them; a batch that does not (the last of a split) runs whole on every device, so
-    batch statistics are still those of exactly the batch given."""
-    sharded = len(batch['inputs']) % self.mesh.size == 0
-    if sharded:   # a global array (with several processes, each gives its share)
-      batch = shard_batch(batch, self.mesh)
+  def eval(self, variables, split, indices, batch_stats_mode: bool = False):
+    """Sums of the eval batch `split.get(indices)`. Split over the devices like training when
+    the batch divides among them (with several processes, each reads only its share); a batch
+    that does not (the last of a split) is read whole and runs whole on every device, so batch
+    statistics are still those of exactly that batch."""
+    sharded = len(indices) % self.mesh.size == 0
+    if sharded:
+      rows = share_rows(len(indices), (jax.process_index(), jax.process_count()))
+      batch = shard_batch(split.get(indices[rows]), self.mesh, local=True)
+    else:
+      batch = split.get(indices)
     return self._eval[batch_stats_mode, sharded](variables, batch)
 
 
