@@ -2,6 +2,13 @@
 
   python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth [--shard=i/n]
   python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth --dry_run
+  python -m experiments.sweep --sweep=... --dir=... --launcher=submitit --partition=gpu \
+      --gpus_per_task=1 --time_min=240 --array_parallelism=16
+
+`--launcher=submitit` submits the sweep to Slurm as a job array through submitit (`map_array`):
+one task per shard, each task runs its shard exactly as `--shard=i/n` would. Before a
+preemption or time-out Slurm signals the task (SIGUSR2, `--signal_delay_s` ahead); the run in
+training saves and stops, then submitit's own handler requeues the task, which resumes it.
 
 Re-running skips finished (and diverged) runs and resumes unfinished ones from their
 checkpoints. `--shard=i/n` (0 <= i < n) runs every n-th run starting at i, so a scheduler's
@@ -31,15 +38,39 @@ from training import experiment, loop, parallel, run as run_lib
 from training import workdir as wd
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('sweep', None, 'Sweep file: experiments/<name>.py[:arg].')
-flags.DEFINE_string('dir', None, 'Directory of the sweep: one workdir per run.')
-flags.DEFINE_string('shard', '0/1', 'i/n: run the i-th of n disjoint slices of the sweep.')
-flags.DEFINE_bool('dry_run', False, 'List the runs and their state; validate every config.')
-flags.DEFINE_enum('seeds_in_one_program', 'auto', ['auto', 'true', 'false'],
-                  'Train runs that differ only in their seed as one vmapped program. auto: on '
-                  'GPU/TPU yes; on CPU no (vmapped convolutions run slower there than a loop: '
-                  'python -m benchmarks.seeds).')
-flags.mark_flags_as_required(['sweep', 'dir'])
+
+
+def define_flags() -> None:
+  """The command line (defined only when run as a program: the launcher's tasks import this
+  module for run_sweep)."""
+  flags.DEFINE_string('sweep', None, 'Sweep file: experiments/<name>.py[:arg].')
+  flags.DEFINE_string('dir', None, 'Directory of the sweep: one workdir per run.')
+  flags.DEFINE_string('shard', '0/1', 'i/n: run the i-th of n disjoint slices of the sweep.')
+  flags.DEFINE_bool('dry_run', False, 'List the runs and their state; validate every config.')
+  flags.DEFINE_enum('seeds_in_one_program', 'auto', ['auto', 'true', 'false'],
+                    'Train runs that differ only in their seed as one vmapped program. auto: on '
+                    'GPU/TPU yes; on CPU no (vmapped convolutions run slower there than a loop: '
+                    'python -m benchmarks.seeds).')
+  flags.DEFINE_enum('launcher', 'here', ['here', 'submitit'],
+                    'here: run the shard in this process. submitit: submit every shard as a task '
+                    'of a Slurm job array (or local processes with --cluster=local).')
+  flags.DEFINE_integer('num_shards', None, 'submitit: how many tasks (default: one per run).')
+  flags.DEFINE_string('cluster', None, 'submitit: slurm | local | debug (default: slurm when '
+                      'sbatch is found, else local).')
+  flags.DEFINE_string('partition', None, 'submitit: the Slurm partition.')
+  flags.DEFINE_integer('gpus_per_task', 1, 'submitit: GPUs of each task.')
+  flags.DEFINE_integer('cpus_per_task', None, 'submitit: CPUs of each task.')
+  flags.DEFINE_integer('mem_gb', None, 'submitit: memory of each task (GB).')
+  flags.DEFINE_integer('time_min', 240, 'submitit: time limit of each task, in minutes (a task '
+                       'that reaches it saves, is requeued and resumes).')
+  flags.DEFINE_integer('array_parallelism', 32, 'submitit: tasks of the array running at once.')
+  flags.DEFINE_integer('signal_delay_s', 120, 'submitit: seconds before the time limit that Slurm '
+                       'sends SIGUSR2 (time to save).')
+  flags.DEFINE_string('slurm_args', '', 'submitit: more sbatch options, key=value,key=value '
+                      '(e.g. account=abc,qos=high).')
+  flags.DEFINE_bool('wait', False, 'submitit: wait for every task and report the runs\' states.')
+  flags.mark_flags_as_required(['sweep', 'dir'])
+
 
 SWEEP_FILE = 'sweep.json'
 
@@ -178,6 +209,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
+    if FLAGS.launcher == 'submitit' and not FLAGS.dry_run:
+      from experiments import launch
+      sys.exit(launch.submit_sweep(FLAGS, sys.modules[__name__]))
     i, n = parse_shard(FLAGS.shard)
     states = run_sweep(sweeps.load_sweep(FLAGS.sweep), FLAGS.dir, i, n, FLAGS.dry_run,
                        FLAGS.seeds_in_one_program)
@@ -190,4 +224,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

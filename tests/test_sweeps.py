@@ -242,3 +242,38 @@ def test_rerun_of_a_changed_sweep_refuses_naming_runs_and_keys(tmp_path):
   # only logging and checkpoint frequencies may change between re-runs
   logging_only = Sweep(tiny_config(log_every_steps=5), [product('model.norm', ['batch', 'layer'])])
   assert set(sweep.run_sweep(logging_only, str(tmp_path)).values()) == {'finished'}
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_shards_as_tasks_and_requeues_a_signalled_one(tmp_path):
+  """`--launcher=submitit` with submitit's local executor (real subprocesses, as Slurm would
+  start them): 2 tasks of 2 runs each; SIGUSR2 (Slurm's warning before a preemption or time-out)
+  to the process training a run: it saves, submitit requeues the task, the task resumes it; every
+  run ends finished with the metrics of an uninterrupted sweep."""
+  reference, directory = tmp_path / 'ref', tmp_path / 'sweep'
+  subprocess.run(sweep_cmd(reference), cwd=ROOT, check=True, capture_output=True, timeout=600)
+  proc = subprocess.Popen(
+      sweep_cmd(directory) + ['--launcher=submitit', '--cluster=local', '--num_shards=2',
+                              '--gpus_per_task=0', '--time_min=20', '--wait'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  t0, pid = time.time(), None
+  while pid is None:   # a task is training a run: its checkpoint at step 10 is written
+    assert proc.poll() is None and time.time() - t0 < 300, proc.communicate()
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+      lock = directory / name / 'lock.json'
+      if (directory / name / 'checkpoints' / '10').is_dir() and lock.exists():
+        try:
+          pid = json.loads(lock.read_text())['pid']
+          signalled = name
+        except (ValueError, KeyError, FileNotFoundError):
+          continue
+        break
+    time.sleep(0.05)
+  os.kill(pid, signal.SIGUSR2)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, (out[-2000:], err[-2000:])
+  assert final_metrics(directory) == final_metrics(reference)
+  assert {s for s, _ in final_metrics(directory).values()} == {'finished'}
+  logs = ''.join(p.read_text() for p in (directory / 'submitit').glob('*_log.*'))
+  assert f'run interrupted (SIGUSR2)' in logs and 'Requeued job' in logs, logs[-3000:]
+  assert f'{directory / signalled}: resumed from the checkpoint at step' in logs
