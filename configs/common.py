@@ -11,7 +11,7 @@ from ml_collections import config_dict
 def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m = ml_collections.ConfigDict()
   m.name = name                 # models.MODELS: resnet, resnet_imagenet, lstm, transformer
-  m.norm = norm                 # models.norms.NORMS: batch layer group rms instance none
+  m.norm = norm                 # models.norms.NORMS: batch layer group rms instance dyt none
   m.residual = residual         # False: no skip connections
   m.width = width               # ResNet: first-stage filters; LSTM: hidden size; Transformer: d_model
   m.norm_groups = 8             # group norm: number of groups (capped at the width)
@@ -19,6 +19,11 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.norm_epsilon = 1e-5
   m.bn_scope = 'global'         # batch norm statistics: global | per_device | ghost
   m.bn_ghost_size = 0           # ghost: examples per statistics group
+  m.dyt_alpha = 0.5             # dyt: initial alpha of tanh(alpha * x) (Zhu et al. 2025: 0.5)
+  m.skipinit = False            # a learnable scalar, init 0, on each residual branch: SkipInit
+  #                               (ResNets, De & Smith 2020) / ReZero (Transformers, Bachlechner
+  #                               et al. 2020)
+  m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
   # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's
   # resolved.json records what ran)
@@ -57,6 +62,8 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.optimizer.warmup_steps = 0
   config.optimizer.boundaries = ()      # piecewise: steps at which lr *= decay_factor
   config.optimizer.decay_factor = 0.1
+  config.optimizer.agc = 0.0            # > 0: adaptive gradient clipping at this ratio of unit-wise
+  #                                       weight norm (Brock et al. 2021, NFNets: 0.01 at batch 4096)
 
   config.num_train_steps = steps
   config.log_every_steps = log_every

@@ -54,6 +54,9 @@ def resolve_speed(model_config, backend: str, devices: int) -> dict:
   return {'conv_wgrad': wgrad, 'fusion_barriers': barriers}
 
 
+RESNETS = ('resnet', 'resnet_imagenet')
+
+
 def check_model_names(model_config) -> None:
   """The model and norm names, checked without building anything."""
   if model_config.name not in MODELS:
@@ -66,6 +69,12 @@ def check_model_names(model_config) -> None:
     value = model_config.get(key, 'auto')
     if value not in valid:
       raise ConfigError(f'unknown model.{key} {value!r}; valid: {", ".join(valid)}')
+  if model_config.get('skipinit', False) and not model_config.residual:
+    raise ConfigError('model.skipinit gates residual branches, and residual=False has none '
+                      '(every block would output 0 at init); use residual=True')
+  if model_config.get('weight_std', False) and model_config.name not in RESNETS:
+    raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
+                      f'({", ".join(RESNETS)}); {model_config.name} has none')
   if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
     raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
                       f'{model_config.name} computes in float32')

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms
+from models import residual as residual_lib
 from models.sequence import (
   InputEmbedding,
   check_length,
@@ -156,6 +157,7 @@ class LSTM(nn.Module):
   per_token_outputs: bool = False  # True: a language model (logits at every step)
   vocab_size: int = 0
   max_length: int = 512
+  skipinit: bool = False   # each stacked layer's output times a learnable 0-init scalar
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -167,7 +169,8 @@ class LSTM(nn.Module):
       y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, self.recurrent_bn,
                     self.max_length, self.momentum, self.epsilon, name=f'lstm{layer + 1}')(
           h, mask, norm_mask, train=train)
-      h = h + y if self.residual else y
+      h = h + residual_lib.gated(self, y, self.skipinit, f'lstm{layer + 1}_gain') \
+          if self.residual else y
     if not self.per_token_outputs:
       h = last_valid(h, mask)
     return nn.Dense(self.num_outputs, name='head')(h)
@@ -192,4 +195,5 @@ def build(cfg, dataset, *, devices: int = 1) -> LSTM:
               epsilon=cfg.norm_epsilon,
               norm_uses_mask=cfg.norm_uses_mask,
               per_token_outputs=dataset.task == 'language_model',
-              vocab_size=dataset.vocab_size, max_length=cfg.max_length)
+              vocab_size=dataset.vocab_size, max_length=cfg.max_length,
+              skipinit=cfg.get('skipinit', False))

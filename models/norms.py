@@ -20,6 +20,7 @@ on the layout the model asks for:
     rms       like layer, no mean subtracted (Zhang & Sennrich 2019)
     group     P, groups of C         groups of C per token     groups of C per token
     instance  P per example+feature  valid P per example+feat. refused (sees the future)
+    dyt       no statistics: gamma * tanh(alpha * x) + beta per value (Zhu et al. 2025)
     none      identity
 
 `batch` keeps running averages for eval (per position in the causal layout, as recurrent BN
@@ -269,6 +270,23 @@ class InstanceNorm(nn.Module):
     return _Normalize(tuple(range(1, x.ndim - 1)), self.epsilon, name='in')(x, mask)
 
 
+class DyT(nn.Module):
+  """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025, "Transformers without Normalization"):
+  `gamma * tanh(alpha * x) + beta`, alpha one learnable scalar (init `alpha_init`, 0.5 in the
+  paper), gamma and beta per feature (init 1 and 0). No statistics: the same in train and eval,
+  blind to the batch, the other tokens and the padding."""
+  alpha_init: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    del train, mask
+    features = x.shape[-1]
+    alpha = self.param('alpha', nn.initializers.constant(self.alpha_init), ())
+    gamma = self.param('scale', nn.initializers.ones, (features,))
+    beta = self.param('bias', nn.initializers.zeros, (features,))
+    return (gamma * jnp.tanh(alpha * x.astype(jnp.float32)) + beta).astype(x.dtype)
+
+
 class Identity(nn.Module):
   """No normalization."""
 
@@ -298,6 +316,7 @@ NORMS: dict[str, NormSpec] = {
     'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019', has_shift=False),
     'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', causal_ok=False,
                          erases_position_mean=True),
+    'dyt': NormSpec(DyT, 'Zhu, Chen, He, LeCun & Liu 2025'),
     'none': NormSpec(Identity, '-', has_shift=False),
 }
 
@@ -317,7 +336,8 @@ BN_SCOPES = ('global', 'per_device', 'ghost')
 
 def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: float = 0.9,
               epsilon: float = 1e-5, bn_scope: str = 'global', bn_ghost_size: int = 0,
-              max_positions: int = 512, devices: int = 1) -> Callable[..., nn.Module]:
+              max_positions: int = 512, devices: int = 1,
+              dyt_alpha: float = 0.5) -> Callable[..., nn.Module]:
   """Returns a factory: `factory(name=None) -> nn.Module` with the shared call signature.
 
   layout: `image` (per-example norms pool over H, W, C), `sequence` (per-example norms work
@@ -357,6 +377,7 @@ def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: fl
         'rms': dict(epsilon=epsilon, pool_positions=pool_positions),
         'group': dict(groups=groups, epsilon=epsilon, pool_positions=pool_positions),
         'instance': dict(epsilon=epsilon),
+        'dyt': dict(alpha_init=dyt_alpha),
         'none': {},
     }[name]
   return functools.partial(NORMS[name].module, **kwargs)
@@ -368,4 +389,5 @@ def from_config(cfg, *, layout: str, name: str | None = None, devices: int = 1):
                    momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
                    bn_scope=cfg.get('bn_scope', 'global'),
                    bn_ghost_size=cfg.get('bn_ghost_size', 0),
-                   max_positions=cfg.get('max_length', 512))
+                   max_positions=cfg.get('max_length', 512),
+                   dyt_alpha=cfg.get('dyt_alpha', 0.5))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from errors import ConfigError
 from models import conv as conv_lib
 from models import norms
+from models import residual as residual_lib
 
 # He et al. 2015 ("Delving deep into rectifiers") initialization, as the paper uses.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -74,12 +75,14 @@ class _Block(nn.Module):
   norm: Callable[..., nn.Module]
   conv: Callable[..., nn.Module]
   shortcut: str  # 'A' (CIFAR: pad/subsample) or 'B' (projection where the shape changes)
+  skipinit: bool = False  # the branch times a learnable scalar, init 0 (models/residual.py)
 
   def _finish_block(self, x, y, *, train):
     """`y` is the block's last conv output; applies norm -> (+ skip) -> ReLU."""
     y = self.norm()(y, train=train)
     if not self.residual:  # a plain block: the same path, no skip
       return nn.relu(y)
+    y = residual_lib.gated(self, y, self.skipinit)
     out_filters = y.shape[-1]
     if self.shortcut == 'A':
       skip = _shortcut_a(x, out_filters, self.strides)
@@ -130,11 +133,13 @@ class ResNet(nn.Module):
   fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
   dtype: Any = jnp.float32       # compute dtype of convs and the head (params stay float32)
   wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (models/conv.py)
+  skipinit: bool = False         # SkipInit: each residual branch times a learnable 0-init scalar
+  weight_std: bool = False       # weight-standardized convolutions (`StdConv`)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
-    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes)
+    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes, self.weight_std)
     x = x.astype(self.dtype)
     imagenet = self.stem == 'imagenet'
     stem = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
@@ -147,7 +152,7 @@ class ResNet(nn.Module):
     for stage, size in enumerate(self.stage_sizes):
       for i in range(size):
         x = self.block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
-                       self.residual, self.norm, conv, self.shortcut,
+                       self.residual, self.norm, conv, self.shortcut, self.skipinit,
                        name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x, token) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
@@ -167,12 +172,31 @@ IMAGENET_VARIANTS = {   # depth -> (stage sizes, block), as torchvision
     152: ((3, 8, 36, 3), BottleneckBlock)}
 
 
-def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0) -> Callable[..., Any]:
+class StdConv(nn.Conv):
+  """Weight standardization (Qiao et al. 2019), as big_vision's StdConv for BiT: the kernel used
+  is the stored one standardized per output channel over (height, width, input channels):
+  (w - mean) / sqrt(var + 1e-8). The stored parameter keeps its own scale; gradients flow
+  through the standardization."""
+
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    if name == 'kernel':
+      mean = value.mean(axis=(0, 1, 2), keepdims=True)
+      var = value.var(axis=(0, 1, 2), keepdims=True)
+      value = (value - mean) * jax.lax.rsqrt(var + STD_EPSILON)
+    return value
+
+
+STD_EPSILON = 1e-8
+
+
+def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0,
+          weight_std: bool = False) -> Callable[..., Any]:
   """`conv(features, kernel_size, strides=1, name=None)`: padded (k - 1) // 2 on every side, as
   He et al. and torchvision. (flax's 'SAME' pads a stride-2 conv over an even input 0 before
   and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)"""
   impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
-  base = functools.partial(nn.Conv, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
+  base = functools.partial(StdConv if weight_std else nn.Conv, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
                            conv_general_dilated=impl)
 
   def conv(features, kernel_size, **kwargs):
@@ -209,7 +233,8 @@ def _speed_and_bias(cfg) -> dict:
   adds no shift of its own (none, rms)."""
   return dict(use_bias=not norms.NORMS[cfg.norm].has_shift, dtype=jnp.dtype(cfg.compute_dtype),
               fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
-              wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0)
+              wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0,
+              skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False))
 
 
 def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:

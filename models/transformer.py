@@ -24,6 +24,7 @@ import flax.linen as nn
 
 from errors import ConfigError
 from models import norms
+from models import residual as residual_lib
 from models.sequence import (
   InputEmbedding,
   check_length,
@@ -56,13 +57,16 @@ class Block(nn.Module):
   norm_position: str = 'pre'
   residual: bool = True
   activation: str = 'gelu_tanh'
+  skipinit: bool = False   # ReZero: each branch times a learnable 0-init scalar
 
   def _sublayer(self, x, f, norm_name, *, train, norm_mask):
     norm = self.norm(name=norm_name)
+    gain = f'{norm_name.removeprefix("norm_")}_gain'
     if self.norm_position == 'pre':
       y = f(norm(x, train=train, mask=norm_mask))
-      return x + y if self.residual else y
+      return x + residual_lib.gated(self, y, self.skipinit, gain) if self.residual else y
     y = f(x)
+    y = residual_lib.gated(self, y, self.skipinit and self.residual, gain)
     return norm(x + y if self.residual else y, train=train, mask=norm_mask)
 
   @nn.compact
@@ -88,6 +92,7 @@ class Transformer(nn.Module):
   vocab_size: int = 0
   max_length: int = 512
   activation: str = 'gelu_tanh'
+  skipinit: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -103,7 +108,7 @@ class Transformer(nn.Module):
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
     for layer in range(self.num_layers):
       h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
-                self.activation, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
+                self.activation, self.skipinit, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
     if self.norm_position == 'pre':
       h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
     if not self.causal:
@@ -137,4 +142,5 @@ def build(cfg, dataset, *, devices: int = 1) -> Transformer:
                      norm_position=cfg.norm_position, residual=cfg.residual,
                      norm_uses_mask=cfg.norm_uses_mask, causal=causal,
                      vocab_size=dataset.vocab_size, max_length=cfg.max_length,
+                     skipinit=cfg.get('skipinit', False),
                      activation=activation)

@@ -49,12 +49,15 @@ class Point:
   norm_position: str = 'pre'
   bn_scope: str = 'global'
   variable_length: bool = False
+  skipinit: bool = False      # residual branches gated by a 0-init scalar (SkipInit / ReZero)
+  weight_std: bool = False    # weight-standardized convolutions (ResNets)
 
   @property
   def id(self) -> str:
     scope = f':{self.bn_scope}' if self.norm == 'batch' else ''
     return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
-            f'-{self.norm_position}{"-varlen" if self.variable_length else ""}')
+            f'-{self.norm_position}{"-varlen" if self.variable_length else ""}'
+            f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}')
 
   @property
   def dataset(self) -> Dataset:
@@ -72,6 +75,7 @@ def model_config(p: Point):
   cfg.bn_ghost_size = 4 if p.bn_scope == 'ghost' else 0   # 2 groups in a batch of 8
   cfg.conv_wgrad = 'xla'
   cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
+  cfg.skipinit, cfg.weight_std = p.skipinit, p.weight_std
   return cfg
 
 
@@ -127,6 +131,25 @@ def covering(points: list[Point]) -> list[Point]:
     match = [q for q in members
              if all(getattr(q, k) == v or _ignored(q, k) for k, v in want.items())]
     out.append((match or members)[0])
+  return out
+
+
+# Model options that change the function but not which norms and data fit (the config checks
+# refuse them where they do not apply): each is tried on every point of the covering.
+OPTIONS = ('skipinit', 'weight_std')
+
+
+def variants(points: list[Point]) -> list[Point]:
+  """For each point and each of OPTIONS, the point with the option on, where it builds."""
+  out = []
+  for p in points:
+    for option in OPTIONS:
+      q = dataclasses.replace(p, **{option: True})
+      try:
+        build(q)
+      except ConfigError:
+        continue
+      out.append(q)
   return out
 
 

@@ -22,6 +22,10 @@ from training import experiment, step as step_lib, tasks
 ALLOWED, REFUSED = cs.space()
 FAST = cs.covering(ALLOWED)
 LM_FAST = [p for p in ALLOWED if p.data == 'lm' and p.residual and not p.variable_length]
+# the model options (SkipInit/ReZero, weight standardization) on every covering point; the fast
+# run takes the first of each (model, option)
+VARIANTS = cs.variants(FAST)
+VARIANTS_FAST = list({(p.model, p.skipinit, p.weight_std): p for p in VARIANTS[::-1]}.values())
 
 
 def _split(points, fast):
@@ -48,7 +52,8 @@ def test_the_space_is_large_and_every_refusal_is_one_line():
   assert {p.norm for p in ALLOWED if p.model == 'resnet' and p.data == 'image'} == set(norms.NORMS)
 
 
-@pytest.mark.parametrize('p', _split([p for p in ALLOWED if p.data == 'lm'], LM_FAST))
+@pytest.mark.parametrize('p', _split([p for p in ALLOWED + VARIANTS if p.data == 'lm'],
+                                     LM_FAST + VARIANTS_FAST))
 def test_language_model_never_sees_the_future(p):
   model = cs.build(p)
   x, mask, _ = cs.batch(p, size=8)
@@ -74,7 +79,7 @@ def test_language_model_never_sees_the_future(p):
       assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 0
 
 
-@pytest.mark.parametrize('p', _split(ALLOWED, FAST))
+@pytest.mark.parametrize('p', _split(ALLOWED + VARIANTS, FAST + VARIANTS_FAST))
 def test_outputs_depend_on_inputs_and_a_few_steps_lower_the_loss(p):
   model = cs.build(p)
   x, mask, y = cs.batch(p, seed=0)

@@ -1,5 +1,7 @@
 """Every norm in the registry against an independent numpy computation of its formula."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -147,7 +149,7 @@ def test_masked_batch_norm_running_averages_ignore_padding():
   np.testing.assert_allclose(updates['batch_stats']['bn']['var'], x[mask].var(0), rtol=1e-3)
 
 
-@pytest.mark.parametrize('name', ['layer', 'group', 'rms', 'instance', 'none'])
+@pytest.mark.parametrize('name', [n for n, s in norms.NORMS.items() if not s.running_stats])
 def test_stateless_norms_identical_in_train_and_eval(name):
   x = images()
   train_out, variables, updates = apply(name, x, train=True)
@@ -164,7 +166,15 @@ def test_unknown_norm_lists_valid_names():
 
 
 def test_registry_has_exactly_the_documented_norms():
-  assert set(norms.NORMS) == {'batch', 'layer', 'group', 'rms', 'instance', 'none'}
+  """README's norm table (one row per norm, with its paper) and the registry agree."""
+  import os
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  rows = set(re.findall(r'^\| `(\w+)` \(', readme, flags=re.M))
+  assert rows == set(norms.NORMS)
+  for name, spec in norms.NORMS.items():   # the row cites the paper: first author and year
+    row = re.search(rf'^\| `{name}` \((.*?)\)', readme, flags=re.M).group(1)
+    if spec.paper != '-':
+      assert spec.paper.split()[0].strip(',') in row and spec.paper.split()[-1] in row, name
 
 
 def test_ghost_batch_norm_normalizes_each_group_with_its_own_statistics():
@@ -276,6 +286,8 @@ def _reference(name, layout, x, mask, groups):
     gw = w if w is True else w.reshape(g.shape)
     gaxes = (tuple(range(1, x.ndim - 1)) if per_example else ()) + (g.ndim - 1,)
     return normalize(g, gaxes, gw).reshape(x.shape)
+  if name == 'dyt':   # at init: alpha 0.5, gamma 1, beta 0 (no statistics)
+    return np.tanh(0.5 * x)
   if name == 'none':
     return x
   raise KeyError(f'no float64 reference for norm {name!r}: add one here')

@@ -52,6 +52,8 @@ RANGES = {
     'model.bn_ghost_size': (0, None, True),          # 0: unused
     'model.bn_momentum': (0, 1, True),
     'model.norm_epsilon': (0, None, False),
+    'model.dyt_alpha': (0, None, False),
+    'optimizer.agc': (0, None, True),                # 0: off
     'optimizer.learning_rate': (0, None, True),
     'optimizer.warmup_steps': (0, None, True),
     'optimizer.momentum': (0, 1, True),

@@ -57,7 +57,14 @@ def decay_mask(params, decay_on: str = 'kernels'):
 
 
 def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer `cfg` names (names checked by `check_config`)."""
+  """The optimizer `cfg` names (names checked by `check_config`), after adaptive gradient
+  clipping (`agc` > 0: optax.adaptive_grad_clip, Brock et al. 2021) of the raw gradient."""
+  tx = _base_optimizer(cfg, schedule)
+  agc = cfg.get('agc', 0.0)
+  return optax.chain(optax.adaptive_grad_clip(agc), tx) if agc else tx
+
+
+def _base_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   mask = functools.partial(decay_mask, decay_on=cfg.get('weight_decay_on', 'kernels'))
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
     return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)

@@ -45,7 +45,9 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # the same function, up to rounding.)
 LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
               'model.fusion_barriers': 'auto',
-              'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh'}
+              'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh',
+              'model.dyt_alpha': 0.5, 'model.skipinit': False, 'model.weight_std': False,
+              'optimizer.agc': 0.0}
 
 
 def with_later_keys(d: dict, only: set | None = None) -> dict:

@@ -15,7 +15,7 @@ from configs import default, resnet_cifar10
 from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
 
-NORMS = ['batch', 'layer', 'group', 'rms', 'instance', 'none']
+NORMS = list(norms.NORMS)   # every norm in the registry
 BATCH_SIZES = [1, 2, 8, 32, 128]
 
 

@@ -1,0 +1,158 @@
+"""The normalizers beyond the first six, each against an independent computation of its paper's
+formula (numpy), and the property its paper states at initialization:
+
+- DyT (Zhu et al. 2025): gamma * tanh(alpha * x) + beta;
+- weight standardization (Qiao et al. 2019): the kernel used is standardized per output channel;
+- SkipInit / ReZero (De & Smith 2020; Bachlechner et al. 2020): at init a residual net's output
+  does not depend on anything inside its residual branches (it is its skip paths, stem and head);
+- adaptive gradient clipping (Brock et al. 2021): each unit's gradient norm at most
+  clip x max(its weight norm, 1e-3).
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax import lax
+
+import config_space as cs
+import models
+from models import norms, resnet
+from training import optim
+
+
+@pytest.mark.parametrize('layout', norms.LAYOUTS)
+def test_dyt_is_gamma_tanh_alpha_x_plus_beta(layout):
+  rng = np.random.default_rng(0)
+  shape = (4, 5, 5, 6) if layout == 'image' else (4, 7, 6)
+  x = (3 * rng.normal(size=shape)).astype(np.float32)
+  module = norms.make_norm('dyt', layout=layout, dyt_alpha=0.8)()
+  variables = module.init(jax.random.key(0), x, train=False)
+  assert float(variables['params']['alpha']) == np.float32(0.8)   # the configured init
+  params = {'alpha': np.float32(1.3), 'scale': rng.normal(size=6).astype(np.float32),
+            'bias': rng.normal(size=6).astype(np.float32)}
+  want = params['scale'] * np.tanh(1.3 * x.astype(np.float64)) + params['bias']
+  mask = np.ones(shape[:-1], bool)
+  mask[:, -2:] = False
+  for train in (True, False):
+    out = module.apply({'params': params}, x, train=train, mask=mask)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_standardized_conv_uses_the_standardized_kernel():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  conv = resnet._conv(use_bias=False, weight_std=True)(5, (3, 3), strides=2)
+  params = conv.init(jax.random.key(0), x)['params']
+  w = 0.3 + 2 * rng.normal(size=(3, 3, 3, 5))   # a mean and a scale the standardization removes
+  w64 = (w - w.mean(axis=(0, 1, 2))) / np.sqrt(w.var(axis=(0, 1, 2)) + resnet.STD_EPSILON)
+  want = lax.conv_general_dilated(x.astype(np.float64), w64, (2, 2), ((1, 1), (1, 1)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out = conv.apply({'params': {**params, 'kernel': w.astype(np.float32)}}, x)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-4, atol=1e-4)
+  # the stored kernel's own scale and mean no longer matter
+  out2 = conv.apply({'params': {'kernel': (5 * w - 1).astype(np.float32)}}, x)
+  np.testing.assert_allclose(np.asarray(out2), np.asarray(out), rtol=1e-4, atol=1e-4)
+
+
+# Where each family's residual branches live (parameter paths): a family added to the model
+# registry without an entry here fails test_every_family_declares_its_branches.
+BRANCHES = {
+    'resnet': r'^stage\d+_block\d+/(?!proj_|skip_gain)',
+    'resnet_imagenet': r'^stage\d+_block\d+/(?!proj_|skip_gain)',
+    'transformer': r'^block\d+/(attention|mlp)/',
+    'lstm': r'^lstm\d+/',
+}
+
+
+def test_every_family_declares_its_branches():
+  assert set(BRANCHES) == set(models.MODELS)
+
+
+def _residual_points():
+  """Every covering point with SkipInit; the fast run takes one per model family."""
+  points = [p for p in cs.variants(cs.covering(cs.space()[0])) if p.skipinit]
+  fast = {p.model: p for p in points[::-1]}.values()
+  return [pytest.param(p, id=p.id, marks=() if p in fast else pytest.mark.slow) for p in points]
+
+
+@pytest.mark.parametrize('p', _residual_points())
+def test_skipinit_net_at_init_ignores_everything_inside_its_branches(p):
+  """Replacing every parameter inside the residual branches (with other random values) leaves
+  the outputs unchanged, in train and eval mode; the same change moves a net without SkipInit.
+  The gains themselves get a gradient (the branches can switch on)."""
+  model = cs.build(p)
+  x, mask, y = cs.batch(p)
+  variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+  flat = {'/'.join(k.key for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(variables['params'])}
+  branch = [k for k in flat if re.search(BRANCHES[p.model], k)]
+  gains = [k for k in flat if k.endswith('_gain')]
+  assert branch and gains, sorted(flat)
+  rng = np.random.default_rng(3)
+
+  def perturbed(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: (v + rng.normal(size=v.shape).astype(v.dtype)
+                         if '/'.join(k.key for k in path) in branch else v), params)
+
+  def out(params, train, model=model, other=variables):
+    return np.asarray(model.apply({**other, 'params': params}, x, train=train, mask=mask,
+                                  mutable=['batch_stats'])[0])
+  for train in (True, False):
+    np.testing.assert_array_equal(out(perturbed(variables['params']), train),
+                                  out(variables['params'], train))
+  plain_model = cs.build(cs.dataclasses.replace(p, skipinit=False))
+  plain = plain_model.init(jax.random.key(0), x, train=False, mask=mask)
+  assert not np.allclose(out(perturbed(plain['params']), True, plain_model, plain),
+                         out(plain['params'], True, plain_model, plain))
+  from training import tasks
+  task = tasks.get_task(p.dataset.task)
+  batch = {'inputs': x, 'targets': y, **({'mask': mask} if mask is not None else {})}
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True, mask=mask,
+                            mutable=['batch_stats'])
+    return task(logits, batch)[0]
+  grads = jax.grad(loss)(variables['params'])
+  flat_grads = {'/'.join(k.key for k in path): v
+                for path, v in jax.tree_util.tree_leaves_with_path(grads)}
+  assert max(abs(float(flat_grads[k])) for k in gains) > 0
+
+
+def test_adaptive_gradient_clipping_clips_each_unit_to_its_ratio_of_the_weight_norm():
+  rng = np.random.default_rng(2)
+  params = {'dense': {'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+                      'bias': np.zeros(3, np.float32)},
+            'conv': {'kernel': 0.01 * rng.normal(size=(3, 3, 2, 5)).astype(np.float32)}}
+  grads = jax.tree.map(lambda v: (10 * rng.normal(size=v.shape)).astype(np.float32), params)
+  cfg = ml_collections.ConfigDict(dict(name='sgd', learning_rate=1.0, momentum=0.0,
+                                       nesterov=False, weight_decay=0.0, agc=0.05))
+  tx = optim.make_optimizer(cfg, optim.make_schedule(
+      ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=0, schedule='constant')),
+      10))
+  updates, _ = tx.update(grads, tx.init(params), params)
+
+  def unit_norm(v):   # per output unit: all axes but the last; a vector is one unit (NFNets)
+    v = np.asarray(v, np.float64)
+    axes = None if v.ndim <= 1 else tuple(range(v.ndim - 1))
+    return np.sqrt((v ** 2).sum(axis=axes, keepdims=v.ndim > 1))
+  for path in (('dense', 'kernel'), ('dense', 'bias'), ('conv', 'kernel')):
+    g, w = grads[path[0]][path[1]], params[path[0]][path[1]]
+    limit = 0.05 * np.maximum(unit_norm(w), 1e-3)
+    want = np.where(unit_norm(g) > limit, g * limit / np.maximum(unit_norm(g), 1e-6), g)
+    np.testing.assert_allclose(-np.asarray(updates[path[0]][path[1]]), want, rtol=1e-5,
+                               atol=1e-7)
+  assert not np.allclose(-np.asarray(updates['conv']['kernel']), grads['conv']['kernel'])
+
+
+def test_options_that_do_not_apply_are_refused_with_the_reason():
+  from errors import ConfigError
+  p = cs.Point('resnet', 'image', 'batch', residual=False, skipinit=True)
+  with pytest.raises(ConfigError, match='residual=False has none'):
+    cs.build(p)
+  with pytest.raises(ConfigError, match='ResNets only'):
+    cs.build(cs.Point('transformer', 'lm', 'layer', weight_std=True))
