@@ -14,6 +14,7 @@ import numpy as np
 from configs import default, resnet_cifar10
 from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
+from models import norms
 
 NORMS = list(norms.NORMS)   # every norm in the registry
 BATCH_SIZES = [1, 2, 8, 32, 128]
