@@ -23,6 +23,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.skipinit = False            # a learnable scalar, init 0, on each residual branch: SkipInit
   #                               (ResNets, De & Smith 2020) / ReZero (Transformers, Bachlechner
   #                               et al. 2020)
+  m.qk_norm = False             # Transformers: LayerNorm on queries and keys per head (QK-norm;
+  #                               flax MultiHeadDotProductAttention(normalize_qk=True))
   m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
   # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's

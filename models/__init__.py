@@ -75,6 +75,9 @@ def check_model_names(model_config) -> None:
   if model_config.get('weight_std', False) and model_config.name not in RESNETS:
     raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
                       f'({", ".join(RESNETS)}); {model_config.name} has none')
+  if model_config.get('qk_norm', False) and model_config.name != 'transformer':
+    raise ConfigError(f'model.qk_norm normalizes attention queries and keys: the transformer '
+                      f'only; {model_config.name} has no attention')
   if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
     raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
                       f'{model_config.name} computes in float32')

@@ -58,6 +58,7 @@ class Block(nn.Module):
   residual: bool = True
   activation: str = 'gelu_tanh'
   skipinit: bool = False   # ReZero: each branch times a learnable 0-init scalar
+  qk_norm: bool = False    # flax's normalize_qk: LayerNorm on each head's queries and keys
 
   def _sublayer(self, x, f, norm_name, *, train, norm_mask):
     norm = self.norm(name=norm_name)
@@ -71,7 +72,8 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, attn_mask, norm_mask, *, train: bool):
-    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name='attention')
+    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
+                                                normalize_qk=self.qk_norm, name='attention')
     x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
                        train=train, norm_mask=norm_mask)
     mlp = MLP(self.mlp_dim, self.activation, name='mlp')
@@ -93,6 +95,7 @@ class Transformer(nn.Module):
   max_length: int = 512
   activation: str = 'gelu_tanh'
   skipinit: bool = False
+  qk_norm: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -108,7 +111,8 @@ class Transformer(nn.Module):
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
     for layer in range(self.num_layers):
       h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
-                self.activation, self.skipinit, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
+                self.activation, self.skipinit, self.qk_norm, name=f'block{layer + 1}')(
+          h, attn_mask, norm_mask, train=train)
     if self.norm_position == 'pre':
       h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
     if not self.causal:
@@ -142,5 +146,5 @@ def build(cfg, dataset, *, devices: int = 1) -> Transformer:
                      norm_position=cfg.norm_position, residual=cfg.residual,
                      norm_uses_mask=cfg.norm_uses_mask, causal=causal,
                      vocab_size=dataset.vocab_size, max_length=cfg.max_length,
-                     skipinit=cfg.get('skipinit', False),
+                     skipinit=cfg.get('skipinit', False), qk_norm=cfg.get('qk_norm', False),
                      activation=activation)

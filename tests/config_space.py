@@ -51,13 +51,15 @@ class Point:
   variable_length: bool = False
   skipinit: bool = False      # residual branches gated by a 0-init scalar (SkipInit / ReZero)
   weight_std: bool = False    # weight-standardized convolutions (ResNets)
+  qk_norm: bool = False       # LayerNorm on attention queries and keys (Transformers)
 
   @property
   def id(self) -> str:
     scope = f':{self.bn_scope}' if self.norm == 'batch' else ''
     return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
             f'-{self.norm_position}{"-varlen" if self.variable_length else ""}'
-            f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}')
+            f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}'
+            f'{"-qknorm" if self.qk_norm else ""}')
 
   @property
   def dataset(self) -> Dataset:
@@ -75,7 +77,7 @@ def model_config(p: Point):
   cfg.bn_ghost_size = 4 if p.bn_scope == 'ghost' else 0   # 2 groups in a batch of 8
   cfg.conv_wgrad = 'xla'
   cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
-  cfg.skipinit, cfg.weight_std = p.skipinit, p.weight_std
+  cfg.skipinit, cfg.weight_std, cfg.qk_norm = p.skipinit, p.weight_std, p.qk_norm
   return cfg
 
 
@@ -136,7 +138,7 @@ def covering(points: list[Point]) -> list[Point]:
 
 # Model options that change the function but not which norms and data fit (the config checks
 # refuse them where they do not apply): each is tried on every point of the covering.
-OPTIONS = ('skipinit', 'weight_std')
+OPTIONS = ('skipinit', 'weight_std', 'qk_norm')
 
 
 def variants(points: list[Point]) -> list[Point]:

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from models import norms
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.depth=8', '--config.model.width=8', '--config.data.batch_size=32',
         '--config.num_train_steps=4', '--config.log_every_steps=2', '--config.eval_every_steps=2',
@@ -33,7 +35,7 @@ def tree_hashes(path):
 
 
 @pytest.mark.parametrize('override,expected', [
-    ('--config.model.norm=batchnorm', 'batch, layer, group, rms, instance, none'),
+    ('--config.model.norm=batchnorm', ', '.join(norms.NORMS)),   # every registered norm
     ('--config.model.name=vgg', 'resnet, resnet_imagenet'),
     ('--config.data.name=imagenet', 'digits, digits_rows, mnist1d, tiny_text'),
     ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),

@@ -22,10 +22,11 @@ from training import experiment, step as step_lib, tasks
 ALLOWED, REFUSED = cs.space()
 FAST = cs.covering(ALLOWED)
 LM_FAST = [p for p in ALLOWED if p.data == 'lm' and p.residual and not p.variable_length]
-# the model options (SkipInit/ReZero, weight standardization) on every covering point; the fast
-# run takes the first of each (model, option)
+# the model options (SkipInit/ReZero, weight standardization, QK-norm) on every covering point;
+# the fast run takes the first point of each option
 VARIANTS = cs.variants(FAST)
-VARIANTS_FAST = list({(p.model, p.skipinit, p.weight_std): p for p in VARIANTS[::-1]}.values())
+VARIANTS_FAST = list({tuple(getattr(p, o) for o in cs.OPTIONS): p
+                      for p in VARIANTS[::-1]}.values())
 
 
 def _split(points, fast):

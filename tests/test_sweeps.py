@@ -275,5 +275,5 @@ def test_submitit_launcher_runs_shards_as_tasks_and_requeues_a_signalled_one(tmp
   assert final_metrics(directory) == final_metrics(reference)
   assert {s for s, _ in final_metrics(directory).values()} == {'finished'}
   logs = ''.join(p.read_text() for p in (directory / 'submitit').glob('*_log.*'))
-  assert f'run interrupted (SIGUSR2)' in logs and 'Requeued job' in logs, logs[-3000:]
+  assert 'run interrupted (SIGUSR2)' in logs and 'Requeued job' in logs, logs[-3000:]
   assert f'{directory / signalled}: resumed from the checkpoint at step' in logs

@@ -46,7 +46,7 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
               'model.fusion_barriers': 'auto',
               'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh',
-              'model.dyt_alpha': 0.5, 'model.skipinit': False, 'model.weight_std': False,
+              'model.dyt_alpha': 0.5, 'model.skipinit': False, 'model.weight_std': False, 'model.qk_norm': False,
               'optimizer.agc': 0.0}
 
 
