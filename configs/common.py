@@ -11,7 +11,7 @@ from ml_collections import config_dict
 def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m = ml_collections.ConfigDict()
   m.name = name                 # models.MODELS: resnet, resnet_imagenet, lstm, transformer
-  m.norm = norm                 # models.norms.NORMS: batch layer group rms instance dyt none
+  m.norm = norm                 # models.norms.NORMS: batch batch_renorm layer group rms instance dyt none
   m.residual = residual         # False: no skip connections
   m.width = width               # ResNet: first-stage filters; LSTM: hidden size; Transformer: d_model
   m.norm_groups = 8             # group norm: number of groups (capped at the width)
@@ -19,6 +19,10 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.norm_epsilon = 1e-5
   m.bn_scope = 'global'         # batch norm statistics: global | per_device | ghost
   m.bn_ghost_size = 0           # ghost: examples per statistics group
+  m.renorm_rmax = 3.0           # batch_renorm (Ioffe 2017): limits of r and d, reached after
+  m.renorm_dmax = 5.0           # ... renorm_start steps of plain BatchNorm and a linear ramp of
+  m.renorm_start = 5000         # ... renorm_ramp steps (the paper: 5k, then to 40k / 25k)
+  m.renorm_ramp = 35000
   m.dyt_alpha = 0.5             # dyt: initial alpha of tanh(alpha * x) (Zhu et al. 2025: 0.5)
   m.skipinit = False            # a learnable scalar, init 0, on each residual branch: SkipInit
   #                               (ResNets, De & Smith 2020) / ReZero (Transformers, Bachlechner

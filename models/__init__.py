@@ -87,7 +87,8 @@ def depends_on_devices(model_config) -> bool:
   """Whether the function the model computes in training depends on how many devices the batch
   is split over (per-device BatchNorm: one statistics group per device). Such a run resumes
   only on as many devices as it started on."""
-  return model_config.norm == 'batch' and model_config.get('bn_scope') == 'per_device'
+  return (norms.NORMS[model_config.norm].running_stats
+          and model_config.get('bn_scope') == 'per_device')
 
 
 def build_model(model_config, dataset, *, devices: int = 1) -> nn.Module:

@@ -182,6 +182,11 @@ def build(cfg, dataset, *, devices: int = 1) -> LSTM:
     raise ConfigError(f'norm {cfg.norm} does not fit an LSTM (statistics over a whole sequence '
                       'inside a recurrence); valid norms for lstm: '
                       + ', '.join(norms.causal_norms()))
+  if not norms.NORMS[cfg.norm].recurrent:
+    raise ConfigError(f'norm {cfg.norm} is not implemented inside the LSTM\'s recurrence (its '
+                      'recurrent BatchNorm is plain BatchNorm); valid norms for lstm: '
+                      + ', '.join(n for n, s in norms.NORMS.items()
+                                  if s.causal_ok and s.recurrent))
   # No statistic pools over time, in the classifier as in the LM: every step sees only the past.
   # A norm with running statistics is recurrent BN (Cooijmans et al.): per-step statistics on
   # the input and recurrent projections, so the cell itself is left unnormalized.

@@ -115,6 +115,24 @@ class _Normalize(nn.Module):
     return y.astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Renorm:
+  """Batch Renormalization's corrections (Ioffe 2017): in train mode the batch-normalized value
+  becomes x_hat * r + d with r = clip(sigma_B / sigma, 1/r_max, r_max) and
+  d = clip((mu_B - mu) / sigma, -d_max, d_max) (sigma, mu: the running averages; r and d carry
+  no gradient). The limits start at r_max = 1, d_max = 0 (plain BatchNorm) for `start` steps,
+  then grow linearly to `r_max`, `d_max` over `ramp` steps (the paper: 1 -> 3 and 0 -> 5,
+  relaxed from step 5k to 40k and 25k)."""
+  r_max: float = 3.0
+  d_max: float = 5.0
+  start: int = 5000
+  ramp: int = 35000
+
+  def limits(self, step):
+    t = jnp.clip((step - self.start) / max(self.ramp, 1), 0.0, 1.0)
+    return 1.0 + (self.r_max - 1.0) * t, self.d_max * t
+
+
 class _BatchNorm(nn.Module):
   """The arithmetic of `BatchNorm` (its parameters and running averages, named as flax's)."""
   momentum: float
@@ -122,6 +140,7 @@ class _BatchNorm(nn.Module):
   groups: int
   per_position: bool
   max_positions: int
+  renorm: Renorm | None = None   # Batch Renormalization's r/d corrections
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -131,6 +150,8 @@ class _BatchNorm(nn.Module):
     stat_shape = (self.max_positions, c) if self.per_position else (c,)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, stat_shape, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, stat_shape, jnp.float32)
+    if self.renorm is not None:   # train steps taken: where Renorm's limits stand
+      steps = self.variable('batch_stats', 'steps', jnp.zeros, (), jnp.int32)
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     # the rows of the running averages that apply here: one per position, or the one row
@@ -151,7 +172,17 @@ class _BatchNorm(nn.Module):
     # over the group's examples (axis 1) and, unless per position, all its positions
     axes = (1,) if self.per_position else tuple(range(1, g.ndim - 1))
     shift, mean, var, count = moments(g, w, axes)
-    y = ((g - shift - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    y = (g - shift - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.renorm is not None:   # against the running averages as they were before this step
+      r_max, d_max = self.renorm.limits(steps.value)
+      sigma = jnp.sqrt(ra_var.value[rows] + self.epsilon)
+      r = jax.lax.stop_gradient(jnp.clip(jnp.sqrt(var + self.epsilon) / sigma, 1 / r_max, r_max))
+      d = jax.lax.stop_gradient(jnp.clip((shift + mean - ra_mean.value[rows]) / sigma,
+                                         -d_max, d_max))
+      y = y * r + d
+      if not self.is_initializing():
+        steps.value = steps.value + 1
+    y = y.reshape(x.shape)
     if not self.is_initializing():
       # the groups' statistics pooled, each weighted by its number of valid positions
       shape = ra_mean.value[rows].shape
@@ -189,6 +220,7 @@ class BatchNorm(nn.Module):
   group_size: int = 0    # or examples per group (ghost batch norm); 0: unused
   per_position: bool = False
   max_positions: int = 512
+  renorm: Renorm | None = None   # BatchRenorm: Batch Renormalization (Ioffe 2017)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -199,7 +231,15 @@ class BatchNorm(nn.Module):
                         f'batch size divisible by {self.group_size}; got {x.shape[0]}')
     groups = (x.shape[0] // self.group_size if self.group_size else self.groups) if train else 1
     return _BatchNorm(self.momentum, self.epsilon, max(groups, 1), self.per_position,
-                      self.max_positions, name='bn')(x, train=train, mask=mask)
+                      self.max_positions, self.renorm, name='bn')(x, train=train, mask=mask)
+
+
+class BatchRenorm(BatchNorm):
+  """BatchNorm whose train-mode output is corrected towards the running averages (`Renorm`),
+  so that train and eval mode compute nearly the same function and small or non-i.i.d.
+  batches hurt less (Ioffe 2017). Everything else (scopes, masks, per-position statistics,
+  running averages) is BatchNorm's."""
+  renorm: Renorm | None = Renorm()
 
 
 def _axes(x, pool_positions: bool) -> tuple[int, ...]:
@@ -307,6 +347,8 @@ class NormSpec:
   causal_ok: bool = True        # can be made causal (an LM's position t sees no t' > t)
   erases_position_mean: bool = False  # its output, per example and feature, has a fixed mean
   #                               over the positions it pools: mean-pooling it loses the input
+  recurrent: bool = True        # the LSTM implements it inside its recurrence (running_stats:
+  #                               as recurrent BN, Cooijmans et al. 2016)
 
 
 NORMS: dict[str, NormSpec] = {
@@ -316,9 +358,32 @@ NORMS: dict[str, NormSpec] = {
     'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019', has_shift=False),
     'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', causal_ok=False,
                          erases_position_mean=True),
+    'batch_renorm': NormSpec(BatchRenorm, 'Ioffe 2017', running_stats=True,
+                             recurrent=False),
     'dyt': NormSpec(DyT, 'Zhu, Chen, He, LeCun & Liu 2025'),
     'none': NormSpec(Identity, '-', has_shift=False),
 }
+
+
+# A plain net (no skips) whose signal shrinks by more than this at init outputs what float32
+# cannot tell apart from a constant: its classifier ignores its input.
+MIN_PLAIN_GAIN = 1e-3
+
+
+def check_plain_gain(cfg, layers: int) -> None:
+  """DyT passes a small signal times alpha (tanh(a x) ~ a x): in a plain net with `layers` norms
+  in a row the input reaches the head scaled by alpha ** layers at init (the convs and dense
+  layers keep its scale). Refused when that is below MIN_PLAIN_GAIN, with the alpha that
+  would do."""
+  if cfg.norm != 'dyt' or cfg.residual:
+    return
+  alpha = cfg.get('dyt_alpha', 0.5)
+  if alpha ** layers < MIN_PLAIN_GAIN:
+    need = MIN_PLAIN_GAIN ** (1 / layers)
+    raise ConfigError(f'dyt in a plain net with {layers} norms in a row scales the input by '
+                      f'dyt_alpha ** {layers} = {alpha ** layers:.1e} at init: the outputs do '
+                      f'not depend on the input to float32 precision; use model.dyt_alpha >= '
+                      f'{need:.2f}, residual=True or fewer layers')
 
 
 def check_norm_name(name: str) -> None:
@@ -337,7 +402,7 @@ BN_SCOPES = ('global', 'per_device', 'ghost')
 def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: float = 0.9,
               epsilon: float = 1e-5, bn_scope: str = 'global', bn_ghost_size: int = 0,
               max_positions: int = 512, devices: int = 1,
-              dyt_alpha: float = 0.5) -> Callable[..., nn.Module]:
+              dyt_alpha: float = 0.5, renorm: Renorm = Renorm()) -> Callable[..., nn.Module]:
   """Returns a factory: `factory(name=None) -> nn.Module` with the shared call signature.
 
   layout: `image` (per-example norms pool over H, W, C), `sequence` (per-example norms work
@@ -358,15 +423,18 @@ def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: fl
     raise ConfigError(f'unknown bn_scope {bn_scope!r}; valid: {", ".join(BN_SCOPES)}')
   if bn_scope == 'ghost' and bn_ghost_size < 1:
     raise ConfigError(f'bn_scope ghost needs bn_ghost_size >= 1; got {bn_ghost_size}')
-  if name == 'batch' and layout == 'causal' and bn_scope == 'ghost' and bn_ghost_size < MIN_POOLED:
+  if (NORMS[name].running_stats and layout == 'causal' and bn_scope == 'ghost'
+      and bn_ghost_size < MIN_POOLED):
     raise ConfigError(f'ghost batch norm in a language model pools {bn_ghost_size} values per '
                       f'position and feature, and normalizing fewer than {MIN_POOLED} outputs a '
                       f'constant (1) or a sign (2) whatever the input; use bn_ghost_size >= '
                       f'{MIN_POOLED}')
   pool_positions = layout == 'image'
-  if name == 'batch':
+  if NORMS[name].running_stats:   # batch, batch_renorm
     kwargs = dict(momentum=momentum, epsilon=epsilon, per_position=layout == 'causal',
                   max_positions=max_positions)
+    if name == 'batch_renorm':
+      kwargs['renorm'] = renorm
     if bn_scope == 'per_device':
       kwargs['groups'] = devices
     elif bn_scope == 'ghost':
@@ -390,4 +458,6 @@ def from_config(cfg, *, layout: str, name: str | None = None, devices: int = 1):
                    bn_scope=cfg.get('bn_scope', 'global'),
                    bn_ghost_size=cfg.get('bn_ghost_size', 0),
                    max_positions=cfg.get('max_length', 512),
-                   dyt_alpha=cfg.get('dyt_alpha', 0.5))
+                   dyt_alpha=cfg.get('dyt_alpha', 0.5),
+                   renorm=Renorm(cfg.get('renorm_rmax', 3.0), cfg.get('renorm_dmax', 5.0),
+                                 cfg.get('renorm_start', 5000), cfg.get('renorm_ramp', 35000)))

@@ -242,6 +242,7 @@ def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:
   if cfg.depth < 8 or (cfg.depth - 2) % 6:
     raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
                       f'got {cfg.depth}')
+  norms.check_plain_gain(cfg, cfg.depth - 1)   # the stem's norm and two per block
   return CifarResNet(cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
                      residual=cfg.residual, norm=_norm_from_config(cfg, devices),
                      **_speed_and_bias(cfg))
@@ -253,6 +254,7 @@ def build_imagenet(cfg, dataset, *, devices: int = 1) -> ResNet:
     raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_VARIANTS)}; '
                       f'got {cfg.depth}')
   stages, block = IMAGENET_VARIANTS[cfg.depth]
+  norms.check_plain_gain(cfg, 1 + sum(stages) * (2 if block is BasicBlock else 3))
   return ImageNetResNet(stage_sizes=stages, block=block, num_classes=dataset.num_classes,
                         width=cfg.width, residual=cfg.residual,
                         norm=_norm_from_config(cfg, devices), **_speed_and_bias(cfg))

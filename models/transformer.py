@@ -138,6 +138,7 @@ def build(cfg, dataset, *, devices: int = 1) -> Transformer:
     raise ConfigError(f'unknown model.activation {activation!r}; valid: {", ".join(ACTIVATIONS)}')
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
+  norms.check_plain_gain(cfg, 2 * cfg.num_layers + (cfg.norm_position == 'pre'))
   # a language model's norms never pool over time (make_norm refuses those that must)
   norm = norms.from_config(cfg, layout='causal' if causal else 'sequence', devices=devices)
   return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,

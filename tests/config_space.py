@@ -55,7 +55,7 @@ class Point:
 
   @property
   def id(self) -> str:
-    scope = f':{self.bn_scope}' if self.norm == 'batch' else ''
+    scope = f':{self.bn_scope}' if norms.NORMS[self.norm].running_stats else ''
     return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
             f'-{self.norm_position}{"-varlen" if self.variable_length else ""}'
             f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}'

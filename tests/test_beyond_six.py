@@ -12,6 +12,7 @@ formula (numpy), and the property its paper states at initialization:
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ import config_space as cs
 import models
 from models import norms, resnet
 from training import optim
+
+EPS = 1e-5
 
 
 @pytest.mark.parametrize('layout', norms.LAYOUTS)
@@ -174,3 +177,87 @@ def test_options_that_do_not_apply_are_refused_with_the_reason():
     cs.build(cs.Point('transformer', 'lm', 'layer', weight_std=True))
   with pytest.raises(ConfigError, match='the transformer only'):
     cs.build(cs.Point('lstm', 'lm', 'layer', qk_norm=True))
+
+
+@pytest.mark.parametrize('layout', ['image', 'sequence'])
+def test_batch_renorm_is_batch_norm_corrected_by_clipped_r_and_d(layout):
+  """Ioffe 2017, Algorithm 1, in float64 numpy: x_hat * r + d with r = clip(sigma_B / sigma,
+  1/r_max, r_max), d = clip((mu_B - mu) / sigma, -d_max, d_max) against the running averages
+  before the step; plain BatchNorm before `start`; halfway up the ramp, half the limits; r and
+  d carry no gradient; the running averages update as BatchNorm's."""
+  rng = np.random.default_rng(4)
+  shape = (6, 3, 3, 4) if layout == 'image' else (6, 5, 4)
+  x = rng.normal(2.0, 3.0, shape).astype(np.float32)
+  mask = None if layout == 'image' else np.arange(5)[None] < np.array([5, 2, 4, 5, 3, 1])[:, None]
+  renorm = norms.Renorm(r_max=3.0, d_max=5.0, start=10, ramp=20)
+  module = norms.make_norm('batch_renorm', layout=layout, momentum=0.5, epsilon=EPS,
+                           renorm=renorm)()
+  plain = norms.make_norm('batch', layout=layout, momentum=0.5, epsilon=EPS)()
+  assert 'steps' in module.init(jax.random.key(0), x, train=False)['batch_stats']['bn']
+  ra_mean = rng.normal(size=4).astype(np.float32)
+  ra_var = np.array([0.1, 1.0, 9.0, 400.0], np.float32)   # r and d clipped for some features
+  params = {'bn': {'scale': rng.normal(size=4).astype(np.float32),
+                   'bias': rng.normal(size=4).astype(np.float32)}}
+  w = np.ones(shape[:-1], bool) if mask is None else mask
+  xs = x.astype(np.float64)[w]                         # valid positions, (n, features)
+  mu_b, var_b = xs.mean(0), xs.var(0)
+  for steps, (r_max, d_max) in ((0, (1.0, 0.0)), (20, (2.0, 2.5)), (1000, (3.0, 5.0))):
+    stats = {'bn': {'mean': jnp.asarray(ra_mean), 'var': jnp.asarray(ra_var),
+                    'steps': jnp.int32(steps)}}
+    out, updates = module.apply({'params': params, 'batch_stats': stats}, x, train=True,
+                                mask=mask, mutable=['batch_stats'])
+    sigma = np.sqrt(ra_var.astype(np.float64) + EPS)
+    r = np.clip(np.sqrt(var_b + EPS) / sigma, 1 / r_max, r_max)
+    d = np.clip((mu_b - ra_mean) / sigma, -d_max, d_max)
+    want = ((x - mu_b) / np.sqrt(var_b + EPS) * r + d) * params['bn']['scale'] + \
+        params['bn']['bias']
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=1e-4, atol=1e-4)
+    assert int(updates['batch_stats']['bn']['steps']) == steps + 1
+    np.testing.assert_allclose(updates['batch_stats']['bn']['mean'],
+                               0.5 * ra_mean + 0.5 * mu_b, rtol=1e-5, atol=1e-5)
+  # r and d are constants for the gradient: the gradient is BatchNorm's with the upstream
+  # gradient scaled by r
+  g = rng.normal(size=shape).astype(np.float32)
+  stats = {'bn': {'mean': jnp.asarray(ra_mean), 'var': jnp.asarray(ra_var),
+                  'steps': jnp.int32(1000)}}
+
+  def loss(m, v, inputs, upstream):
+    out, _ = m.apply(v, inputs, train=True, mask=mask, mutable=['batch_stats'])
+    return (out * upstream).sum()
+  grad = jax.grad(loss, argnums=2)(module, {'params': params, 'batch_stats': stats}, x, g)
+  plain_vars = plain.init(jax.random.key(0), x, train=False)
+  plain_vars = {'params': params, 'batch_stats': plain_vars['batch_stats']}
+  sigma = np.sqrt(ra_var + EPS)
+  r = np.clip(np.sqrt(var_b + EPS) / sigma, 1 / 3.0, 3.0).astype(np.float32)
+  want = jax.grad(loss, argnums=2)(plain, plain_vars, x, g * r)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-4, atol=1e-5)
+  # eval mode: the running averages, as BatchNorm
+  out = module.apply({'params': params, 'batch_stats': stats}, x, train=False)
+  want = (x - ra_mean) / np.sqrt(ra_var + EPS) * params['bn']['scale'] + params['bn']['bias']
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_lstm_refuses_batch_renorm_it_does_not_implement_in_its_recurrence():
+  from errors import ConfigError
+  with pytest.raises(ConfigError, match='not implemented inside the LSTM'):
+    cs.build(cs.Point('lstm', 'sequence', 'batch_renorm'))
+
+
+def test_dyt_in_a_plain_net_that_would_ignore_its_input_is_refused_with_the_alpha_that_works():
+  """Found by the invariants: a plain ResNet-18 with DyT (alpha 0.5, 17 norms in a row) changed
+  its logits by 5e-10 when its input changed (logit scale 1e-3). Refused, naming the alpha that
+  keeps the input visible; that alpha builds and its outputs depend on the input."""
+  from errors import ConfigError
+  p = cs.Point('resnet_imagenet', 'image32', 'dyt', residual=False)
+  with pytest.raises(ConfigError, match=r'dyt_alpha >= 0\.67') as e:
+    cs.build(p)
+  assert 'dyt_alpha ** 17' in str(e.value)
+  cfg = cs.model_config(p)
+  cfg.dyt_alpha = 0.7
+  model = models.build_model(cfg, p.dataset)
+  x, _, _ = cs.batch(p)
+  x2, _, _ = cs.batch(p, seed=1)
+  variables = model.init(jax.random.key(0), x, train=False)
+  a, b = (np.asarray(model.apply(variables, v, train=False)) for v in (x, x2))
+  assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+  assert cs.build(cs.dataclasses.replace(p, residual=True))   # with skips: no such limit

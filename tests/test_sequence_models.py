@@ -96,7 +96,8 @@ def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kin
     np.testing.assert_allclose(keep(run(model, variables, other_padding, mask, train)),
                                keep(run(model, variables, x, mask, train)), rtol=2e-4, atol=2e-5)
     # Without batch statistics, a padded batch of many equals each example run alone.
-    batch_out = run(model, variables, x, mask, train) if norm != 'batch' or not train else None
+    batch_out = (run(model, variables, x, mask, train)
+                 if not norms.NORMS[norm].running_stats or not train else None)
     for i, n in enumerate(lengths):
       alone = run(model, variables, x[i:i + 1, :n], None, train)[0]   # unpadded, batch of one
       padded = run(model, variables, x[i:i + 1], mask[i:i + 1], train)[0]  # padded to T + mask
