@@ -29,6 +29,7 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   #                               et al. 2020)
   m.qk_norm = False             # Transformers: LayerNorm on queries and keys per head (QK-norm;
   #                               flax MultiHeadDotProductAttention(normalize_qk=True))
+  m.fixup = False               # ResNets with norm=none: Fixup initialization (Zhang et al. 2019)
   m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
   # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's

@@ -72,6 +72,17 @@ def check_model_names(model_config) -> None:
   if model_config.get('skipinit', False) and not model_config.residual:
     raise ConfigError('model.skipinit gates residual branches, and residual=False has none '
                       '(every block would output 0 at init); use residual=True')
+  if model_config.get('fixup', False):
+    if model_config.name not in RESNETS:
+      raise ConfigError(f'model.fixup is the ResNets\' initialization (Zhang et al. 2019); '
+                        f'{model_config.name} has none')
+    if model_config.norm != 'none' or not model_config.residual:
+      raise ConfigError('model.fixup replaces normalization in a residual net: it needs '
+                        f'model.norm=none and residual=True (got norm={model_config.norm}, '
+                        f'residual={model_config.residual})')
+    if model_config.get('skipinit', False) or model_config.get('weight_std', False):
+      raise ConfigError('model.fixup has its own branch scalars and initialization: combine it '
+                        'with neither skipinit nor weight_std')
   if model_config.get('weight_std', False) and model_config.name not in RESNETS:
     raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
                       f'({", ".join(RESNETS)}); {model_config.name} has none')

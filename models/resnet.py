@@ -76,6 +76,39 @@ class _Block(nn.Module):
   conv: Callable[..., nn.Module]
   shortcut: str  # 'A' (CIFAR: pad/subsample) or 'B' (projection where the shape changes)
   skipinit: bool = False  # the branch times a learnable scalar, init 0 (models/residual.py)
+  fixup_scale: float = 0.0  # > 0: Fixup (Zhang et al. 2019) with this factor on the branch's
+  #                           He init (all but its last conv, which starts at 0)
+
+  def _fixup_bias(self, name):
+    return self.param(name, nn.initializers.zeros, ())
+
+  def _fixup_finish(self, x, y, bias_in):
+    """The branch's scalar multiplier and bias, the skip (a projection sees the branch's input
+    bias too, as in Fixup's code), ReLU."""
+    y = y * self.param('fixup_scale', nn.initializers.ones, ()) + self._fixup_bias('bias_out')
+    out_filters = y.shape[-1]
+    if self.shortcut == 'A':
+      skip = _shortcut_a(x, out_filters, self.strides)
+    elif x.shape[-1] != out_filters or self.strides != 1:
+      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(
+          x + bias_in)
+    else:
+      skip = x
+    return nn.relu(y + skip)
+
+  def _fixup_convs(self, x, specs):
+    """Fixup's branch: scalar bias before each conv and activation, He init scaled by
+    `fixup_scale`, the last conv initialized to 0 (the block starts as its skip path)."""
+    bias_in = self._fixup_bias('bias_in')
+    y = x + bias_in
+    for k, (features, kernel, strides) in enumerate(specs):
+      last = k == len(specs) - 1
+      init = (nn.initializers.zeros if last else
+              nn.initializers.variance_scaling(2.0 * self.fixup_scale ** 2, 'fan_out', 'normal'))
+      y = self.conv(features, kernel, strides=strides, kernel_init=init)(y)
+      if not last:
+        y = nn.relu(y + self._fixup_bias(f'bias_{k}b')) + self._fixup_bias(f'bias_{k + 1}a')
+    return self._fixup_finish(x, y, bias_in)
 
   def _finish_block(self, x, y, *, train):
     """`y` is the block's last conv output; applies norm -> (+ skip) -> ReLU."""
@@ -99,6 +132,9 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    if self.fixup_scale:
+      return self._fixup_convs(x, [(self.filters, (3, 3), self.strides),
+                                   (self.filters, (3, 3), 1)])
     y = self.conv(self.filters, (3, 3), strides=self.strides)(x)
     y = nn.relu(self.norm()(y, train=train))
     y = self.conv(self.filters, (3, 3))(y)
@@ -110,6 +146,10 @@ class BottleneckBlock(_Block):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    if self.fixup_scale:
+      return self._fixup_convs(x, [(self.filters, (1, 1), 1),
+                                   (self.filters, (3, 3), self.strides),
+                                   (self.filters * 4, (1, 1), 1)])
     y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x), train=train))
     y = self.conv(self.filters, (3, 3), strides=self.strides)(y)
     y = nn.relu(self.norm()(y, train=train))
@@ -135,6 +175,7 @@ class ResNet(nn.Module):
   wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (models/conv.py)
   skipinit: bool = False         # SkipInit: each residual branch times a learnable 0-init scalar
   weight_std: bool = False       # weight-standardized convolutions (`StdConv`)
+  fixup: bool = False            # Fixup initialization (no norm): see `_Block._fixup_convs`
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -149,14 +190,21 @@ class ResNet(nn.Module):
     x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     if imagenet:
       x = stem_max_pool(x)
+    blocks = sum(self.stage_sizes)
+    layers = 2 if self.block is BasicBlock else 3   # convs per branch: m in Zhang et al.
+    fixup_scale = blocks ** (-1 / (2 * layers - 2)) if self.fixup else 0.0
     for stage, size in enumerate(self.stage_sizes):
       for i in range(size):
         x = self.block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                        self.residual, self.norm, conv, self.shortcut, self.skipinit,
-                       name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+                       fixup_scale, name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x, token) if self.fusion_barriers else x
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
+    if self.fixup:   # Fixup: a scalar bias before the head, which starts at 0
+      x = x + self.param('head_bias_in', nn.initializers.zeros, ())
+    head_init = nn.initializers.zeros if self.fixup else nn.initializers.lecun_normal()
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=head_init,
+                    name='head')(x).astype(jnp.float32)
 
 
 def CifarResNet(depth: int = 20, **kwargs) -> ResNet:   # noqa: N802 (a module variant)
@@ -234,7 +282,8 @@ def _speed_and_bias(cfg) -> dict:
   return dict(use_bias=not norms.NORMS[cfg.norm].has_shift, dtype=jnp.dtype(cfg.compute_dtype),
               fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
               wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0,
-              skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False))
+              skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False),
+              fixup=cfg.get('fixup', False))
 
 
 def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:

@@ -261,3 +261,61 @@ def test_dyt_in_a_plain_net_that_would_ignore_its_input_is_refused_with_the_alph
   a, b = (np.asarray(model.apply(variables, v, train=False)) for v in (x, x2))
   assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
   assert cs.build(cs.dataclasses.replace(p, residual=True))   # with skips: no such limit
+
+
+@pytest.mark.parametrize('model_name,depth,layers', [
+    ('resnet', 20, 2), pytest.param('resnet_imagenet', 50, 3, marks=pytest.mark.slow)])
+def test_fixup_initialization_follows_zhang_et_al(model_name, depth, layers):
+  """Fixup (Zhang, Dauphin & Ma 2019): the last conv of every residual branch and the head start
+  at 0 (the net outputs 0 and each block is its skip path), the branch's other convs have He
+  init scaled by L^(-1/(2m-2)) (L blocks, m convs per branch), scalar biases and multipliers
+  are there; then SGD at BatchNorm's learning rate (0.1) trains it without any norm."""
+  p = cs.Point(model_name, 'image' if model_name == 'resnet' else 'image32', 'none')
+  cfg = cs.model_config(p)
+  cfg.depth, cfg.fixup = depth, True
+  model = models.build_model(cfg, p.dataset)
+  x, _, y = cs.batch(p, size=16)
+  variables = model.init(jax.random.key(0), x, train=False)
+  params = variables['params']
+  blocks = [k for k in params if k.startswith('stage')]
+  scale = len(blocks) ** (-1 / (2 * layers - 2))
+  assert not np.any(np.asarray(params['head']['kernel']))
+  np.testing.assert_array_equal(np.asarray(model.apply(variables, x, train=False)), 0.0)
+  for name in blocks:
+    block = params[name]
+    convs = sorted(k for k in block if k.startswith('Conv_'))
+    assert len(convs) == layers and 'fixup_scale' in block and 'bias_out' in block
+    assert not np.any(np.asarray(block[convs[-1]]['kernel']))
+    for conv in convs[:-1]:
+      w = np.asarray(block[conv]['kernel'])
+      fan_out = w.shape[0] * w.shape[1] * w.shape[3]
+      if w.size >= 2000:   # enough values to estimate the std to a few percent
+        np.testing.assert_allclose(w.std(), np.sqrt(2 / fan_out) * scale, rtol=0.1)
+  from training import experiment, step as step_lib, tasks
+  import optax
+  state = experiment.TrainState.create(apply_fn=model.apply, params=params, batch_stats={},
+                                       tx=optax.sgd(0.1, momentum=0.9))
+  step = jax.jit(step_lib.train_step_fn(model, tasks.get_task('classification')))
+  losses = []
+  for _ in range(40):
+    state, sums = step(state, {'inputs': x, 'targets': y})
+    losses.append(float(sums['loss'] / sums['count']))
+  # the zero-initialized head and last convs move first, then the loss falls steadily
+  assert np.isfinite(losses).all() and min(losses) < 0.75 * losses[0], losses
+  assert all(np.any(np.asarray(state.params[name][sorted(
+      k for k in state.params[name] if k.startswith('Conv_'))[-1]]['kernel'])) for name in blocks)
+  a, b = (np.asarray(model.apply({'params': state.params}, v, train=False))
+          for v in (x, cs.batch(p, size=16, seed=1)[0]))
+  assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+
+
+def test_fixup_is_refused_where_it_does_not_apply():
+  from errors import ConfigError
+  for point, message in ((cs.Point('resnet', 'image', 'batch'), 'needs model.norm=none'),
+                         (cs.Point('resnet', 'image', 'none', residual=False),
+                          'needs model.norm=none and residual=True'),
+                         (cs.Point('transformer', 'lm', 'none'), 'ResNets')):
+    cfg = cs.model_config(point)
+    cfg.fixup = True
+    with pytest.raises(ConfigError, match=message):
+      models.build_model(cfg, point.dataset)
