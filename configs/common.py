@@ -29,6 +29,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   #                               et al. 2020)
   m.qk_norm = False             # Transformers: LayerNorm on queries and keys per head (QK-norm;
   #                               flax MultiHeadDotProductAttention(normalize_qk=True))
+  m.nf_alpha = 0.0              # ResNets with norm=none: > 0 makes a Normalizer-Free ResNet (Brock,
+  #                               De & Smith 2021: scaled WS, h + alpha * f(h / beta); paper: 0.2)
   m.fixup = False               # ResNets with norm=none: Fixup initialization (Zhang et al. 2019)
   m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)

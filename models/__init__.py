@@ -72,17 +72,22 @@ def check_model_names(model_config) -> None:
   if model_config.get('skipinit', False) and not model_config.residual:
     raise ConfigError('model.skipinit gates residual branches, and residual=False has none '
                       '(every block would output 0 at init); use residual=True')
-  if model_config.get('fixup', False):
+  for key, what in (('fixup', 'Fixup initialization (Zhang et al. 2019)'),
+                    ('nf_alpha', 'a Normalizer-Free ResNet (Brock et al. 2021)')):
+    if not model_config.get(key, False):
+      continue
     if model_config.name not in RESNETS:
-      raise ConfigError(f'model.fixup is the ResNets\' initialization (Zhang et al. 2019); '
-                        f'{model_config.name} has none')
+      raise ConfigError(f'model.{key} makes {what}: the ResNets only; {model_config.name} '
+                        'has none')
     if model_config.norm != 'none' or not model_config.residual:
-      raise ConfigError('model.fixup replaces normalization in a residual net: it needs '
-                        f'model.norm=none and residual=True (got norm={model_config.norm}, '
-                        f'residual={model_config.residual})')
-    if model_config.get('skipinit', False) or model_config.get('weight_std', False):
-      raise ConfigError('model.fixup has its own branch scalars and initialization: combine it '
-                        'with neither skipinit nor weight_std')
+      raise ConfigError(f'model.{key} makes {what}, which replaces normalization in a residual '
+                        f'net: it needs model.norm=none and residual=True (got '
+                        f'norm={model_config.norm}, residual={model_config.residual})')
+    others = [k for k in ('fixup', 'nf_alpha', 'skipinit', 'weight_std')
+              if k != key and model_config.get(k, False)]
+    if others:
+      raise ConfigError(f'model.{key} makes {what}, with its own branch scalars and '
+                        f'initialization: combine it with none of {", ".join(others)}')
   if model_config.get('weight_std', False) and model_config.name not in RESNETS:
     raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
                       f'({", ".join(RESNETS)}); {model_config.name} has none')

@@ -79,6 +79,29 @@ class _Block(nn.Module):
   fixup_scale: float = 0.0  # > 0: Fixup (Zhang et al. 2019) with this factor on the branch's
   #                           He init (all but its last conv, which starts at 0)
 
+  nf: tuple = ()   # NF-ResNet: (alpha, beta): h + alpha * f(h / beta), `_nf_block`
+
+  def _nf_block(self, x, specs):
+    """Brock, De & Smith 2021: h_next = skip + alpha * f(h / beta), beta the expected std of h at
+    init (Var h_next = Var h + alpha^2; a transition block, whose skip changes shape, takes the
+    skip from the normalized input, so the variance restarts at 1 + alpha^2). f is
+    pre-activation: (gamma * relu -> scaled-WS conv) per conv, gamma = NF_RELU_GAIN."""
+    alpha, beta = self.nf
+    out = nn.relu(x / beta) * NF_RELU_GAIN
+    y = out
+    for k, (features, kernel, strides) in enumerate(specs):
+      if k:
+        y = nn.relu(y) * NF_RELU_GAIN
+      y = self.conv(features, kernel, strides=strides)(y)
+    out_filters = y.shape[-1]
+    # transitions always project, as the paper's NF-ResNets (CIFAR's option A would zero-pad
+    # half the channels and halve the stream's variance: the beta bookkeeping would not hold)
+    if x.shape[-1] != out_filters or self.strides != 1:
+      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(out)
+    else:
+      skip = x
+    return skip + alpha * y
+
   def _fixup_bias(self, name):
     return self.param(name, nn.initializers.zeros, ())
 
@@ -135,6 +158,8 @@ class BasicBlock(_Block):
     if self.fixup_scale:
       return self._fixup_convs(x, [(self.filters, (3, 3), self.strides),
                                    (self.filters, (3, 3), 1)])
+    if self.nf:
+      return self._nf_block(x, [(self.filters, (3, 3), self.strides), (self.filters, (3, 3), 1)])
     y = self.conv(self.filters, (3, 3), strides=self.strides)(x)
     y = nn.relu(self.norm()(y, train=train))
     y = self.conv(self.filters, (3, 3))(y)
@@ -146,10 +171,12 @@ class BottleneckBlock(_Block):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    specs = [(self.filters, (1, 1), 1), (self.filters, (3, 3), self.strides),
+             (self.filters * 4, (1, 1), 1)]
     if self.fixup_scale:
-      return self._fixup_convs(x, [(self.filters, (1, 1), 1),
-                                   (self.filters, (3, 3), self.strides),
-                                   (self.filters * 4, (1, 1), 1)])
+      return self._fixup_convs(x, specs)
+    if self.nf:
+      return self._nf_block(x, specs)
     y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x), train=train))
     y = self.conv(self.filters, (3, 3), strides=self.strides)(y)
     y = nn.relu(self.norm()(y, train=train))
@@ -176,29 +203,41 @@ class ResNet(nn.Module):
   skipinit: bool = False         # SkipInit: each residual branch times a learnable 0-init scalar
   weight_std: bool = False       # weight-standardized convolutions (`StdConv`)
   fixup: bool = False            # Fixup initialization (no norm): see `_Block._fixup_convs`
+  nf_alpha: float = 0.0          # > 0: a Normalizer-Free ResNet with this alpha (`_nf_block`)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
-    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes, self.weight_std)
+    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes,
+                 'scaled' if self.nf_alpha else self.weight_std)
     x = x.astype(self.dtype)
     imagenet = self.stem == 'imagenet'
     stem = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
                 name='stem_conv')
     x = stem(x)
     token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
-    x = nn.relu(self.norm(name='stem_norm')(x, train=train))
+    if not self.nf_alpha:   # NF-ResNets: pre-activation blocks take the stem's output as it is
+      x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     if imagenet:
       x = stem_max_pool(x)
+    expected_var = 1.0   # NF-ResNets: Var h at init (scaled WS keeps the input's, 1)
     blocks = sum(self.stage_sizes)
     layers = 2 if self.block is BasicBlock else 3   # convs per branch: m in Zhang et al.
     fixup_scale = blocks ** (-1 / (2 * layers - 2)) if self.fixup else 0.0
     for stage, size in enumerate(self.stage_sizes):
       for i in range(size):
+        nf = ()
+        if self.nf_alpha:
+          nf = (self.nf_alpha, expected_var ** 0.5)
+          out = self.width * 2**stage * (4 if self.block is BottleneckBlock else 1)
+          transition = i == 0 and (stage > 0 or out != x.shape[-1])   # the skip changes shape
+          expected_var = (1.0 if transition else expected_var) + self.nf_alpha ** 2
         x = self.block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
                        self.residual, self.norm, conv, self.shortcut, self.skipinit,
-                       fixup_scale, name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
+                       fixup_scale, nf, name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
         x = materialize(x, token) if self.fusion_barriers else x
+    if self.nf_alpha:   # the pre-activation stream's last activation
+      x = nn.relu(x) * NF_RELU_GAIN
     x = jnp.mean(x, axis=(1, 2))
     if self.fixup:   # Fixup: a scalar bias before the head, which starts at 0
       x = x + self.param('head_bias_in', nn.initializers.zeros, ())
@@ -238,13 +277,34 @@ class StdConv(nn.Conv):
 STD_EPSILON = 1e-8
 
 
+class ScaledStdConv(nn.Conv):
+  """Scaled weight standardization (Brock, De & Smith 2021, NF-ResNets): the kernel used is
+  gain * (w - mean) / (std * sqrt(fan_in)) per output channel, gain a learnable per-channel
+  scale (init 1): a conv that keeps the second moment of its input at init."""
+
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    if name == 'kernel':
+      fan_in = value.shape[0] * value.shape[1] * value.shape[2]
+      mean = value.mean(axis=(0, 1, 2), keepdims=True)
+      var = value.var(axis=(0, 1, 2), keepdims=True)
+      gain = super().param('gain', nn.initializers.ones, (value.shape[-1],), jnp.float32)
+      value = gain * (value - mean) * jax.lax.rsqrt(var * fan_in + STD_EPSILON)
+    return value
+
+
+# ReLU's gain for NF-ResNets: for x ~ N(0, 1), relu(x) * NF_RELU_GAIN has unit variance
+NF_RELU_GAIN = (2 / (1 - 1 / jnp.pi)) ** 0.5
+
+
 def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0,
-          weight_std: bool = False) -> Callable[..., Any]:
+          weight_std: bool | str = False) -> Callable[..., Any]:
   """`conv(features, kernel_size, strides=1, name=None)`: padded (k - 1) // 2 on every side, as
   He et al. and torchvision. (flax's 'SAME' pads a stride-2 conv over an even input 0 before
   and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)"""
   impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
-  base = functools.partial(StdConv if weight_std else nn.Conv, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
+  kind = {False: nn.Conv, True: StdConv, 'scaled': ScaledStdConv}[weight_std]
+  base = functools.partial(kind, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
                            conv_general_dilated=impl)
 
   def conv(features, kernel_size, **kwargs):
@@ -283,7 +343,7 @@ def _speed_and_bias(cfg) -> dict:
               fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
               wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0,
               skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False),
-              fixup=cfg.get('fixup', False))
+              fixup=cfg.get('fixup', False), nf_alpha=cfg.get('nf_alpha', 0.0))
 
 
 def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:

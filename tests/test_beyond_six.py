@@ -311,11 +311,62 @@ def test_fixup_initialization_follows_zhang_et_al(model_name, depth, layers):
 
 def test_fixup_is_refused_where_it_does_not_apply():
   from errors import ConfigError
-  for point, message in ((cs.Point('resnet', 'image', 'batch'), 'needs model.norm=none'),
+  for point, message in ((cs.Point('resnet', 'image', 'batch'), 'it needs model.norm=none'),
                          (cs.Point('resnet', 'image', 'none', residual=False),
-                          'needs model.norm=none and residual=True'),
-                         (cs.Point('transformer', 'lm', 'none'), 'ResNets')):
+                          'it needs model.norm=none and residual=True'),
+                         (cs.Point('transformer', 'lm', 'none'), 'the ResNets only')):
     cfg = cs.model_config(point)
     cfg.fixup = True
     with pytest.raises(ConfigError, match=message):
       models.build_model(cfg, point.dataset)
+
+
+@pytest.mark.parametrize('model_name,depth', [
+    ('resnet', 56), pytest.param('resnet_imagenet', 50, marks=pytest.mark.slow)])
+def test_nf_resnet_activations_follow_the_expected_variance_schedule(model_name, depth):
+  """Brock, De & Smith 2021's signal-propagation property at init, on unit Gaussian inputs: the
+  residual stream's variance after block i is beta_i^2 + alpha^2 (beta_0 = 1; reset to
+  1 + alpha^2 after each transition block) within 25 % (32x32 images: on the 2x2 maps of 8x8
+  digits most 3x3 taps read zero padding and the variance falls below the schedule, which
+  assumes every tap sees signal); scaled WS keeps a conv's output second moment equal to its
+  input's."""
+  alpha = 0.2
+  p = cs.Point(model_name, 'image32', 'none')
+  cfg = cs.model_config(p)
+  cfg.depth, cfg.nf_alpha, cfg.width = depth, alpha, 16
+  model = models.build_model(cfg, p.dataset)
+  x = np.random.default_rng(0).normal(size=(32, *p.dataset.input_shape)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, inter = model.apply(variables, x, train=False, capture_intermediates=True,
+                         mutable=['intermediates'])
+  blocks = sorted((k for k in inter['intermediates'] if k.startswith('stage')),
+                  key=lambda k: tuple(int(n) for n in re.findall(r'\d+', k)))
+  assert len(blocks) > 10
+  expected, measured = [], []
+  var = 1.0
+  for name in blocks:
+    out = np.asarray(inter['intermediates'][name]['__call__'][0])
+    stage, index = (int(n) for n in re.findall(r'\d+', name))
+    if index == 1 and (stage > 1 or out.shape[-1] != 16):
+      var = 1.0
+    var += alpha ** 2
+    expected.append(var)
+    measured.append(float((out.astype(np.float64) ** 2).mean()))
+  np.testing.assert_allclose(measured, expected, rtol=0.25)
+  assert measured[-2] > measured[0] or model_name != 'resnet'   # the variance grows in a stage
+
+
+def test_scaled_weight_standardization_keeps_the_second_moment():
+  rng = np.random.default_rng(5)
+  x = rng.normal(0.5, 2.0, size=(64, 8, 8, 16)).astype(np.float32)
+  conv = resnet._conv(use_bias=False, weight_std='scaled')(32, (3, 3))
+  variables = conv.init(jax.random.key(1), x)
+  assert set(variables['params']) == {'kernel', 'gain'}
+  w = np.asarray(variables['params']['kernel'], np.float64)
+  w_used = (w - w.mean((0, 1, 2))) / np.sqrt(w.var((0, 1, 2)) * 3 * 3 * 16)
+  want = lax.conv_general_dilated(x.astype(np.float64), w_used, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out = np.asarray(conv.apply(variables, x))
+  np.testing.assert_allclose(out, np.asarray(want), rtol=1e-4, atol=1e-4)
+  interior = out[:, 1:-1, 1:-1]   # away from the zero padding
+  np.testing.assert_allclose((interior ** 2).mean(), (x ** 2).mean(), rtol=0.1)

@@ -53,6 +53,7 @@ RANGES = {
     'model.bn_momentum': (0, 1, True),
     'model.norm_epsilon': (0, None, False),
     'model.dyt_alpha': (0, None, False),
+    'model.nf_alpha': (0, None, True),               # 0: off
     'model.renorm_rmax': (1, None, True),
     'model.renorm_dmax': (0, None, True),
     'model.renorm_start': (0, None, True),
