@@ -284,6 +284,14 @@ def section_norms(a, peak):
   contenders = [jax_contender(f'resnet-20 {n}', resnet_config(norm=n), ds) for n in norms.NORMS]
   contenders.append(jax_contender('resnet-20 batch, flax fast variance', resnet_config(), ds,
                                   model_fn=lambda m: m.clone(norm=_flax_fast_variance('batch'))))
+  # the options beside the norm (README's second table), each on the norm it is meant for
+  for label, norm, key, value in (('group + weight_std', 'group', 'weight_std', True),
+                                  ('none + skipinit', 'none', 'skipinit', True),
+                                  ('none + fixup', 'none', 'fixup', True),
+                                  ('none + nf_alpha 0.2 (NF-ResNet)', 'none', 'nf_alpha', 0.2)):
+    config = resnet_config(norm=norm)
+    config.model[key] = value
+    contenders.append(jax_contender(f'resnet-20 {label}', config, ds))
   out = interleave(contenders, a.steps, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:
@@ -297,6 +305,11 @@ def section_norms(a, peak):
   contenders.append(jax_contender('transformer LM layer, flax fast variance',
                                   transformer_lm.get_config(),
                                   model_fn=lambda m: m.clone(norm=_flax_fast_variance('layer'))))
+  for label, norm, key in (('layer + qk_norm', 'layer', 'qk_norm'),
+                           ('none + skipinit (ReZero)', 'none', 'skipinit')):
+    config = transformer_lm.get_config()
+    config.model.norm, config.model[key] = norm, True
+    contenders.append(jax_contender(f'transformer LM {label}', config))
   out = interleave(contenders, a.steps * 4, a.repeats, a.warmup)
   ref = next(r for r in out if r['name'].endswith(' none'))['steps_per_s']
   for r in out:
