@@ -27,6 +27,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   m.skipinit = False            # a learnable scalar, init 0, on each residual branch: SkipInit
   #                               (ResNets, De & Smith 2020) / ReZero (Transformers, Bachlechner
   #                               et al. 2020)
+  m.deepnorm = False            # Transformers, post-LN: DeepNorm (Wang et al. 2022): N(alpha x + f(x)),
+  #                               alpha = (2N)^(1/4), value/out/MLP init times (8N)^(-1/4)
   m.qk_norm = False             # Transformers: LayerNorm on queries and keys per head (QK-norm;
   #                               flax MultiHeadDotProductAttention(normalize_qk=True))
   m.nf_alpha = 0.0              # ResNets with norm=none: > 0 makes a Normalizer-Free ResNet (Brock,

@@ -91,6 +91,9 @@ def check_model_names(model_config) -> None:
   if model_config.get('weight_std', False) and model_config.name not in RESNETS:
     raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
                       f'({", ".join(RESNETS)}); {model_config.name} has none')
+  if model_config.get('deepnorm', False) and model_config.name != 'transformer':
+    raise ConfigError(f'model.deepnorm is a Transformer scheme (Wang et al. 2022); '
+                      f'{model_config.name} has no post-LN sub-layers')
   if model_config.get('qk_norm', False) and model_config.name != 'transformer':
     raise ConfigError(f'model.qk_norm normalizes attention queries and keys: the transformer '
                       f'only; {model_config.name} has no attention')

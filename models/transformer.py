@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from errors import ConfigError
 from models import norms
@@ -44,10 +45,32 @@ ACTIVATIONS = {'gelu_tanh': functools.partial(nn.gelu, approximate=True),
 class MLP(nn.Module):
   hidden: int
   activation: str = 'gelu_tanh'
+  init_scale: float = 1.0   # DeepNorm's beta on both kernels' (LeCun normal) initialization
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(x.shape[-1])(ACTIVATIONS[self.activation](nn.Dense(self.hidden)(x)))
+    init = nn.initializers.variance_scaling(self.init_scale ** 2, 'fan_in', 'truncated_normal')
+    hidden = nn.Dense(self.hidden, kernel_init=init)(x)
+    return nn.Dense(x.shape[-1], kernel_init=init)(ACTIVATIONS[self.activation](hidden))
+
+
+def deepnorm_constants(num_layers: int) -> tuple[float, float]:
+  """DeepNorm (Wang et al. 2022) for an N-layer encoder-only or decoder-only model:
+  alpha = (2N)^(1/4) up-weights the residual, beta = (8N)^(-1/4) scales the initialization."""
+  return (2 * num_layers) ** 0.25, (8 * num_layers) ** -0.25
+
+
+def _qkv_init(beta: float):
+  """flax's attention initializes its query, key and value kernels with one `kernel_init`, in that
+  order: this one keeps LeCun normal for the first two and scales the third (the value) by
+  `beta`, as DeepNorm prescribes (tests/test_beyond_six.py checks each kernel)."""
+  base = nn.initializers.lecun_normal()
+  calls = [0]
+
+  def init(key, shape, dtype=jnp.float32):
+    calls[0] += 1
+    return base(key, shape, dtype) * (beta if calls[0] % 3 == 0 else 1.0)
+  return init
 
 
 class Block(nn.Module):
@@ -59,9 +82,12 @@ class Block(nn.Module):
   activation: str = 'gelu_tanh'
   skipinit: bool = False   # ReZero: each branch times a learnable 0-init scalar
   qk_norm: bool = False    # flax's normalize_qk: LayerNorm on each head's queries and keys
+  deepnorm: tuple = ()     # (alpha, beta): post-LN N(alpha * x + f(x)), beta-scaled init
 
   def _sublayer(self, x, f, norm_name, *, train, norm_mask):
     norm = self.norm(name=norm_name)
+    if self.deepnorm:   # post-LN with a residual (the builder checks)
+      return norm(self.deepnorm[0] * x + f(x), train=train, mask=norm_mask)
     gain = f'{norm_name.removeprefix("norm_")}_gain'
     if self.norm_position == 'pre':
       y = f(norm(x, train=train, mask=norm_mask))
@@ -72,11 +98,15 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, attn_mask, norm_mask, *, train: bool):
-    attention = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
-                                                normalize_qk=self.qk_norm, name='attention')
+    beta = self.deepnorm[1] if self.deepnorm else 1.0
+    out_init = nn.initializers.variance_scaling(beta ** 2, 'fan_in', 'truncated_normal')
+    attention = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, normalize_qk=self.qk_norm, out_kernel_init=out_init,
+        kernel_init=_qkv_init(beta) if self.deepnorm else nn.initializers.lecun_normal(),
+        name='attention')
     x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
                        train=train, norm_mask=norm_mask)
-    mlp = MLP(self.mlp_dim, self.activation, name='mlp')
+    mlp = MLP(self.mlp_dim, self.activation, beta, name='mlp')
     return self._sublayer(x, mlp, 'norm_mlp', train=train, norm_mask=norm_mask)
 
 
@@ -96,6 +126,7 @@ class Transformer(nn.Module):
   activation: str = 'gelu_tanh'
   skipinit: bool = False
   qk_norm: bool = False
+  deepnorm: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -111,7 +142,9 @@ class Transformer(nn.Module):
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
     for layer in range(self.num_layers):
       h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
-                self.activation, self.skipinit, self.qk_norm, name=f'block{layer + 1}')(
+                self.activation, self.skipinit, self.qk_norm,
+                deepnorm_constants(self.num_layers) if self.deepnorm else (),
+                name=f'block{layer + 1}')(
           h, attn_mask, norm_mask, train=train)
     if self.norm_position == 'pre':
       h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
@@ -139,6 +172,12 @@ def build(cfg, dataset, *, devices: int = 1) -> Transformer:
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
   norms.check_plain_gain(cfg, 2 * cfg.num_layers + (cfg.norm_position == 'pre'))
+  if cfg.get('deepnorm', False) and (cfg.norm_position != 'post' or not cfg.residual
+                                     or cfg.get('skipinit', False)):
+    raise ConfigError('model.deepnorm is post-LN with an up-weighted residual (Wang et al. '
+                      ' 2022): it needs norm_position=post, residual=True and no skipinit; got '
+                      f'norm_position={cfg.norm_position}, residual={cfg.residual}, '
+                      f'skipinit={cfg.get("skipinit", False)}')
   # a language model's norms never pool over time (make_norm refuses those that must)
   norm = norms.from_config(cfg, layout='causal' if causal else 'sequence', devices=devices)
   return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
@@ -148,4 +187,5 @@ def build(cfg, dataset, *, devices: int = 1) -> Transformer:
                      norm_uses_mask=cfg.norm_uses_mask, causal=causal,
                      vocab_size=dataset.vocab_size, max_length=cfg.max_length,
                      skipinit=cfg.get('skipinit', False), qk_norm=cfg.get('qk_norm', False),
+                     deepnorm=cfg.get('deepnorm', False),
                      activation=activation)

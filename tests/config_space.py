@@ -52,6 +52,7 @@ class Point:
   skipinit: bool = False      # residual branches gated by a 0-init scalar (SkipInit / ReZero)
   weight_std: bool = False    # weight-standardized convolutions (ResNets)
   qk_norm: bool = False       # LayerNorm on attention queries and keys (Transformers)
+  deepnorm: bool = False      # DeepNorm (post-LN Transformers)
 
   @property
   def id(self) -> str:
@@ -59,7 +60,7 @@ class Point:
     return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
             f'-{self.norm_position}{"-varlen" if self.variable_length else ""}'
             f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}'
-            f'{"-qknorm" if self.qk_norm else ""}')
+            f'{"-qknorm" if self.qk_norm else ""}{"-deepnorm" if self.deepnorm else ""}')
 
   @property
   def dataset(self) -> Dataset:
@@ -78,6 +79,7 @@ def model_config(p: Point):
   cfg.conv_wgrad = 'xla'
   cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
   cfg.skipinit, cfg.weight_std, cfg.qk_norm = p.skipinit, p.weight_std, p.qk_norm
+  cfg.deepnorm = p.deepnorm
   return cfg
 
 
@@ -142,7 +144,7 @@ def covering(points: list[Point]) -> list[Point]:
 
 # Model options that change the function but not which norms and data fit (the config checks
 # refuse them where they do not apply): each is tried on every point of the covering.
-OPTIONS = ('skipinit', 'weight_std', 'qk_norm')
+OPTIONS = ('skipinit', 'weight_std', 'qk_norm', 'deepnorm')
 
 
 def variants(points: list[Point]) -> list[Point]:

@@ -370,3 +370,49 @@ def test_scaled_weight_standardization_keeps_the_second_moment():
   np.testing.assert_allclose(out, np.asarray(want), rtol=1e-4, atol=1e-4)
   interior = out[:, 1:-1, 1:-1]   # away from the zero padding
   np.testing.assert_allclose((interior ** 2).mean(), (x ** 2).mean(), rtol=0.1)
+
+
+def test_deepnorm_up_weights_the_residual_and_scales_value_out_and_mlp_init_by_beta():
+  """Wang et al. 2022 (decoder-only and encoder-only, N layers): alpha = (2N)^(1/4),
+  beta = (8N)^(-1/4). Same seed: the value, output and MLP kernels are beta times those of plain
+  post-LN, the query and key kernels equal; and each sub-layer computes N(alpha x + f(x)):
+  checked by running a block's own sub-modules by hand."""
+  from models import transformer
+  p = cs.Point('transformer', 'lm', 'layer', norm_position='post')
+  plain, deep = cs.build(p), cs.build(cs.dataclasses.replace(p, deepnorm=True))
+  x, mask, _ = cs.batch(p)
+  vp = plain.init(jax.random.key(0), x, train=False, mask=mask)['params']
+  vd = deep.init(jax.random.key(0), x, train=False, mask=mask)['params']
+  alpha, beta = transformer.deepnorm_constants(2)
+  assert (alpha, beta) == (4 ** 0.25, 16 ** -0.25)
+  for layer in ('block1', 'block2'):
+    for path, factor in ((('attention', 'value'), beta), (('attention', 'out'), beta),
+                         (('mlp', 'Dense_0'), beta), (('mlp', 'Dense_1'), beta),
+                         (('attention', 'query'), 1.0), (('attention', 'key'), 1.0)):
+      a, b = (np.asarray(v[layer][path[0]][path[1]]['kernel']) for v in (vp, vd))
+      np.testing.assert_allclose(b, factor * a, rtol=1e-6, atol=1e-7)
+  # one block by hand: h1 = LN(alpha h + attn(h)), out = LN(alpha h1 + mlp(h1))
+  block = transformer.Block(plain.num_heads, plain.mlp_dim, plain.norm, 'post', True,
+                            deepnorm=(alpha, beta))
+  h = np.random.default_rng(0).normal(size=(3, 5, plain.d_model)).astype(np.float32)
+  params = {'params': vd['block1']}
+  got = block.apply(params, h, None, None, train=False)
+  attn = nn_apply(params, 'attention', h)
+  ln = lambda v, name: norms.make_norm('layer', layout='causal')().apply(
+      {'params': vd['block1'][name]}, v, train=False)
+  h1 = ln(alpha * h + attn, 'norm_attention')
+  mlp = transformer.MLP(plain.mlp_dim).apply({'params': vd['block1']['mlp']}, h1)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ln(alpha * h1 + mlp, 'norm_mlp')),
+                             rtol=1e-5, atol=1e-5)
+
+
+def nn_apply(params, name, h):
+  import flax.linen as nn
+  att = nn.MultiHeadDotProductAttention(num_heads=2)
+  return att.apply({'params': params['params'][name]}, h, h)
+
+
+def test_deepnorm_needs_post_ln_with_a_residual():
+  from errors import ConfigError
+  with pytest.raises(ConfigError, match='needs norm_position=post'):
+    cs.build(cs.Point('transformer', 'lm', 'layer', norm_position='pre', deepnorm=True))
