@@ -50,8 +50,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.variance_scaling(self.init_scale ** 2, 'fan_in', 'truncated_normal')
-    hidden = nn.Dense(self.hidden, kernel_init=init)(x)
-    return nn.Dense(x.shape[-1], kernel_init=init)(ACTIVATIONS[self.activation](hidden))
+    # constructed output layer first, as always: Dense_0 is the output, Dense_1 the hidden layer
+    # (parameter names of existing checkpoints)
+    out = nn.Dense(x.shape[-1], kernel_init=init)
+    return out(ACTIVATIONS[self.activation](nn.Dense(self.hidden, kernel_init=init)(x)))
 
 
 def deepnorm_constants(num_layers: int) -> tuple[float, float]:
