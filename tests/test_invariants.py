@@ -116,8 +116,10 @@ def test_outputs_depend_on_inputs_and_a_few_steps_lower_the_loss(p):
   # The best loss, not the last: Adam at 1e-2 is a large step for some nets (an 18-layer ResNet
   # without norm climbs from 1.2 back to 8.3 at step 25, then falls again). Whether a net is
   # stable at a learning rate is what the experiments measure; this test asks only whether the
-  # gradient reaches the parameters and points downhill.
-  assert np.isfinite(losses).all() and min(losses) < 0.9 * losses[0], (p.id, losses)
+  # gradient reaches the parameters and points downhill: 5 % below the start. (Plain language
+  # models with DyT start with their input scaled by alpha^5 = 0.03 and fall steadily but only
+  # 8 % in 25 steps; a net whose gradient does not reach its parameters stays flat.)
+  assert np.isfinite(losses).all() and min(losses) < 0.95 * losses[0], (p.id, losses)
 
 
 def _population_points():
