@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from configs import default
 from models import norms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,8 @@ def tree_hashes(path):
     ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),
     ('--config.optimizer.schedule=linear', 'constant, cosine, piecewise'),
     ('--config.model.depth=21', '6n+2'),
-    ('--config.model.nrom=layer', 'config.model has bn_ghost_size, bn_momentum, bn_scope, compute_dtype, conv_wgrad, depth'),
+    ('--config.model.nrom=layer',   # every key of the model config, in order
+     'config.model has ' + ', '.join(sorted(default.get_config().model))),
     ('--config.model.depth=abc', "invalid literal for int() with base 10: 'abc'"),
     ('--config.data.batch_size=0', 'data.batch_size must be > 0; got 0'),
     ('--config.optimizer.warmup_steps=-1', 'optimizer.warmup_steps must be >= 0; got -1'),

@@ -108,14 +108,15 @@ class Experiment:
 def check_config(config, mesh: Mesh) -> None:
   """Every name and value in `config`, and its batch against `mesh`, before any data is loaded
   or file written. (Combinations that depend on the data, such as a norm a model refuses, are
-  the model builders' to refuse: `build_experiment`.)"""
+  the model builders' to refuse: `build_experiment`.) Values out of range first: an option
+  set to a negative number is refused for its range, not for what turning it on needs."""
+  check_ranges(config)
   data_lib.check_dataset_name(config.data.name)
   models.check_model_names(config.model)
   optim.check_config(config.optimizer)
   if config.data.augment not in pipeline.AUGMENTATIONS:
     raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
                       f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
-  check_ranges(config)
   parallel.check_batch(config.data.batch_size, mesh)
   m = config.model
   if m.get('bn_scope') == 'ghost' and config.data.batch_size % max(m.bn_ghost_size, 1):
