@@ -326,9 +326,9 @@ def test_fixup_is_refused_where_it_does_not_apply():
 def test_nf_resnet_activations_follow_the_expected_variance_schedule(model_name, depth):
   """Brock, De & Smith 2021's signal-propagation property at init, on unit Gaussian inputs: the
   residual stream's variance after block i is beta_i^2 + alpha^2 (beta_0 = 1; reset to
-  1 + alpha^2 after each transition block) within 25 % (32x32 images: on the 2x2 maps of 8x8
-  digits most 3x3 taps read zero padding and the variance falls below the schedule, which
-  assumes every tap sees signal); scaled WS keeps a conv's output second moment equal to its
+  1 + alpha^2 after each transition block) within 25 %, on maps of 8x8 and up (on a 2x2 map most
+  3x3 taps read zero padding and the variance falls below the schedule, which assumes every tap
+  sees signal: ResNet-50's last stages at 32x32, ResNet-56 on 8x8 digits); scaled WS keeps a conv's output second moment equal to its
   input's."""
   alpha = 0.2
   p = cs.Point(model_name, 'image32', 'none')
@@ -341,7 +341,6 @@ def test_nf_resnet_activations_follow_the_expected_variance_schedule(model_name,
                          mutable=['intermediates'])
   blocks = sorted((k for k in inter['intermediates'] if k.startswith('stage')),
                   key=lambda k: tuple(int(n) for n in re.findall(r'\d+', k)))
-  assert len(blocks) > 10
   expected, measured = [], []
   var = 1.0
   for name in blocks:
@@ -350,8 +349,10 @@ def test_nf_resnet_activations_follow_the_expected_variance_schedule(model_name,
     if index == 1 and (stage > 1 or out.shape[-1] != 16):
       var = 1.0
     var += alpha ** 2
-    expected.append(var)
-    measured.append(float((out.astype(np.float64) ** 2).mean()))
+    if out.shape[1] >= 8:   # maps of 8x8 and up (the 3x3 taps of smaller ones read padding)
+      expected.append(var)
+      measured.append(float((out.astype(np.float64) ** 2).mean()))
+  assert len(measured) >= 3
   np.testing.assert_allclose(measured, expected, rtol=0.25)
   assert measured[-2] > measured[0] or model_name != 'resnet'   # the variance grows in a stage
 
