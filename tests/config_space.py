@@ -122,23 +122,34 @@ def space() -> tuple[list[Point], dict[Point, str]]:
 
 
 def covering(points: list[Point]) -> list[Point]:
-  """A subset with one point per (model, data, norm), the other switches rotated so that within
-  each (model, data) every value of each appears, and BatchNorm's scopes rotate across each
-  model's kinds of data: the fast tests' share of the space."""
+  """A subset with one point per (model, norm): each model's kinds of data rotate across its
+  norms (so every (model, data) appears, with several norms), the other switches rotate so that
+  within each model every value of each appears, and BatchNorm's scopes rotate across each
+  model's norms with statistics: the fast tests' share of the space (`-m slow` walks it all)."""
+  kinds: dict[str, list[str]] = {}
+  for p in points:
+    kinds.setdefault(p.model, [])
+    if p.data not in kinds[p.model]:
+      kinds[p.model].append(p.data)
   groups: dict[tuple, list[Point]] = {}
   for p in points:
-    groups.setdefault((p.model, p.data, p.norm), []).append(p)
+    groups.setdefault((p.model, p.norm), []).append(p)
   out, count, scopes = [], {}, {}
-  for (model, data, norm), members in groups.items():
-    n = count[model, data] = count.get((model, data), -1) + 1
-    want = dict(residual=n % 2 == 0, norm_position=transformer.NORM_POSITIONS[(n // 2) % 2],
+  for (model, norm), members in groups.items():
+    n = count[model] = count.get(model, -1) + 1
+    want = dict(data=kinds[model][n % len(kinds[model])], residual=n % 2 == 0,
+                norm_position=transformer.NORM_POSITIONS[(n // 2) % 2],
                 variable_length=(n // 4) % 2 == 1)
     if norms.NORMS[norm].running_stats:
       k = scopes[model] = scopes.get(model, -1) + 1
       want['bn_scope'] = norms.BN_SCOPES[k % len(norms.BN_SCOPES)]
-    match = [q for q in members
-             if all(getattr(q, k) == v or _ignored(q, k) for k, v in want.items())]
-    out.append((match or members)[0])
+    for relax in range(len(want) + 1):   # drop the last wishes until some point matches
+      keys = list(want)[:len(want) - relax]
+      match = [q for q in members
+               if all(getattr(q, k) == want[k] or _ignored(q, k) for k in keys)]
+      if match:
+        out.append(match[0])
+        break
   return out
 
 

@@ -21,7 +21,10 @@ from training import experiment, step as step_lib, tasks
 
 ALLOWED, REFUSED = cs.space()
 FAST = cs.covering(ALLOWED)
-LM_FAST = [p for p in ALLOWED if p.data == 'lm' and p.residual and not p.variable_length]
+# causality, fast: every norm in each language-model family once (residual, full length; the
+# norm position rotating); -m slow: every LM point
+LM_FAST = list({(p.model, p.norm): p for p in ALLOWED[::-1]
+                if p.data == 'lm' and p.residual and not p.variable_length}.values())
 # the model options (SkipInit/ReZero, weight standardization, QK-norm) on every covering point;
 # the fast run takes the first point of each option
 VARIANTS = cs.variants(FAST)
