@@ -95,12 +95,11 @@ def submit_sweep(flags, sweep) -> int:
     raise ConfigError(f'--num_shards must be between 1 and the {len(runs)} runs; got {count}')
   os.makedirs(directory, exist_ok=True)
   ex = executor(flags, os.path.join(directory, LOG_DIR))
-  spec = os.path.abspath(spec.partition(':')[0]) + (':' + spec.partition(':')[2]
-                                                     if ':' in spec else '')
-  n = count
-  jobs = ex.map_array(ShardTask(), [spec] * n, [os.path.abspath(directory)] * n, list(range(n)),
-                      [n] * n, [flags.seeds_in_one_program] * n)
-  print(f'submitted {n} task(s) of {len(runs)} runs: job {jobs[0].job_id.split("_")[0]} '
+  path, colon, arg = spec.partition(':')   # the tasks may start in another directory
+  spec = os.path.abspath(path) + colon + arg
+  jobs = ex.map_array(ShardTask(), [spec] * count, [os.path.abspath(directory)] * count,
+                      list(range(count)), [count] * count, [flags.seeds_in_one_program] * count)
+  print(f'submitted {count} task(s) of {len(runs)} runs: job {jobs[0].job_id.split("_")[0]} '
         f'(logs in {os.path.join(directory, LOG_DIR)})', flush=True)
   if not flags.wait:
     return 0

@@ -81,6 +81,19 @@ class _Block(nn.Module):
 
   nf: tuple = ()   # NF-ResNet: (alpha, beta): h + alpha * f(h / beta), `_nf_block`
 
+  def _skip(self, x, out_filters: int, project, option_a: bool = True):
+    """The skip path: `x` where the block keeps its shape; where it changes, option A's
+    subsampling and zero-padding (`shortcut='A'`, when `option_a`) or `project(out_filters)`
+    (a 1x1 projection)."""
+    if x.shape[-1] == out_filters and self.strides == 1:
+      return x
+    if self.shortcut == 'A' and option_a:
+      return _shortcut_a(x, out_filters, self.strides)
+    return project(out_filters)
+
+  def _projection(self, inputs, out_filters: int):
+    return self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(inputs)
+
   def _nf_block(self, x, specs):
     """Brock, De & Smith 2021: h_next = skip + alpha * f(h / beta), beta the expected std of h at
     init (Var h_next = Var h + alpha^2; a transition block, whose skip changes shape, takes the
@@ -93,13 +106,9 @@ class _Block(nn.Module):
       if k:
         y = nn.relu(y) * NF_RELU_GAIN
       y = self.conv(features, kernel, strides=strides)(y)
-    out_filters = y.shape[-1]
     # transitions always project, as the paper's NF-ResNets (CIFAR's option A would zero-pad
     # half the channels and halve the stream's variance: the beta bookkeeping would not hold)
-    if x.shape[-1] != out_filters or self.strides != 1:
-      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(out)
-    else:
-      skip = x
+    skip = self._skip(x, y.shape[-1], lambda n: self._projection(out, n), option_a=False)
     return skip + alpha * y
 
   def _fixup_bias(self, name):
@@ -109,15 +118,7 @@ class _Block(nn.Module):
     """The branch's scalar multiplier and bias, the skip (a projection sees the branch's input
     bias too, as in Fixup's code), ReLU."""
     y = y * self.param('fixup_scale', nn.initializers.ones, ()) + self._fixup_bias('bias_out')
-    out_filters = y.shape[-1]
-    if self.shortcut == 'A':
-      skip = _shortcut_a(x, out_filters, self.strides)
-    elif x.shape[-1] != out_filters or self.strides != 1:
-      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(
-          x + bias_in)
-    else:
-      skip = x
-    return nn.relu(y + skip)
+    return nn.relu(y + self._skip(x, y.shape[-1], lambda n: self._projection(x + bias_in, n)))
 
   def _fixup_convs(self, x, specs):
     """Fixup's branch: scalar bias before each conv and activation, He init scaled by
@@ -139,14 +140,8 @@ class _Block(nn.Module):
     if not self.residual:  # a plain block: the same path, no skip
       return nn.relu(y)
     y = residual_lib.gated(self, y, self.skipinit)
-    out_filters = y.shape[-1]
-    if self.shortcut == 'A':
-      skip = _shortcut_a(x, out_filters, self.strides)
-    elif x.shape[-1] != out_filters or self.strides != 1:
-      skip = self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(x)
-      skip = self.norm(name='proj_norm')(skip, train=train)
-    else:
-      skip = x
+    skip = self._skip(x, y.shape[-1], lambda n: self.norm(name='proj_norm')(
+        self._projection(x, n), train=train))
     return nn.relu(y + skip)
 
 
@@ -259,22 +254,26 @@ IMAGENET_VARIANTS = {   # depth -> (stage sizes, block), as torchvision
     152: ((3, 8, 36, 3), BottleneckBlock)}
 
 
+STD_EPSILON = 1e-8
+
+
+def standardize(w, per_fan_in: bool = False):
+  """A conv kernel standardized per output channel over (height, width, input channels):
+  (w - mean) / sqrt(var + eps), or / sqrt(var * fan_in + eps) with `per_fan_in`."""
+  fan_in = w.shape[0] * w.shape[1] * w.shape[2] if per_fan_in else 1
+  mean = w.mean(axis=(0, 1, 2), keepdims=True)
+  var = w.var(axis=(0, 1, 2), keepdims=True)
+  return (w - mean) * jax.lax.rsqrt(var * fan_in + STD_EPSILON)
+
+
 class StdConv(nn.Conv):
   """Weight standardization (Qiao et al. 2019), as big_vision's StdConv for BiT: the kernel used
-  is the stored one standardized per output channel over (height, width, input channels):
-  (w - mean) / sqrt(var + 1e-8). The stored parameter keeps its own scale; gradients flow
-  through the standardization."""
+  is the stored one standardized (`standardize`). The stored parameter keeps its own scale;
+  gradients flow through the standardization."""
 
   def param(self, name, *args, **kwargs):
     value = super().param(name, *args, **kwargs)
-    if name == 'kernel':
-      mean = value.mean(axis=(0, 1, 2), keepdims=True)
-      var = value.var(axis=(0, 1, 2), keepdims=True)
-      value = (value - mean) * jax.lax.rsqrt(var + STD_EPSILON)
-    return value
-
-
-STD_EPSILON = 1e-8
+    return standardize(value) if name == 'kernel' else value
 
 
 class ScaledStdConv(nn.Conv):
@@ -285,11 +284,8 @@ class ScaledStdConv(nn.Conv):
   def param(self, name, *args, **kwargs):
     value = super().param(name, *args, **kwargs)
     if name == 'kernel':
-      fan_in = value.shape[0] * value.shape[1] * value.shape[2]
-      mean = value.mean(axis=(0, 1, 2), keepdims=True)
-      var = value.var(axis=(0, 1, 2), keepdims=True)
       gain = super().param('gain', nn.initializers.ones, (value.shape[-1],), jnp.float32)
-      value = gain * (value - mean) * jax.lax.rsqrt(var * fan_in + STD_EPSILON)
+      value = gain * standardize(value, per_fan_in=True)
     return value
 
 

@@ -42,6 +42,11 @@ ACTIVATIONS = {'gelu_tanh': functools.partial(nn.gelu, approximate=True),
                'relu': nn.relu}
 
 
+def lecun_normal(scale: float = 1.0):
+  """flax's default Dense init (LeCun normal), its standard deviation times `scale`."""
+  return nn.initializers.variance_scaling(scale ** 2, 'fan_in', 'truncated_normal')
+
+
 class MLP(nn.Module):
   hidden: int
   activation: str = 'gelu_tanh'
@@ -49,7 +54,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.variance_scaling(self.init_scale ** 2, 'fan_in', 'truncated_normal')
+    init = lecun_normal(self.init_scale)
     # constructed output layer first, as always: Dense_0 is the output, Dense_1 the hidden layer
     # (parameter names of existing checkpoints)
     out = nn.Dense(x.shape[-1], kernel_init=init)
@@ -66,7 +71,7 @@ def _qkv_init(beta: float):
   """flax's attention initializes its query, key and value kernels with one `kernel_init`, in that
   order: this one keeps LeCun normal for the first two and scales the third (the value) by
   `beta`, as DeepNorm prescribes (tests/test_beyond_six.py checks each kernel)."""
-  base = nn.initializers.lecun_normal()
+  base = lecun_normal()
   calls = [0]
 
   def init(key, shape, dtype=jnp.float32):
@@ -101,11 +106,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, attn_mask, norm_mask, *, train: bool):
     beta = self.deepnorm[1] if self.deepnorm else 1.0
-    out_init = nn.initializers.variance_scaling(beta ** 2, 'fan_in', 'truncated_normal')
     attention = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, normalize_qk=self.qk_norm, out_kernel_init=out_init,
-        kernel_init=_qkv_init(beta) if self.deepnorm else nn.initializers.lecun_normal(),
-        name='attention')
+        num_heads=self.num_heads, normalize_qk=self.qk_norm, out_kernel_init=lecun_normal(beta),
+        kernel_init=_qkv_init(beta) if self.deepnorm else lecun_normal(), name='attention')
     x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
                        train=train, norm_mask=norm_mask)
     mlp = MLP(self.mlp_dim, self.activation, beta, name='mlp')
