@@ -35,6 +35,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   #                               De & Smith 2021: scaled WS, h + alpha * f(h / beta); paper: 0.2)
   m.fixup = False               # ResNets with norm=none: Fixup initialization (Zhang et al. 2019)
   m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
+  m.weight_norm = False         # ResNets: convs wrapped in flax's WeightNorm (Salimans & Kingma 2016)
+  m.spectral_norm = False       # ResNets: convs wrapped in flax's SpectralNorm (Miyato et al. 2018)
   m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
   # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's
   # resolved.json records what ran)

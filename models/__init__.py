@@ -55,6 +55,13 @@ def resolve_speed(model_config, backend: str, devices: int) -> dict:
 
 
 RESNETS = ('resnet', 'resnet_imagenet')
+# options that reparameterize the ResNets' convolution kernels (at most one at a time)
+KERNEL_OPTIONS = ('weight_std',) + resnet.REPARAMS
+# boolean model options that change the model around any norm (each refused with its reason
+# where it does not apply): the invariant tests switch each on across the configuration space.
+# (model.fixup and model.nf_alpha are not here: they replace the norm, need norm=none, and make
+# the head start at 0 or change the whole net; they have their own tests.)
+OPTIONS = ('skipinit',) + KERNEL_OPTIONS + ('qk_norm', 'deepnorm')
 
 
 def check_model_names(model_config) -> None:
@@ -83,14 +90,18 @@ def check_model_names(model_config) -> None:
       raise ConfigError(f'model.{key} makes {what}, which replaces normalization in a residual '
                         f'net: it needs model.norm=none and residual=True (got '
                         f'norm={model_config.norm}, residual={model_config.residual})')
-    others = [k for k in ('fixup', 'nf_alpha', 'skipinit', 'weight_std')
+    others = [k for k in ('fixup', 'nf_alpha', 'skipinit') + KERNEL_OPTIONS
               if k != key and model_config.get(k, False)]
     if others:
       raise ConfigError(f'model.{key} makes {what}, with its own branch scalars and '
                         f'initialization: combine it with none of {", ".join(others)}')
-  if model_config.get('weight_std', False) and model_config.name not in RESNETS:
-    raise ConfigError(f'model.weight_std standardizes convolution kernels: the ResNets only '
+  kernel = [k for k in KERNEL_OPTIONS if model_config.get(k, False)]
+  if kernel and model_config.name not in RESNETS:
+    raise ConfigError(f'model.{kernel[0]} reparameterizes convolution kernels: the ResNets only '
                       f'({", ".join(RESNETS)}); {model_config.name} has none')
+  if len(kernel) > 1:
+    raise ConfigError(f'model.{kernel[0]} and model.{kernel[1]} both reparameterize the '
+                      'convolution kernels: choose one')
   if model_config.get('deepnorm', False) and model_config.name != 'transformer':
     raise ConfigError(f'model.deepnorm is a Transformer scheme (Wang et al. 2022); '
                       f'{model_config.name} has no post-LN sub-layers')

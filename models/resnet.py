@@ -199,18 +199,19 @@ class ResNet(nn.Module):
   weight_std: bool = False       # weight-standardized convolutions (`StdConv`)
   fixup: bool = False            # Fixup initialization (no norm): see `_Block._fixup_convs`
   nf_alpha: float = 0.0          # > 0: a Normalizer-Free ResNet with this alpha (`_nf_block`)
+  reparam: str = ''              # every conv wrapped in flax's 'weight_norm' or 'spectral_norm'
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
     conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes,
-                 'scaled' if self.nf_alpha else self.weight_std)
+                 'scaled' if self.nf_alpha else self.weight_std, self.reparam, train)
     x = x.astype(self.dtype)
     imagenet = self.stem == 'imagenet'
     stem = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
                 name='stem_conv')
     x = stem(x)
-    token = stem.variables['params']['kernel'].reshape(-1)[0]   # for `materialize`
+    token = self.variables['params']['stem_conv']['kernel'].reshape(-1)[0]   # for `materialize`
     if not self.nf_alpha:   # NF-ResNets: pre-activation blocks take the stem's output as it is
       x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     if imagenet:
@@ -293,19 +294,41 @@ class ScaledStdConv(nn.Conv):
 NF_RELU_GAIN = (2 / (1 - 1 / jnp.pi)) ** 0.5
 
 
+# weight normalization's scale starts at He's gain, so that a unit-norm filter times it has the
+# norm a He-initialized filter has in expectation (sqrt(fan_in * 2 / fan_in))
+WEIGHT_NORM_GAIN = 2 ** 0.5
+REPARAMS = ('weight_norm', 'spectral_norm')   # model config keys, each a bool
+
+
+def reparameterized(layer: nn.Module, reparam: str, train: bool) -> Callable[..., Any]:
+  """`layer` with its kernel reparameterized by flax's wrappers (no re-implementation):
+  'weight_norm' (Salimans & Kingma 2016): kernel = g * v / ||v|| per output channel, g starting
+  at WEIGHT_NORM_GAIN; 'spectral_norm' (Miyato et al. 2018): kernel / sigma, sigma the largest
+  singular value of the kernel as a (kh*kw*C_in, C_out) matrix, estimated by one power-iteration
+  step per call from a vector kept in `batch_stats` (stored only in train mode); '' : `layer`."""
+  if reparam == 'weight_norm':
+    return nn.WeightNorm(layer, scale_init=nn.initializers.constant(WEIGHT_NORM_GAIN))
+  if reparam == 'spectral_norm':
+    return functools.partial(nn.SpectralNorm(layer), update_stats=train)
+  return layer
+
+
 def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0,
-          weight_std: bool | str = False) -> Callable[..., Any]:
+          weight_std: bool | str = False, reparam: str = '',
+          train: bool = False) -> Callable[..., Any]:
   """`conv(features, kernel_size, strides=1, name=None)`: padded (k - 1) // 2 on every side, as
   He et al. and torchvision. (flax's 'SAME' pads a stride-2 conv over an even input 0 before
-  and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)"""
+  and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)
+  `reparam`, `train`: see `reparameterized`."""
   impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
   kind = {False: nn.Conv, True: StdConv, 'scaled': ScaledStdConv}[weight_std]
   base = functools.partial(kind, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
                            conv_general_dilated=impl)
 
   def conv(features, kernel_size, **kwargs):
-    return base(features, kernel_size, padding=[((k - 1) // 2,) * 2 for k in kernel_size],
-                **kwargs)
+    return reparameterized(
+        base(features, kernel_size, padding=[((k - 1) // 2,) * 2 for k in kernel_size],
+             **kwargs), reparam, train)
 
   return conv
 
@@ -339,7 +362,8 @@ def _speed_and_bias(cfg) -> dict:
               fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
               wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0,
               skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False),
-              fixup=cfg.get('fixup', False), nf_alpha=cfg.get('nf_alpha', 0.0))
+              fixup=cfg.get('fixup', False), nf_alpha=cfg.get('nf_alpha', 0.0),
+              reparam=next((k for k in REPARAMS if cfg.get(k, False)), ''))
 
 
 def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:

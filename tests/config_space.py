@@ -49,18 +49,17 @@ class Point:
   norm_position: str = 'pre'
   bn_scope: str = 'global'
   variable_length: bool = False
-  skipinit: bool = False      # residual branches gated by a 0-init scalar (SkipInit / ReZero)
-  weight_std: bool = False    # weight-standardized convolutions (ResNets)
-  qk_norm: bool = False       # LayerNorm on attention queries and keys (Transformers)
-  deepnorm: bool = False      # DeepNorm (post-LN Transformers)
+  options: frozenset = frozenset()   # the models.OPTIONS switched on
 
   @property
   def id(self) -> str:
     scope = f':{self.bn_scope}' if norms.NORMS[self.norm].running_stats else ''
     return (f'{self.model}-{self.data}-{self.norm}{scope}-{"res" if self.residual else "plain"}'
             f'-{self.norm_position}{"-varlen" if self.variable_length else ""}'
-            f'{"-skipinit" if self.skipinit else ""}{"-ws" if self.weight_std else ""}'
-            f'{"-qknorm" if self.qk_norm else ""}{"-deepnorm" if self.deepnorm else ""}')
+            + ''.join(f'-{o}' for o in sorted(self.options)))
+
+  def with_options(self, *names: str) -> 'Point':
+    return dataclasses.replace(self, options=frozenset(names))
 
   @property
   def dataset(self) -> Dataset:
@@ -78,8 +77,8 @@ def model_config(p: Point):
   cfg.bn_ghost_size = 4 if p.bn_scope == 'ghost' else 0   # 2 groups in a batch of 8
   cfg.conv_wgrad = 'xla'
   cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
-  cfg.skipinit, cfg.weight_std, cfg.qk_norm = p.skipinit, p.weight_std, p.qk_norm
-  cfg.deepnorm = p.deepnorm
+  for option in models.OPTIONS:
+    cfg[option] = option in p.options
   return cfg
 
 
@@ -153,22 +152,17 @@ def covering(points: list[Point]) -> list[Point]:
   return out
 
 
-# Model options that change the function but not which norms and data fit (the config checks
-# refuse them where they do not apply): each is tried on every point of the covering.
-OPTIONS = ('skipinit', 'weight_std', 'qk_norm', 'deepnorm')
-
-
 def variants(points: list[Point]) -> list[Point]:
-  """Each of OPTIONS switched on at, for each (model, data), one point with a norm that keeps
+  """Each of models.OPTIONS switched on at, for each (model, data), one point with a norm that keeps
   batch statistics and one without (where it builds): the options change the model around the
   norm, so two norms per kind of model and data cover them within the test budget."""
   out, seen = [], set()
   for p in points:
-    for option in OPTIONS:
+    for option in models.OPTIONS:
       key = (p.model, p.data, option, norms.NORMS[p.norm].running_stats)
       if key in seen:
         continue
-      q = dataclasses.replace(p, **{option: True})
+      q = p.with_options(option)
       try:
         build(q)
       except ConfigError:

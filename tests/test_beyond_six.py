@@ -3,6 +3,9 @@ formula (numpy), and the property its paper states at initialization:
 
 - DyT (Zhu et al. 2025): gamma * tanh(alpha * x) + beta;
 - weight standardization (Qiao et al. 2019): the kernel used is standardized per output channel;
+- WeightNorm (Salimans & Kingma 2016) and SpectralNorm (Miyato et al. 2018), flax's wrappers:
+  the kernel used is g * v / ||v||, and kernel / sigma with sigma from one power-iteration step
+  (which converges to the largest singular value over train steps; eval mode stores nothing);
 - SkipInit / ReZero (De & Smith 2020; Bachlechner et al. 2020): at init a residual net's output
   does not depend on anything inside its residual branches (it is its skip paths, stem and head);
 - adaptive gradient clipping (Brock et al. 2021): each unit's gradient norm at most
@@ -12,6 +15,7 @@ formula (numpy), and the property its paper states at initialization:
 import re
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -60,6 +64,77 @@ def test_weight_standardized_conv_uses_the_standardized_kernel():
   np.testing.assert_allclose(np.asarray(out2), np.asarray(out), rtol=1e-4, atol=1e-4)
 
 
+class _Reparameterized(nn.Module):
+  reparam: str
+  train: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return resnet._conv(False, reparam=self.reparam, train=self.train)(5, (3, 3), strides=2,
+                                                                         name='conv')(x)
+
+
+def _conv64(x, w):
+  return np.asarray(lax.conv_general_dilated(x.astype(np.float64), w.astype(np.float64), (2, 2),
+                                             ((1, 1), (1, 1)),
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+
+
+def test_weight_norm_conv_uses_g_times_the_unit_direction_and_starts_at_he_scale():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  module = _Reparameterized('weight_norm', train=True)
+  variables = module.init(jax.random.key(0), x)
+  (scope, g0), = [(k, v) for k, v in variables['params'].items() if k != 'conv']
+  np.testing.assert_array_equal(g0['conv/kernel/scale'], np.full(5, resnet.WEIGHT_NORM_GAIN,
+                                                                 np.float32))
+  v = rng.normal(size=(3, 3, 3, 5))
+  g = rng.uniform(0.5, 2, size=5)
+  want = _conv64(x, g * v / np.sqrt((v ** 2).sum(axis=(0, 1, 2))))
+  params = {'conv': {'kernel': v.astype(np.float32)},
+            scope: {'conv/kernel/scale': g.astype(np.float32)}}
+  out = module.apply({'params': params}, x)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  # the direction's own norm no longer matters
+  params['conv']['kernel'] = (7 * v).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(module.apply({'params': params}, x)), want,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_spectral_norm_conv_divides_by_the_power_iteration_estimate_of_the_top_singular_value():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  train, evaluate = _Reparameterized('spectral_norm', True), _Reparameterized('spectral_norm', False)
+  variables = train.init(jax.random.key(0), x)
+  (scope, stats), = variables['batch_stats'].items()
+  w = rng.normal(size=(3, 3, 3, 5))
+  u = rng.normal(size=(1, 5))
+  params = {'conv': {'kernel': w.astype(np.float32)}}
+  stats = {'conv/kernel/u': u.astype(np.float32), 'conv/kernel/sigma': np.float32(1)}
+  unit = lambda a: a / np.sqrt((a ** 2).sum())
+  m = w.reshape(-1, 5)
+  v1 = unit(u @ m.T)
+  u1 = unit(v1 @ m)
+  sigma = (v1 @ m @ u1.T)[0, 0]
+  want = _conv64(x, w / sigma)
+  # eval mode: one step from the stored vector, nothing stored
+  out = evaluate.apply({'params': params, 'batch_stats': {scope: stats}}, x)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  # train mode: the same output, and the new vector and sigma are stored
+  out, updates = train.apply({'params': params, 'batch_stats': {scope: stats}}, x,
+                             mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/u'], u1, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/sigma'], sigma, rtol=1e-5)
+  # over train steps sigma converges to the largest singular value (Miyato et al.'s estimate)
+  for _ in range(100):
+    _, updates = train.apply({'params': params, **updates}, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/sigma'],
+                             np.linalg.svd(m, compute_uv=False)[0], rtol=1e-3)
+  assert abs(sigma / np.linalg.svd(m, compute_uv=False)[0] - 1) > 1e-2   # one step is not there
+
+
 # Where each family's residual branches live (parameter paths): a family added to the model
 # registry without an entry here fails test_every_family_declares_its_branches.
 BRANCHES = {
@@ -77,7 +152,7 @@ def test_every_family_declares_its_branches():
 def _residual_points():
   """Every covering point with SkipInit; the fast run takes the CIFAR ResNet's first (the test
   budget), `-m slow` every family."""
-  points = [p for p in cs.variants(cs.covering(cs.space()[0])) if p.skipinit]
+  points = [p for p in cs.variants(cs.covering(cs.space()[0])) if 'skipinit' in p.options]
   fast = next(p for p in points if p.model == 'resnet')
   return [pytest.param(p, id=p.id, marks=() if p == fast else pytest.mark.slow) for p in points]
 
@@ -108,7 +183,7 @@ def test_skipinit_net_at_init_ignores_everything_inside_its_branches(p):
   for train in (True, False):
     np.testing.assert_array_equal(out(perturbed(variables['params']), train),
                                   out(variables['params'], train))
-  plain_model = cs.build(cs.dataclasses.replace(p, skipinit=False))
+  plain_model = cs.build(p.with_options())
   plain = plain_model.init(jax.random.key(0), x, train=False, mask=mask)
   assert not np.allclose(out(perturbed(plain['params']), True, plain_model, plain),
                          out(plain['params'], True, plain_model, plain))
@@ -157,7 +232,7 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
   projections by 10 leaves the output unchanged with QK-norm (up to LayerNorm's epsilon), and
   changes it without."""
   for qk_norm, same in ((True, True), (False, False)):
-    p = cs.Point('transformer', 'lm', 'layer', qk_norm=qk_norm)
+    p = cs.Point('transformer', 'lm', 'layer').with_options(*['qk_norm'] * qk_norm)
     model = cs.build(p)
     x, mask, _ = cs.batch(p)
     variables = model.init(jax.random.key(0), x, train=False, mask=mask)
@@ -170,13 +245,18 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
 
 def test_options_that_do_not_apply_are_refused_with_the_reason():
   from errors import ConfigError
-  p = cs.Point('resnet', 'image', 'batch', residual=False, skipinit=True)
+  p = cs.Point('resnet', 'image', 'batch', residual=False).with_options('skipinit')
   with pytest.raises(ConfigError, match='residual=False has none'):
     cs.build(p)
   with pytest.raises(ConfigError, match='ResNets only'):
-    cs.build(cs.Point('transformer', 'lm', 'layer', weight_std=True))
+    cs.build(cs.Point('transformer', 'lm', 'layer').with_options('weight_std'))
   with pytest.raises(ConfigError, match='the transformer only'):
-    cs.build(cs.Point('lstm', 'lm', 'layer', qk_norm=True))
+    cs.build(cs.Point('lstm', 'lm', 'layer').with_options('qk_norm'))
+  for option in models.KERNEL_OPTIONS:
+    with pytest.raises(ConfigError, match='ResNets only'):
+      cs.build(cs.Point('lstm', 'sequence', 'layer').with_options(option))
+  with pytest.raises(ConfigError, match='choose one'):
+    cs.build(cs.Point('resnet', 'image', 'batch').with_options(*models.KERNEL_OPTIONS[:2]))
 
 
 @pytest.mark.parametrize('layout', ['image', 'sequence'])
@@ -380,7 +460,7 @@ def test_deepnorm_up_weights_the_residual_and_scales_value_out_and_mlp_init_by_b
   checked by running a block's own sub-modules by hand."""
   from models import transformer
   p = cs.Point('transformer', 'lm', 'layer', norm_position='post')
-  plain, deep = cs.build(p), cs.build(cs.dataclasses.replace(p, deepnorm=True))
+  plain, deep = cs.build(p), cs.build(p.with_options('deepnorm'))
   x, mask, _ = cs.batch(p)
   vp = plain.init(jax.random.key(0), x, train=False, mask=mask)['params']
   vd = deep.init(jax.random.key(0), x, train=False, mask=mask)['params']
@@ -416,4 +496,4 @@ def nn_apply(params, name, h):
 def test_deepnorm_needs_post_ln_with_a_residual():
   from errors import ConfigError
   with pytest.raises(ConfigError, match='needs norm_position=post'):
-    cs.build(cs.Point('transformer', 'lm', 'layer', norm_position='pre', deepnorm=True))
+    cs.build(cs.Point('transformer', 'lm', 'layer', norm_position='pre').with_options('deepnorm'))

@@ -28,7 +28,7 @@ LM_FAST = list({(p.model, p.norm): p for p in ALLOWED[::-1]
 # the model options (SkipInit/ReZero, weight standardization, QK-norm) on every covering point;
 # the fast run takes the first point of each option
 VARIANTS = cs.variants(FAST)
-VARIANTS_FAST = list({tuple(getattr(p, o) for o in cs.OPTIONS): p
+VARIANTS_FAST = list({p.options: p
                       for p in VARIANTS[::-1]}.values())
 
 
