@@ -288,7 +288,9 @@ def section_norms(a, peak):
   for label, norm, key, value in (('group + weight_std', 'group', 'weight_std', True),
                                   ('none + skipinit', 'none', 'skipinit', True),
                                   ('none + fixup', 'none', 'fixup', True),
-                                  ('none + nf_alpha 0.2 (NF-ResNet)', 'none', 'nf_alpha', 0.2)):
+                                  ('none + nf_alpha 0.2 (NF-ResNet)', 'none', 'nf_alpha', 0.2),
+                                  ('none + weight_norm', 'none', 'weight_norm', True),
+                                  ('none + spectral_norm', 'none', 'spectral_norm', True)):
     config = resnet_config(norm=norm)
     config.model[key] = value
     contenders.append(jax_contender(f'resnet-20 {label}', config, ds))

@@ -5,8 +5,11 @@
 
 For every claim file in experiments/claims/ whose sweep directory exists under --sweeps, this
 writes the sweep's report, copies its plot next to FINDINGS.md, and states the claim's verdict as
-computed by the claim file from the numbers alone. A difference smaller than the spread over
-seeds is "no measurable difference". Claims not yet run are listed as such.
+computed by the claim file from the numbers alone, by the rule its docstring states (a minimum
+effect and a small-sample test, `experiments/stats.py`). Each section records the commit at which
+the claim file (its rule) last changed and whether that was before its sweep started. Claims
+not yet run are listed as such. With --only, the other claims' sections are kept as they are in
+the existing file.
 
 A claim file defines some of:
   get_sweep(arg)      the training sweep (`:smoke` 2 tiny runs, `:full` GPU/TFDS scale);
@@ -15,18 +18,26 @@ A claim file defines some of:
                       optionally 'plot' (a PNG path) and anything its verdict needs: measurements
                       beyond the train loop's own (eval modes, padding invariance, gradients);
   measure(directory) -> the same dict, for a claim with no training sweep (collectives);
-  verdict(group_keys, groups[, analysis]) -> (verdict, reason).
+  verdict(group_keys, groups[, analysis]) -> (verdict, reason);
+  gate(group_keys, groups[, analysis]) -> the conditions of the claim's regime that the runs did
+                      not reach (not converged, accuracy at the ceiling, ...): any makes the
+                      verdict "inconclusive (regime not reached)", with them and what the rule
+                      alone would say.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import os
+import re
 import shutil
+import subprocess
 
 import cli
 from experiments import report
+from experiments.stats import INCONCLUSIVE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -42,6 +53,45 @@ def wall_minutes(directory, runs) -> float:
   return (max(ends) - min(starts)) / 60 if starts else float('nan')
 
 
+def rule_commit(path: str, sweep_start: float | None) -> str:
+  """Where the claim file's rule comes from: its last commit, and whether that precedes the
+  sweep's first run (a rule written after its numbers were seen is flagged)."""
+  root = os.path.dirname(HERE)
+  git = lambda *args: subprocess.run(['git', *args], cwd=root, capture_output=True,
+                                     text=True).stdout.strip()
+  rel = os.path.relpath(path, root)
+  if git('status', '--porcelain', '--', rel):
+    return f'Verdict rule: `{rel}` has uncommitted changes, so no commit fixes its rule.'
+  line = git('log', '-1', '--format=%h %ct', '--', rel)
+  if not line:
+    return f'Verdict rule: `{rel}` is not in git.'
+  commit, when = line.split()
+  text = (f'Verdict rule: `{rel}` as of commit {commit} '
+          f'({datetime.datetime.fromtimestamp(int(when), datetime.timezone.utc):%Y-%m-%d %H:%M} '
+          'UTC)')
+  if sweep_start is None:
+    return text + '.'
+  order = 'before' if int(when) <= sweep_start else '**after** (the rule may have seen the numbers)'
+  start = datetime.datetime.fromtimestamp(sweep_start, datetime.timezone.utc)
+  return text + f', {order} the sweep started ({start:%Y-%m-%d %H:%M} UTC).'
+
+
+def decide(module, *args) -> tuple[str, str]:
+  """The verdict and its reason: the claim's rule, unless its gate finds the regime unreached."""
+  verdict, reason = module.verdict(*args)
+  unmet = module.gate(*args) if hasattr(module, 'gate') else []
+  if unmet:
+    return INCONCLUSIVE, ('; '.join(unmet) + f'. (The rule alone would say "{verdict}": '
+                          f'{reason})')
+  return verdict, reason
+
+
+def sweep_start(directory, runs) -> float | None:
+  starts = [os.path.getmtime(os.path.join(directory, r['name'], 'config.json')) for r in runs
+            if os.path.exists(os.path.join(directory, r['name'], 'config.json'))]
+  return min(starts) if starts else None
+
+
 def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[list[str], str]:
   """The claim's markdown section and its verdict ('not run yet' when its sweep is missing)."""
   lines = [f'## {name}', '', (module.__doc__ or '').strip(), '']
@@ -52,7 +102,8 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
     lines += [f'Command: `python -m experiments.findings` (measures; {analysis["command"]}).', '']
     lines += analysis['lines'] + ['']
     lines += _plot(analysis.get('plot'), name, out_dir)
-    verdict, reason = module.verdict(analysis)
+    verdict, reason = decide(module, analysis)
+    lines += [rule_commit(module.__file__, None), '']
     return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
   sweep_name = getattr(module, 'SWEEP', name)
   directory = os.path.join(sweeps_dir, sweep_name)
@@ -67,12 +118,13 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
             f'{sum(r["state"] == "finished" for r in runs)}/{len(runs)} runs finished; '
             f'seeds {sorted({r["overrides"].get("seed") for r in runs}, key=str)}; '
             f'wall time {wall_minutes(directory, runs):.1f} min.', '']
-  lines += report.table(group_keys, groups) + ['']
+  lines += report.table(group_keys, groups, getattr(module, 'METRICS', None)) + ['']
   analysis = module.analyze(directory, group_keys, groups) if hasattr(module, 'analyze') else {}
   lines += analysis.get('lines', [])
   lines += _plot(analysis.get('plot') or os.path.join(directory, 'train_loss.png'), name, out_dir)
-  verdict, reason = (module.verdict(group_keys, groups, analysis) if 'analyze' in vars(module)
-                     else module.verdict(group_keys, groups))
+  args = (group_keys, groups, analysis) if 'analyze' in vars(module) else (group_keys, groups)
+  verdict, reason = decide(module, *args)
+  lines += [rule_commit(module.__file__, sweep_start(directory, runs)), '']
   return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
 
 
@@ -84,6 +136,20 @@ def _plot(path, name, out_dir) -> list[str]:
   return [f'![{name}]({target})', '']
 
 
+def _existing_sections(path) -> dict[str, tuple[str, list[str]]]:
+  """{claim: (its summary row, its section's lines)} in an existing FINDINGS.md."""
+  if not os.path.exists(path):
+    return {}
+  text = open(path).read()
+  out = {}
+  for m in re.finditer(r'^## (\w+)\n(.*?)(?=^## |\Z)', text, flags=re.M | re.S):
+    row = re.search(rf'^\| \[{m.group(1)}\]\(.*$', text, flags=re.M)
+    if row:
+      out[m.group(1)] = (row.group(0),
+                         (f'## {m.group(1)}\n' + m.group(2).rstrip('\n')).split('\n') + [''])
+  return out
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('--sweeps', default='sweeps')
@@ -93,14 +159,23 @@ def main():
   out_dir = os.path.dirname(os.path.abspath(a.out))
   os.makedirs(out_dir, exist_ok=True)
   lines = ['# Findings', '', 'Generated by `python -m experiments.findings` from the claim sweeps '
-           'in experiments/claims/ (3 seeds each unless a claim says otherwise; mean ± sample std; '
-           '"no measurable difference" when a difference is within the seed spread). Wall times '
-           'are on a 2-core CPU, sometimes shared with other work.', '']
+           'in experiments/claims/ (3 seeds each unless a claim says otherwise; tables: mean and '
+           'its 95 % t-interval over seeds). Each verdict follows the rule in its claim file\'s '
+           'docstring: a minimum effect and a one-sided small-sample test (Welch or exact '
+           'permutation), fixed before the sweep ran (each section names the commit); '
+           f'"{INCONCLUSIVE}" when the runs did not reach the regime the claim is about. Wall '
+           'times are on a 2-core CPU, sometimes shared with other work.', '']
   only = set(filter(None, a.only.split(',')))
+  kept = _existing_sections(a.out) if only else {}
   sections, summary = [], ['| claim | verdict |', '|---|---|']
   for path in sorted(glob.glob(os.path.join(HERE, 'claims', '*.py'))):
     name = os.path.basename(path)[:-3]
-    if name.startswith('__') or name == 'common' or (only and name not in only):
+    if name.startswith('__') or name == 'common':
+      continue
+    if only and name not in only:
+      if name in kept:
+        summary.append(kept[name][0])
+        sections += kept[name][1]
       continue
     module = cli.import_file(path, f'_claim_{name}')
     section, verdict = claim_section(module, name, a.sweeps, out_dir)

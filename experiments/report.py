@@ -3,9 +3,9 @@ TensorBoard event files) and writes report.md and PNG plots beside them.
 
   python -m experiments.report sweeps/<name>
 
-Runs are grouped by every swept key except `seed`; each group shows mean ± std over its seeds of
-the final train loss (last logged), the test accuracy (final eval), steps/s, and how many of its
-runs diverged, failed or are unfinished.
+Runs are grouped by every swept key except `seed`; each group shows, over its seeds, the mean and
+its 95 % t-interval of the final train loss (last logged), the test accuracy and test loss (NLL)
+of the final evaluation, steps/s, and how many of its runs diverged, failed or are unfinished.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ def read_run(directory: str, run: dict) -> dict:
   train_loss = scalars.get('train/loss', [])
   speeds = [v for _, v in scalars.get('train/steps_per_sec', [])]  # train steps only
   eval_acc = scalars.get('eval/accuracy', [])
+  eval_loss = scalars.get('eval/loss', [])
   return {**run, 'state': status['state'], 'step': status.get('step'),
           'error': status.get('error'), 'scalars': scalars,
           'train_loss': train_loss[-1][1] if train_loss else None,
           'test_accuracy': eval_acc[-1][1] if eval_acc else None,   # the final evaluation
+          'test_loss': eval_loss[-1][1] if eval_loss else None,
           'steps_per_sec': float(np.median(speeds)) if speeds else None}
 
 
@@ -51,13 +53,21 @@ def group_key(run: dict, keys: list[str]) -> tuple:
   return tuple(run['overrides'][k] for k in keys)
 
 
-def mean_std(values) -> str:
+def mean_ci(values) -> str:
+  """'mean [low, high]': the 95 % t-interval of the mean over seeds."""
+  from experiments.stats import mean_ci as interval
   values = [v for v in values if v is not None and np.isfinite(v)]
   if not values:
     return '–'
   if len(values) == 1:
     return f'{values[0]:.4f}'
-  return f'{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}'
+  m, lo, hi = interval(values)
+  return f'{m:.4f} [{lo:.4f}, {hi:.4f}]'
+
+
+# the final metrics a table shows: (column, run key)
+METRICS = (('final train loss', 'train_loss'), ('test accuracy', 'test_accuracy'),
+           ('test loss (NLL)', 'test_loss'))
 
 
 def summarize(directory: str) -> tuple[list[str], OrderedDict, list[dict]]:
@@ -71,18 +81,20 @@ def summarize(directory: str) -> tuple[list[str], OrderedDict, list[dict]]:
   return group_keys, groups, runs
 
 
-def table(group_keys, groups) -> list[str]:
-  head = [k.rsplit('.', 1)[-1] for k in group_keys] + [
-      'seeds', 'final train loss', 'test accuracy', 'diverged', 'failed', 'unfinished', 'steps/s']
+def table(group_keys, groups, metrics=None) -> list[str]:
+  """One row per group; `metrics`: (column, run key) pairs (default METRICS)."""
+  metrics = metrics or METRICS
+  head = [k.rsplit('.', 1)[-1] for k in group_keys] + ['seeds'] + [
+      f'{name} (95 % CI)' for name, _ in metrics] + ['diverged', 'failed', 'unfinished',
+                                                     'steps/s']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for key, members in groups.items():
     done = [r for r in members if r['state'] == 'finished']
     count = lambda s: sum(r['state'] == s for r in members)
     unfinished = sum(r['state'] not in ('finished', 'diverged', 'failed') for r in members)
     speeds = [r['steps_per_sec'] for r in members if r['steps_per_sec']]
-    cells = [str(v) for v in key] + [
-        str(len(members)), mean_std([r['train_loss'] for r in done]),
-        mean_std([r['test_accuracy'] for r in done]), str(count('diverged')),
+    cells = [str(v) for v in key] + [str(len(members))] + [
+        mean_ci([r.get(k) for r in done]) for _, k in metrics] + [str(count('diverged')),
         str(count('failed')), str(unfinished), f'{np.mean(speeds):.1f}' if speeds else '–']
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
@@ -148,9 +160,9 @@ def plot_vs_numeric_axis(directory, group_keys, groups, metric='test_accuracy') 
 def write_report(directory: str) -> str:
   group_keys, groups, runs = summarize(directory)
   lines = [f'# Sweep report: {os.path.basename(os.path.normpath(directory))}', '',
-           f'{len(runs)} runs; grouped by {", ".join(group_keys) or "nothing"}; mean ± std over '
-           'seeds (sample std). Final train loss is the last logged train loss (averaged over its '
-           'log interval); test accuracy is the final evaluation.', '']
+           f'{len(runs)} runs; grouped by {", ".join(group_keys) or "nothing"}; mean over seeds '
+           'and its 95 % t-interval. Final train loss is the last logged train loss (averaged '
+           'over its log interval); test accuracy and loss are the final evaluation\'s.', '']
   lines += table(group_keys, groups)
   bad = [r for r in runs if r['state'] in ('diverged', 'failed')]
   lines += ['', '## Diverged or failed runs', '']

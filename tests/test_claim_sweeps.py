@@ -69,6 +69,15 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   # gradients reads the depth sweep's runs: its section has the depth table and its own plot
   gradients_part = text.split('## gradients')[1].split('## ')[0]
   assert '| 8 | True |' in gradients_part and (tmp_path / 'gradients_gradients.png').exists()
+  # the section names the commit of the claim file that holds the verdict rule
+  assert 'Verdict rule: `experiments/claims/depth.py`' in depth_part
+  # --only regenerates those claims and keeps every other section as it was
+  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "none"}', f'--out={out}',
+                                   '--only=batch_size'])
+  findings.main()
+  again = out.read_text()
+  assert again.split('## depth')[1].split('## ')[0] == depth_part
+  assert again.count('| [depth](#depth)') == 1 and again.count('## batch_size') == 1
 
 
 def _smoke(name, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+from scipy import stats as scipy_stats
 import pytest
 
 from errors import ConfigError
@@ -195,8 +196,10 @@ def test_report_groups_and_numbers_match_the_event_files(tmp_path):
       accs.append(acc.Scalars('eval/accuracy')[-1].value)
     cells = [c.strip() for c in line.strip('|').split('|')]
     assert cells[2] == '2'
-    assert cells[3] == f'{np.mean(losses):.4f} ± {np.std(losses, ddof=1):.4f}'
-    assert cells[4] == f'{np.mean(accs):.4f} ± {np.std(accs, ddof=1):.4f}'
+    t = scipy_stats.t.ppf(0.975, 1) / np.sqrt(2)   # the 95 % t-interval of a mean of 2 seeds
+    for cell, v in ((cells[3], losses), (cells[4], accs)):
+      half = t * np.std(v, ddof=1)
+      assert cell == f'{np.mean(v):.4f} [{np.mean(v) - half:.4f}, {np.mean(v) + half:.4f}]'
 
 
 @pytest.mark.slow
