@@ -118,6 +118,12 @@ class Comparison:
     chance (one-sided p < alpha)."""
     return self.ok and self.diff >= self.min_effect and self.p < self.alpha
 
+  def within(self, margin: float) -> bool:
+    """Equivalence: the 95 % interval of the difference lies inside (−margin, margin) (two
+    one-sided tests at 2.5 % each: stricter than the usual 90 % interval)."""
+    lo, hi = self.ci
+    return self.ok and -margin < lo and hi < margin
+
   def text(self, a_name: str, b_name: str, digits: int = 4) -> str:
     """Every number the rule used, in one clause."""
     if not self.ok:
@@ -139,6 +145,12 @@ def compare(a_members, b_members, key, min_effect, test='welch', alpha=0.05,
   sign = 1.0 if higher_is_better else -1.0
   return Comparison(sign * values(a_members, key), sign * values(b_members, key), min_effect,
                     test, alpha)
+
+
+def diverged(members) -> tuple[int, int]:
+  """(runs that diverged, runs that ended) in a group."""
+  ended = [r for r in members if r['state'] in ('finished', 'diverged')]
+  return sum(r['state'] == 'diverged' for r in ended), len(ended)
 
 
 def lookup(group_keys, groups, **values) -> list:

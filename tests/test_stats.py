@@ -86,3 +86,13 @@ def test_a_gate_that_finds_the_regime_unreached_makes_the_verdict_inconclusive()
   assert 'not converged' in reason and 'would say "reproduced"' in reason
   claim.gate = lambda keys, groups: []
   assert findings.decide(claim, [], {}) == ('reproduced', 'a beat b.')
+
+
+def test_equivalence_needs_the_whole_interval_inside_the_margin():
+  rng = np.random.default_rng(3)
+  a = 1.0 + 0.01 * rng.normal(size=4)
+  close = stats.Comparison(a, a + 0.005, 0.0)
+  assert close.within(0.05) and not close.within(0.001)
+  noisy = stats.Comparison(1 + rng.normal(size=3), 1 + rng.normal(size=3), 0.0)
+  lo, hi = noisy.ci
+  assert noisy.within(max(-lo, hi) + 1e-9) and not noisy.within(max(-lo, hi) - 1e-9)

@@ -1,0 +1,89 @@
+"""Brock, De & Smith 2021 (NF-ResNets, NFNets): a Normalizer-Free ResNet with adaptive gradient
+clipping trains as well as a BatchNorm ResNet at the same depth and batch size, and keeps
+training at batch sizes where BatchNorm degrades.
+
+CPU scale: ResNet-8 (width 16) on digits, {BatchNorm, NF-ResNet (norm=none, nf_alpha=0.2,
+optimizer.agc=0.1)} × batch {4, 64}, SGD 0.9 with lr 0.1 × b / 128 (linear scaling, as the
+batch-size claim), the same 12 epochs for every batch (cosine), 4 seeds. AGC's clip 0.1: the
+NFNets paper uses 0.01 at batch 4096 and reports that smaller batches tolerate larger clips.
+Full scale (`:full`): ResNet-20 on CIFAR-10, batch {8, 128}, 30 epochs.
+
+Rule (written before the sweep ran): metric the final test accuracy. (a) "As well as" at batch
+64: the 95 % Welch interval of (NF − BN) lies above −MARGIN (1 point), i.e. NF is not shown worse
+by a point or more. (b) "BN degrades" at batch 4: BN at 64 exceeds BN at 4 by at least MARGIN
+with a one-sided Welch p < 0.05; "NF keeps training": NF at 4 is above BN at 4 by at least
+MARGIN (p < 0.05) and NF's own drop from 64 to 4 is not shown to reach MARGIN. Reproduced if (a)
+and (b); partly if one; not reproduced if neither. Gate: BN degrades at batch 4 (the regime the
+second half is about); if not, inconclusive, with (a) stated.
+"""
+
+from configs import default, resnet_cifar10
+from experiments.claims.common import finish
+from experiments.sweeps import product, zipped
+from experiments.stats import compare, lookup
+
+MARGIN = 0.01
+ARMS = {'model.norm': ['batch', 'none'], 'model.nf_alpha': [0.0, 0.2], 'optimizer.agc': [0.0, 0.1]}
+EPOCHS = 12
+
+
+def get_sweep(arg=None):
+  if arg == 'full':
+    config, examples, batches, epochs = resnet_cifar10.get_config(), 50000, [8, 128], 30
+    config.optimizer.schedule = 'cosine'
+  else:
+    config, examples, batches, epochs = default.get_config('8'), 1437, [4, 64], EPOCHS
+  steps = [epochs * examples // b for b in batches]
+  config.eval_every_steps = config.checkpoint_every_steps = 10 ** 9   # final only
+  axes = [zipped({'data.batch_size': batches, 'num_train_steps': steps,
+                  'log_every_steps': [max(1, s // 20) for s in steps],
+                  'optimizer.learning_rate': [0.1 * b / 128 for b in batches]}),
+          zipped(ARMS)]
+  smoke = [product('data.batch_size', [4]), zipped(ARMS)]
+  sweep = finish(config, axes, arg, smoke)
+  if arg != 'smoke':
+    sweep.axes[-1] = product('seed', [0, 1, 2, 3])
+  return sweep
+
+
+def _runs(group_keys, groups, norm, batch):
+  return lookup(group_keys, groups, **{'model.norm': norm, 'data.batch_size': batch})
+
+
+def _batches(group_keys, groups):
+  i = group_keys.index('data.batch_size')
+  return sorted({k[i] for k in groups})
+
+
+def _bn_degrades(group_keys, groups):
+  small, large = _batches(group_keys, groups)
+  return compare(_runs(group_keys, groups, 'batch', large),
+                 _runs(group_keys, groups, 'batch', small), 'test_accuracy', MARGIN)
+
+
+def gate(group_keys, groups):
+  c = _bn_degrades(group_keys, groups)
+  small, large = _batches(group_keys, groups)
+  if not c.greater:
+    return [f'BatchNorm does not degrade at batch {small}: {c.text(f"BN@{large}", f"BN@{small}")}']
+  return []
+
+
+def verdict(group_keys, groups):
+  small, large = _batches(group_keys, groups)
+  r = lambda norm, b: _runs(group_keys, groups, norm, b)
+  same = compare(r('none', large), r('batch', large), 'test_accuracy', MARGIN)
+  as_well = same.ok and same.ci[0] > -MARGIN
+  bn_drop = _bn_degrades(group_keys, groups)
+  nf_above = compare(r('none', small), r('batch', small), 'test_accuracy', MARGIN)
+  nf_drop = compare(r('none', large), r('none', small), 'test_accuracy', MARGIN)
+  keeps = bn_drop.greater and nf_above.greater and not nf_drop.greater
+  numbers = (f'test accuracy. (a) batch {large}: {same.text("NF", "BN")}: NF '
+             f'{"is" if as_well else "is not"} shown within {MARGIN} of BN. (b) '
+             f'{bn_drop.text(f"BN@{large}", f"BN@{small}")}; {nf_above.text(f"NF@{small}", f"BN@{small}")}; '
+             f'{nf_drop.text(f"NF@{large}", f"NF@{small}")}')
+  if as_well and keeps:
+    return 'reproduced', numbers + '.'
+  if as_well or keeps:
+    return 'partly', numbers + ('; only (a) holds.' if as_well else '; only (b) holds.')
+  return 'not reproduced', numbers + '.'
