@@ -42,6 +42,8 @@ def model(name: str, norm: str, residual: bool, width: int, **family_keys):
   # resolved.json records what ran)
   m.conv_wgrad = 'auto'         # ResNet conv weight grads: xla | chunked (models/conv.py) | auto
   m.fusion_barriers = 'auto'    # ResNet: a fusion barrier after each block: on | off | auto
+  m.recurrence = 'auto'         # LSTM loop over time: scan (nn.scan) | custom_vjp (lstm.recurrence) | auto
+  m.fold_input = 'auto'         # LSTM: first projection re-associated with the embedding: on | off | auto
   m.update(family_keys)
   return m
 

@@ -34,24 +34,37 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 # `resolve_speed` decides, and the loop writes what it decided to the run's workdir.
 CONV_WGRADS = ('auto', 'xla', 'chunked')     # ResNet conv weight gradients (models/conv.py)
 FUSION_BARRIERS = ('auto', 'on', 'off')      # a barrier after each ResNet block (resnet.materialize)
+RECURRENCES = ('auto', 'scan', 'custom_vjp')  # the LSTM's loop over time (lstm.recurrence)
+FOLD_INPUT = ('auto', 'on', 'off')           # the LSTM's first projection (lstm.project_source)
+SPEED_KEYS = (('conv_wgrad', CONV_WGRADS), ('fusion_barriers', FUSION_BARRIERS),
+              ('recurrence', RECURRENCES), ('fold_input', FOLD_INPUT))
 
 
 def resolve_speed(model_config, backend: str, devices: int) -> dict:
-  """{key: concrete choice} for each speed field of `model_config` on `backend` with `devices`.
+  """{key: concrete choice} for each speed field of `model_config`'s family on `backend` with
+  `devices`.
 
   conv_wgrad: chunked for the CIFAR ResNets on one CPU device (faster there; with several
     devices the chunks would cut across the batch's sharding), XLA's own elsewhere.
   fusion_barriers: on on CPU (without them XLA:CPU's backward was quadratic in depth); off
     elsewhere until measured (on a GPU the conditional may cost a host round trip per block).
+  recurrence, fold_input (the LSTM): custom_vjp and on on CPU (measured faster there:
+    benchmarks/RESULTS.md); scan and off elsewhere until measured.
   """
-  wgrad = model_config.get('conv_wgrad', 'auto')
-  if wgrad == 'auto':
-    wgrad = ('chunked' if model_config.name == 'resnet' and backend == 'cpu' and devices == 1
-             else 'xla')
-  barriers = model_config.get('fusion_barriers', 'auto')
-  if barriers == 'auto':
-    barriers = 'on' if backend == 'cpu' else 'off'
-  return {'conv_wgrad': wgrad, 'fusion_barriers': barriers}
+  cpu = backend == 'cpu'
+  out = {}
+  if model_config.name in RESNETS:
+    wgrad = model_config.get('conv_wgrad', 'auto')
+    if wgrad == 'auto':
+      wgrad = 'chunked' if model_config.name == 'resnet' and cpu and devices == 1 else 'xla'
+    barriers = model_config.get('fusion_barriers', 'auto')
+    out = {'conv_wgrad': wgrad, 'fusion_barriers': barriers if barriers != 'auto' else
+           'on' if cpu else 'off'}
+  if model_config.name == 'lstm':
+    for key, fast, slow in (('recurrence', 'custom_vjp', 'scan'), ('fold_input', 'on', 'off')):
+      value = model_config.get(key, 'auto')
+      out[key] = (fast if cpu else slow) if value == 'auto' else value
+  return out
 
 
 RESNETS = ('resnet', 'resnet_imagenet')
@@ -72,7 +85,7 @@ def check_model_names(model_config) -> None:
   dtype = model_config.get('compute_dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'unknown model.compute_dtype {dtype!r}; valid: {", ".join(COMPUTE_DTYPES)}')
-  for key, valid in (('conv_wgrad', CONV_WGRADS), ('fusion_barriers', FUSION_BARRIERS)):
+  for key, valid in SPEED_KEYS:
     value = model_config.get(key, 'auto')
     if value not in valid:
       raise ConfigError(f'unknown model.{key} {value!r}; valid: {", ".join(valid)}')

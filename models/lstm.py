@@ -62,13 +62,15 @@ def _step_batch_norm(v, valid, stats, train, epsilon):
   return (v - mean) * jax.lax.rsqrt(var + epsilon), (mean, var, count)
 
 
-class LSTMCell(nn.Module):
-  """One time step: xw = normalized W_x x_t + b, m = mask_t, stats = running stats for step t.
+class CellBody(nn.Module):
+  """One time step after its hidden-to-hidden matmul: (carry, hw = W_h h_{t-1}, xw = normalized
+  W_x x_t + b, m = mask_t, stat_m, stats = running stats for step t) -> (carry, (h, stats used)).
 
   recurrent_bn (Cooijmans et al. 2016): the hidden-to-hidden pre-activations and the cell are
   batch-normalized with this step's statistics over the valid examples (train) or this step's
   running averages (eval); scales start at 0.1 as in the paper. The statistics used are
-  returned so the layer can update the per-step running averages.
+  returned so the layer can update the per-step running averages. It holds only parameters
+  (no state), so `recurrence` can differentiate it as a pure function.
   """
   hidden: int
   cell_norm: Callable[..., nn.Module]
@@ -77,11 +79,10 @@ class LSTMCell(nn.Module):
   epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, carry, xw, m, stat_m, stats):
+  def __call__(self, carry, hw, xw, m, stat_m, stats):
     """stat_m: the examples whose values enter this step's batch statistics (normally m)."""
     c, h = carry
     hh_stats, c_stats = stats
-    hw = nn.Dense(4 * self.hidden, use_bias=False, name='hidden_to_hidden')(h)
     step_stats = ()
     if self.recurrent_bn:
       hw, hh_used = _step_batch_norm(hw, stat_m, hh_stats, self.train, self.epsilon)
@@ -104,6 +105,92 @@ class LSTMCell(nn.Module):
     return (c, h), (h, step_stats)
 
 
+class LSTMCell(nn.Module):
+  """One time step: hw = W_h h_{t-1}, then `CellBody` (whose parameters live in this scope)."""
+  hidden: int
+  cell_norm: Callable[..., nn.Module]
+  recurrent_bn: bool = False
+  train: bool = False
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, carry, xw, m, stat_m, stats):
+    hw = nn.Dense(4 * self.hidden, use_bias=False, name='hidden_to_hidden')(carry[1])
+    body = CellBody(self.hidden, self.cell_norm, self.recurrent_bn, self.train, self.epsilon)
+    nn.share_scope(self, body)
+    return body(carry, hw, xw, m, stat_m, stats)
+
+
+def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
+  """The LSTM's loop over time with a hand-written backward pass; the same function as
+  `nn.scan(LSTMCell)` (tested), computed differently:
+
+  h_t = body(theta, carry_{t-1}, h_{t-1} @ w, xw_t, rest_t), time-major inputs. The forward
+  keeps only each step's carry and h_{t-1} @ w; the backward loop recomputes `body`'s cheap
+  elementwise and norm work per step (jax.vjp) and does one matmul per step (dh = dhw @ wᵀ),
+  and the gradient of w is one (T·B, H)ᵀ @ (T·B, 4H) matmul after the loop, instead of a small
+  matmul and an accumulation inside every backward step. `rest` (masks, running statistics)
+  gets no gradient. Returns (last carry, per-step outputs of `body`).
+  """
+
+  def run(w, theta, xw, carry0):
+    def step(carry, inputs):
+      x, r = inputs
+      hw = carry[1] @ w
+      new, out = body(theta, carry, hw, x, *r)
+      return new, (out, carry, hw)
+    last, (outs, carries, hws) = jax.lax.scan(step, carry0, (xw, rest), unroll=unroll)
+    return (last, outs), (carries, hws)
+
+  @jax.custom_vjp
+  def loop(w, theta, xw, carry0):
+    return run(w, theta, xw, carry0)[0]
+
+  def forward(w, theta, xw, carry0):
+    out, (carries, hws) = run(w, theta, xw, carry0)
+    return out, (w, theta, xw, carries, hws)
+
+  def backward(saved, cotangent):
+    w, theta, xw, carries, hws = saved
+    d_last, d_outs = cotangent
+
+    def step(acc, inputs):
+      d_carry, d_theta = acc
+      carry, hw, x, r, d_out = inputs
+      _, vjp = jax.vjp(lambda th, ca, hw_, x_: body(th, ca, hw_, x_, *r), theta, carry, hw, x)
+      d_th, (d_c, d_h), d_hw, d_x = vjp((d_carry, d_out))
+      d_theta = jax.tree.map(jnp.add, d_theta, d_th)
+      return ((d_c, d_h + d_hw @ w.T), d_theta), (d_hw, d_x)
+
+    zeros = jax.tree.map(jnp.zeros_like, theta)
+    (d_carry0, d_theta), (d_hws, d_xw) = jax.lax.scan(
+        step, (d_last, zeros), (carries, hws, xw, rest, d_outs), reverse=True, unroll=unroll)
+    h_prev = carries[1]
+    d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ d_hws.reshape(-1, d_hws.shape[-1])
+    return d_w, d_theta, d_xw, d_carry0
+
+  loop.defvjp(forward, backward)
+  return loop(w, theta, xw, carry0)
+
+
+def project_source(raw, embedding: dict, kernel):
+  """`InputEmbedding` (with parameters `embedding`) of `raw`, times `kernel`, re-associated:
+  two linear maps in a row are one. Token ids: rows of (E @ kernel) (a vocabulary-sized matmul
+  instead of a batch·time-sized one); features: raw @ (W_e @ kernel) + b_e @ kernel (a
+  features-wide matmul instead of a hidden-wide one). The same function up to float rounding."""
+  if 'embed' in embedding:
+    return jnp.take(embedding['embed']['embedding'] @ kernel, raw, axis=0)
+  proj = embedding['input_proj']
+  return raw @ (proj['kernel'] @ kernel) + proj['bias'] @ kernel
+
+
+def fold_pays(raw, vocab_size: int) -> bool:
+  """Whether `project_source` does fewer flops than embedding then projecting: its table has
+  fewer rows (vocabulary, or input features) than the batch has positions."""
+  rows = vocab_size or raw.shape[-1]
+  return rows < raw.shape[0] * raw.shape[1]
+
+
 class LSTMLayer(nn.Module):
   hidden: int
   input_norm: Callable[..., nn.Module]
@@ -112,10 +199,18 @@ class LSTMLayer(nn.Module):
   max_steps: int = 512          # per-step running averages; later steps share the last one
   momentum: float = 0.9
   epsilon: float = 1e-5
+  unroll: int = 1               # time steps per iteration of the compiled loop (speed only)
+  fused: bool = False           # the loop as `recurrence` (hand-written backward; speed only)
 
   @nn.compact
-  def __call__(self, x, mask, norm_mask, *, train: bool):
-    xw = nn.Dense(4 * self.hidden, use_bias=False, name='input_to_hidden')(x)
+  def __call__(self, x, mask, norm_mask, *, train: bool, source=None):
+    """source: None, or (raw inputs, the embedding's parameters) when `x` is `InputEmbedding`
+    of them: W_x x_t is then computed re-associated (`project_source`)."""
+    dense = nn.Dense(4 * self.hidden, use_bias=False, name='input_to_hidden')
+    if source is None or self.is_initializing():
+      xw = dense(x)
+    else:
+      xw = project_source(*source, self.variables['params']['input_to_hidden']['kernel'])
     xw = self.input_norm(name='norm_ih')(xw, train=train, mask=norm_mask)
     xw = xw + self.param('bias', _gate_bias_init, (4 * self.hidden,))
     steps = jnp.minimum(jnp.arange(x.shape[1]), self.max_steps - 1)
@@ -127,12 +222,20 @@ class LSTMLayer(nn.Module):
       per_step = tuple((mean.value[steps], var.value[steps]) for mean, var in ra.values())
     else:
       per_step = ((jnp.zeros(x.shape[1]),) * 2,) * 2
-    scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
-                   in_axes=(1, 1, 1, 0), out_axes=(1, 0))
     stat_mask = mask if norm_mask is not None else jnp.ones_like(mask)  # norm_uses_mask=False
     zeros = jnp.zeros((x.shape[0], self.hidden), x.dtype)
-    _, (hs, used) = scan(self.hidden, self.cell_norm, self.recurrent_bn, train, self.epsilon,
-                         name='cell')((zeros, zeros), xw, mask, stat_mask, per_step)
+    cell = (self.hidden, self.cell_norm, self.recurrent_bn, train, self.epsilon)
+    if self.fused and not self.is_initializing():
+      params = dict(self.variables['params']['cell'])
+      w = params.pop('hidden_to_hidden')['kernel']
+      body = lambda theta, *args: CellBody(*cell, parent=None).apply({'params': theta}, *args)
+      _, (hs, used) = recurrence(body, w, params, xw.swapaxes(0, 1),
+                                 (mask.T, stat_mask.T, per_step), (zeros, zeros), self.unroll)
+      hs = hs.swapaxes(0, 1)
+    else:
+      scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
+                     in_axes=(1, 1, 1, 0), out_axes=(1, 0), unroll=self.unroll)
+      _, (hs, used) = scan(*cell, name='cell')((zeros, zeros), xw, mask, stat_mask, per_step)
     if self.recurrent_bn and train and not self.is_initializing():
       for (mean_var, (mean, var, count)) in zip(ra.values(), used):
         seen = (count > 0)[:, None]   # steps where some example was real
@@ -158,17 +261,25 @@ class LSTM(nn.Module):
   vocab_size: int = 0
   max_length: int = 512
   skipinit: bool = False   # each stacked layer's output times a learnable 0-init scalar
+  unroll: int = 1          # time steps per loop iteration (`LSTMLayer.unroll`)
+  fused: bool = False      # the loop over time as `recurrence` (`LSTMLayer.fused`)
+  fold_input: bool = False  # the first layer's W_x x_t re-associated (`project_source`)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     check_length(x.shape[1], self.max_length)
     mask = full_mask(x, mask)
     norm_mask = mask if self.norm_uses_mask else None
-    h = InputEmbedding(self.hidden, self.vocab_size)(x)
+    embed = InputEmbedding(self.hidden, self.vocab_size)
+    h = embed(x)   # unused (and not computed) when folded into a first layer without a skip
+    source = None
+    if self.fold_input and not self.is_initializing() and fold_pays(x, self.vocab_size):
+      source = (x, self.variables['params'][embed.name])
     for layer in range(self.num_layers):
       y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, self.recurrent_bn,
-                    self.max_length, self.momentum, self.epsilon, name=f'lstm{layer + 1}')(
-          h, mask, norm_mask, train=train)
+                    self.max_length, self.momentum, self.epsilon, self.unroll, self.fused,
+                    name=f'lstm{layer + 1}')(
+          h, mask, norm_mask, train=train, source=source if layer == 0 else None)
       h = h + residual_lib.gated(self, y, self.skipinit, f'lstm{layer + 1}_gain') \
           if self.residual else y
     if not self.per_token_outputs:
@@ -201,4 +312,6 @@ def build(cfg, dataset, *, devices: int = 1) -> LSTM:
               norm_uses_mask=cfg.norm_uses_mask,
               per_token_outputs=dataset.task == 'language_model',
               vocab_size=dataset.vocab_size, max_length=cfg.max_length,
-              skipinit=cfg.get('skipinit', False))
+              skipinit=cfg.get('skipinit', False),
+              fused=cfg.get('recurrence', 'scan') == 'custom_vjp',
+              fold_input=cfg.get('fold_input', 'off') == 'on')

@@ -4,7 +4,7 @@ speed fields resolved per backend."""
 import pytest
 
 import models
-from configs import default
+from configs import default, lstm_mnist1d
 from data.base import Dataset
 from errors import ConfigError
 
@@ -59,3 +59,20 @@ def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
     module = models.build_model(cfg.model, ds)
     assert (module.wgrad_chunk_bytes > 0) == (wgrad == 'chunked')
     assert module.fusion_barriers == (barriers == 'on')
+  # the LSTM's: the custom-VJP loop and the folded input projection on CPU, measured there
+  lstm = lstm_mnist1d.get_config()
+  assert models.resolve_speed(lstm.model, 'cpu', 1) == {'recurrence': 'custom_vjp',
+                                                        'fold_input': 'on'}
+  assert models.resolve_speed(lstm.model, 'gpu', 1) == {'recurrence': 'scan', 'fold_input': 'off'}
+  seq = Dataset(None, None, 10, (40, 1), kind='sequence')
+  for recurrence, fold in (('scan', 'on'), ('custom_vjp', 'off')):
+    lstm.model.recurrence, lstm.model.fold_input = recurrence, fold
+    assert models.resolve_speed(lstm.model, 'tpu', 1) == {'recurrence': recurrence,
+                                                          'fold_input': fold}
+    module = models.build_model(lstm.model, seq)
+    assert (module.fused, module.fold_input) == (recurrence == 'custom_vjp', fold == 'on')
+  for key, valid in (('recurrence', 'auto, scan, custom_vjp'), ('fold_input', 'auto, on, off')):
+    bad = lstm.model.copy_and_resolve_references()
+    bad[key] = 'fast'
+    with pytest.raises(ConfigError, match=f'valid: {valid}'):
+      models.check_model_names(bad)

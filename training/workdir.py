@@ -41,10 +41,11 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 # Keys added to the configs after runs may have been written, with the value that reproduces
 # what those runs did: an old workdir without the key reads as having this value.
-# (model.conv_wgrad and model.fusion_barriers only change how XLA computes: every value computes
-# the same function, up to rounding.)
+# (model.conv_wgrad, model.fusion_barriers, model.recurrence and model.fold_input only change
+# how XLA computes: every value computes the same function, up to rounding.)
 LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
-              'model.fusion_barriers': 'auto',
+              'model.fusion_barriers': 'auto', 'model.recurrence': 'auto',
+              'model.fold_input': 'auto',
               'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh',
               'model.dyt_alpha': 0.5, 'model.renorm_rmax': 3.0, 'model.renorm_dmax': 5.0,
               'model.renorm_start': 5000, 'model.renorm_ramp': 35000, 'model.skipinit': False, 'model.weight_std': False, 'model.qk_norm': False, 'model.deepnorm': False, 'model.fixup': False, 'model.nf_alpha': 0.0,
