@@ -234,17 +234,28 @@ def section_resnet(a, peak):
 
 
 def section_sequence(a, peak):
+  """Each LSTM (norm none, layer, batch) as it runs by default, and with the straightforward
+  formulation (nn.scan, no folding), against PyTorch's nn.LSTM (none) or a PyTorch
+  implementation of the same equations (layer, batch); the Transformer LM against a hand-written
+  PyTorch block."""
   from benchmarks import torch_models
   rows = []
-  lstm = lstm_mnist1d.get_config('none')
-  jl = jax_contender('normlab LSTM (mnist1d, width 128)', lstm)
-  b, t = lstm.data.batch_size, 40
-  tl = torch_contender('pytorch nn.LSTM', torch_models.lstm_step(b, t, lstm.model.width), b,
-                       jl.flops)
-  out = interleave([jl, tl], a.steps, a.repeats, a.warmup)
-  for r in out:
-    r.update(section='sequence', model='lstm', vs_pytorch=r['steps_per_s'] / out[1]['steps_per_s'])
-  rows += out
+  for norm in ('none', 'layer', 'batch'):
+    lstm = lstm_mnist1d.get_config(norm)
+    jl = jax_contender(f'normlab LSTM {norm} (mnist1d, width 128)', lstm)
+    plain = lstm_mnist1d.get_config(norm)
+    plain.model.recurrence, plain.model.fold_input = 'scan', 'off'
+    jp = jax_contender(f'normlab LSTM {norm}, nn.scan, not folded', plain)
+    b, t = lstm.data.batch_size, 40
+    step = (torch_models.lstm_step(b, t, lstm.model.width) if norm == 'none' else
+            torch_models.norm_lstm_step(b, t, lstm.model.width, norm))
+    tl = torch_contender('pytorch nn.LSTM' if norm == 'none' else
+                         f'pytorch {norm}-norm LSTM (same equations)', step, b, jl.flops)
+    out = interleave([jl, jp, tl], a.steps, a.repeats, a.warmup)
+    for r in out:
+      r.update(section='sequence', model=f'lstm {norm}',
+               vs_pytorch=r['steps_per_s'] / out[2]['steps_per_s'])
+    rows += out
   lm = transformer_lm.get_config()
   jt = jax_contender('normlab Transformer LM (pre-LN)', lm)
   exp = experiment.build_experiment(lm)

@@ -4,6 +4,11 @@ normlab's shapes and FLOPs (not its every detail), for `python -m benchmarks.run
 - ResNet-20 for CIFAR (He et al. 2016, option-A shortcuts: subsample + zero-pad channels),
   BatchNorm after every conv, SGD with momentum; run eager in channels_last memory format.
 - LSTM classifier: `nn.LSTM` (1 layer) over the sequence, a linear head on the last step, Adam.
+- The normalized LSTMs, normlab's equations written out (models/lstm.py), the same input layer
+  (Linear(features, hidden), then W_x without bias) and head: Ba et al.'s LayerNorm LSTM
+  (LN on W_x x_t, on W_h h_{t-1} and on the cell) and Cooijmans et al.'s recurrent BatchNorm
+  LSTM (per-step batch statistics on W_x x_t, W_h h_{t-1} and the cell, scales 0.1, per-step
+  running averages), eager, a Python loop over time.
 - Decoder-only Transformer LM: a hand-written pre-LN block (fused QKV projection, causal
   `scaled_dot_product_attention`, GELU MLP), learned positions, final LN, linear head, AdamW.
 
@@ -66,6 +71,58 @@ class LSTMClassifier(nn.Module):
     return self.head(y[:, -1])
 
 
+class NormLSTMClassifier(nn.Module):
+  """normlab's LSTM with norm `layer` or `batch` (recurrent BN), the same equations."""
+
+  def __init__(self, features=1, hidden=128, num_classes=10, norm='layer', length=40,
+               momentum=0.9, eps=1e-5):
+    super().__init__()
+    self.embed = nn.Linear(features, hidden)
+    self.w_x = nn.Linear(hidden, 4 * hidden, bias=False)
+    self.w_h = nn.Linear(hidden, 4 * hidden, bias=False)
+    self.bias = nn.Parameter(torch.zeros(4 * hidden))
+    self.norm, self.hidden, self.momentum, self.eps = norm, hidden, momentum, eps
+    if norm == 'layer':
+      self.ln_x, self.ln_h, self.ln_c = (nn.LayerNorm(n, eps=eps)
+                                         for n in (4 * hidden, 4 * hidden, hidden))
+    else:
+      self.x_scale = nn.Parameter(torch.ones(4 * hidden))
+      self.x_bias = nn.Parameter(torch.zeros(4 * hidden))
+      self.h_scale = nn.Parameter(torch.full((4 * hidden,), 0.1))
+      self.c_scale = nn.Parameter(torch.full((hidden,), 0.1))
+      self.c_bias = nn.Parameter(torch.zeros(hidden))
+      for name, n in (('x', 4 * hidden), ('h', 4 * hidden), ('c', hidden)):
+        self.register_buffer(f'{name}_mean', torch.zeros(length, n))
+        self.register_buffer(f'{name}_var', torch.ones(length, n))
+    self.head = nn.Linear(hidden, num_classes)
+
+  def _bn(self, v, name, t):
+    """Batch statistics at step t (train), with the step's running averages updated."""
+    mean, var = v.mean(0), v.var(0, unbiased=False)
+    with torch.no_grad():
+      for buf, new in ((getattr(self, f'{name}_mean'), mean), (getattr(self, f'{name}_var'), var)):
+        buf[t].mul_(self.momentum).add_((1 - self.momentum) * new)
+    return (v - mean) * torch.rsqrt(var + self.eps)
+
+  def forward(self, x):
+    xw = self.w_x(self.embed(x))
+    if self.norm == 'layer':
+      xw = self.ln_x(xw)
+    else:
+      xw = torch.stack([self._bn(xw[:, t], 'x', t) for t in range(xw.shape[1])], 1)
+      xw = xw * self.x_scale + self.x_bias
+    xw = xw + self.bias
+    h = c = x.new_zeros(x.shape[0], self.hidden)
+    for t in range(x.shape[1]):
+      hw = self.w_h(h)
+      hw = self.ln_h(hw) if self.norm == 'layer' else self._bn(hw, 'h', t) * self.h_scale
+      i, f, g, o = (xw[:, t] + hw).chunk(4, 1)
+      c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+      cn = self.ln_c(c) if self.norm == 'layer' else self._bn(c, 'c', t) * self.c_scale + self.c_bias
+      h = torch.sigmoid(o) * torch.tanh(cn)
+    return self.head(h)
+
+
 class _PreLNBlock(nn.Module):
   def __init__(self, d, heads, mlp):
     super().__init__()
@@ -114,7 +171,7 @@ class TrainStep:
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1))
     loss.backward()
     self.optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def resnet_step(batch, depth=20, size=32, channels_last=True):
@@ -128,6 +185,13 @@ def resnet_step(batch, depth=20, size=32, channels_last=True):
 def lstm_step(batch, length, hidden):
   torch.manual_seed(0)
   model = LSTMClassifier(1, hidden)
+  opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+  return TrainStep(model, opt, torch.randn(batch, length, 1), torch.randint(0, 10, (batch,)))
+
+
+def norm_lstm_step(batch, length, hidden, norm):
+  torch.manual_seed(0)
+  model = NormLSTMClassifier(1, hidden, norm=norm, length=length)
   opt = torch.optim.Adam(model.parameters(), lr=3e-3)
   return TrainStep(model, opt, torch.randn(batch, length, 1), torch.randint(0, 10, (batch,)))
 

@@ -182,6 +182,14 @@ def main():
     first_line = (module.__doc__ or name).strip().split('\n')[0]
     summary.append(f'| [{name}](#{name}): {first_line} | {verdict} |')
     sections += section
+  if only:
+    names = sorted(kept)
+    fresh = [n for n in names if n in only] + sorted(only - set(kept))
+    old = [n for n in names if n not in only]
+    lines += [f'This version regenerated {", ".join(sorted(set(fresh)))} '
+              f'({datetime.date.today()}); the sections of {", ".join(old) or "no other claim"} '
+              'are kept from the previous version, with the verdict rules of their time (a '
+              'section without a "Verdict rule:" line predates the rule machinery).', '']
   lines += summary + [''] + sections
   with open(a.out, 'w') as f:
     f.write('\n'.join(lines) + '\n')

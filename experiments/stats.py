@@ -82,16 +82,24 @@ def permutation(a, b) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-  """Whether `a` exceeds `b` by at least `min_effect` with `test`'s one-sided p below `alpha`."""
+  """Whether `a` is better than `b` by at least `min_effect` with `test`'s one-sided p below
+  `alpha`; better is higher unless `higher_is_better` is False (a loss). `diff`, `ci` and `p`
+  are of the improvement of a over b (mean a − mean b, or mean b − mean a for a loss)."""
   a: np.ndarray
   b: np.ndarray
   min_effect: float
   test: str = 'welch'
   alpha: float = 0.05
+  higher_is_better: bool = True
 
   def __post_init__(self):
     if self.test not in TESTS:
       raise ValueError(f'unknown test {self.test!r}; valid: {", ".join(TESTS)}')
+
+  @property
+  def _oriented(self):
+    sign = 1.0 if self.higher_is_better else -1.0
+    return sign * np.asarray(self.a, float), sign * np.asarray(self.b, float)
 
   @property
   def ok(self) -> bool:
@@ -100,21 +108,23 @@ class Comparison:
 
   @property
   def diff(self) -> float:
-    return float(self.a.mean() - self.b.mean()) if self.ok else float('nan')
+    a, b = self._oriented
+    return float(a.mean() - b.mean()) if self.ok else float('nan')
 
   @property
   def ci(self) -> tuple[float, float]:
-    return welch(self.a, self.b)[1] if self.ok else (float('nan'),) * 2
+    return welch(*self._oriented)[1] if self.ok else (float('nan'),) * 2
 
   @property
   def p(self) -> float:
     if not self.ok:
       return float('nan')
-    return welch(self.a, self.b)[0] if self.test == 'welch' else permutation(self.a, self.b)
+    a, b = self._oriented
+    return welch(a, b)[0] if self.test == 'welch' else permutation(a, b)
 
   @property
   def greater(self) -> bool:
-    """The rule: the difference is at least the minimum effect and the test says it is not
+    """The rule: the improvement is at least the minimum effect and the test says it is not
     chance (one-sided p < alpha)."""
     return self.ok and self.diff >= self.min_effect and self.p < self.alpha
 
@@ -125,26 +135,26 @@ class Comparison:
     return self.ok and -margin < lo and hi < margin
 
   def text(self, a_name: str, b_name: str, digits: int = 4) -> str:
-    """Every number the rule used, in one clause."""
+    """Every number the rule used, in one clause, in the metric's own sign."""
     if not self.ok:
       return (f'{a_name} vs {b_name}: too few finished seeds ({len(self.a)} and {len(self.b)}) '
               'to compare')
     f = lambda x: f'{x:.{digits}f}'
     lo, hi = self.ci
-    return (f'{a_name} − {b_name} = {f(self.diff)} (95 % CI {f(lo)} to {f(hi)}; '
-            f'{a_name} {f(self.a.mean())}, {b_name} {f(self.b.mean())}, n = {len(self.a)}, '
+    side = 'above' if self.higher_is_better else 'below'
+    return (f'{a_name} {side} {b_name} by {f(self.diff)} (95 % CI {f(lo)} to {f(hi)}; '
+            f'{a_name} {f(np.mean(self.a))}, {b_name} {f(np.mean(self.b))}, n = {len(self.a)}, '
             f'{len(self.b)}); {self.test} p = {self.p:.3f} one-sided vs α = {self.alpha}; '
             f'minimum effect {f(self.min_effect)}: '
-            f'{"greater" if self.greater else "not shown greater"}')
+            f'{"shown" if self.greater else "not shown"}')
 
 
 def compare(a_members, b_members, key, min_effect, test='welch', alpha=0.05,
             higher_is_better=True) -> Comparison:
-  """Whether group a is better than group b on `key` (each a list of runs); for a metric where
-  lower is better (a loss) the values are negated, so `diff` is always 'how much better'."""
-  sign = 1.0 if higher_is_better else -1.0
-  return Comparison(sign * values(a_members, key), sign * values(b_members, key), min_effect,
-                    test, alpha)
+  """Whether group a is better than group b on `key` (each a list of runs): higher, or lower
+  for a metric where lower is better (a loss)."""
+  return Comparison(values(a_members, key), values(b_members, key), min_effect, test, alpha,
+                    higher_is_better)
 
 
 def diverged(members) -> tuple[int, int]:

@@ -125,22 +125,30 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
   """The LSTM's loop over time with a hand-written backward pass; the same function as
   `nn.scan(LSTMCell)` (tested), computed differently:
 
-  h_t = body(theta, carry_{t-1}, h_{t-1} @ w, xw_t, rest_t), time-major inputs. The forward
-  keeps only each step's carry and h_{t-1} @ w; the backward loop recomputes `body`'s cheap
-  elementwise and norm work per step (jax.vjp) and does one matmul per step (dh = dhw @ wᵀ),
-  and the gradient of w is one (T·B, H)ᵀ @ (T·B, 4H) matmul after the loop, instead of a small
-  matmul and an accumulation inside every backward step. `rest` (masks, running statistics)
-  gets no gradient. Returns (last carry, per-step outputs of `body`).
+  carry_t, (h_t, stats_t) = body(theta, carry_{t-1}, h_{t-1} @ w, xw[:, t], rest_t): `xw` is
+  batch-major (batch, time, 4H) and is read (and its gradient written) in place at each step,
+  so no (time, batch) copy of it is made; `rest` (masks, running statistics; no gradient) is
+  time-major. The forward keeps each step's carry and h_{t-1} @ w; the backward loop recomputes
+  `body`'s cheap elementwise and norm work per step (jax.vjp) and does one matmul per step
+  (dh = dhw @ wᵀ), and the gradient of w is one (T·B, H)ᵀ @ (T·B, 4H) matmul after the loop,
+  instead of a small matmul and an accumulation inside every backward step.
+  Returns (last carry, (h: (batch, time, H), stats: time-major)).
   """
+  steps = jnp.arange(xw.shape[1])
+  at = lambda a, t: jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
+  put = lambda a, v, t: jax.lax.dynamic_update_index_in_dim(a, v, t, axis=1)
 
   def run(w, theta, xw, carry0):
-    def step(carry, inputs):
-      x, r = inputs
+    def step(state, inputs):
+      carry, hs = state
+      t, r = inputs
       hw = carry[1] @ w
-      new, out = body(theta, carry, hw, x, *r)
-      return new, (out, carry, hw)
-    last, (outs, carries, hws) = jax.lax.scan(step, carry0, (xw, rest), unroll=unroll)
-    return (last, outs), (carries, hws)
+      new, (h, stats) = body(theta, carry, hw, at(xw, t), *r)
+      return (new, put(hs, h, t)), (stats, carry, hw)
+    hs = jnp.zeros((xw.shape[0], xw.shape[1], carry0[1].shape[-1]), xw.dtype)
+    (last, hs), (stats, carries, hws) = jax.lax.scan(step, (carry0, hs), (steps, rest),
+                                                     unroll=unroll)
+    return (last, (hs, stats)), (carries, hws)
 
   @jax.custom_vjp
   def loop(w, theta, xw, carry0):
@@ -152,19 +160,21 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
 
   def backward(saved, cotangent):
     w, theta, xw, carries, hws = saved
-    d_last, d_outs = cotangent
+    d_last, (d_hs, d_stats) = cotangent
 
     def step(acc, inputs):
-      d_carry, d_theta = acc
-      carry, hw, x, r, d_out = inputs
-      _, vjp = jax.vjp(lambda th, ca, hw_, x_: body(th, ca, hw_, x_, *r), theta, carry, hw, x)
-      d_th, (d_c, d_h), d_hw, d_x = vjp((d_carry, d_out))
+      d_carry, d_theta, d_xw = acc
+      t, carry, hw, r, d_stat = inputs
+      _, vjp = jax.vjp(lambda th, ca, hw_, x_: body(th, ca, hw_, x_, *r), theta, carry, hw,
+                       at(xw, t))
+      d_th, (d_c, d_h), d_hw, d_x = vjp((d_carry, (at(d_hs, t), d_stat)))
       d_theta = jax.tree.map(jnp.add, d_theta, d_th)
-      return ((d_c, d_h + d_hw @ w.T), d_theta), (d_hw, d_x)
+      return ((d_c, d_h + d_hw @ w.T), d_theta, put(d_xw, d_x, t)), d_hw
 
     zeros = jax.tree.map(jnp.zeros_like, theta)
-    (d_carry0, d_theta), (d_hws, d_xw) = jax.lax.scan(
-        step, (d_last, zeros), (carries, hws, xw, rest, d_outs), reverse=True, unroll=unroll)
+    (d_carry0, d_theta, d_xw), d_hws = jax.lax.scan(
+        step, (d_last, zeros, jnp.zeros_like(xw)), (steps, carries, hws, rest, d_stats),
+        reverse=True, unroll=unroll)
     h_prev = carries[1]
     d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ d_hws.reshape(-1, d_hws.shape[-1])
     return d_w, d_theta, d_xw, d_carry0
@@ -229,9 +239,8 @@ class LSTMLayer(nn.Module):
       params = dict(self.variables['params']['cell'])
       w = params.pop('hidden_to_hidden')['kernel']
       body = lambda theta, *args: CellBody(*cell, parent=None).apply({'params': theta}, *args)
-      _, (hs, used) = recurrence(body, w, params, xw.swapaxes(0, 1),
-                                 (mask.T, stat_mask.T, per_step), (zeros, zeros), self.unroll)
-      hs = hs.swapaxes(0, 1)
+      _, (hs, used) = recurrence(body, w, params, xw, (mask.T, stat_mask.T, per_step),
+                                 (zeros, zeros), self.unroll)
     else:
       scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
                      in_axes=(1, 1, 1, 0), out_axes=(1, 0), unroll=self.unroll)

@@ -56,7 +56,8 @@ def test_a_discrete_metric_with_no_spread_needs_the_minimum_effect():
   four = stats.Comparison(same + 4 / 360, same, min_effect=0.01)
   assert one.p == 0 and not one.greater
   assert four.greater
-  assert 'minimum effect 0.0100' in one.text('a', 'b') and 'not shown greater' in one.text('a', 'b')
+  assert 'minimum effect 0.0100' in one.text('a', 'b') and one.text('a', 'b').endswith('not shown')
+  assert one.text('a', 'b').startswith('a above b by 0.0028')
 
 
 def test_compare_orients_losses_and_needs_two_seeds():
@@ -65,6 +66,9 @@ def test_compare_orients_losses_and_needs_two_seeds():
   better = stats.compare(runs([0.1, 0.11, 0.12]), runs([0.3, 0.31, 0.33]), 'loss', 0.05,
                          higher_is_better=False)
   assert better.greater and better.diff == pytest.approx(0.2033333, rel=1e-5)
+  # stated in the metric's own sign: a's loss is below b's, means as measured
+  assert better.text('a', 'b').startswith('a below b by 0.2033 (95 % CI ')
+  assert 'a 0.1100, b 0.3133' in better.text('a', 'b')
   too_few = stats.compare(runs([0.1]), runs([0.3, 0.31]), 'loss', 0.05, higher_is_better=False)
   assert not too_few.greater and 'too few finished seeds' in too_few.text('a', 'b')
   with pytest.raises(ValueError, match='welch, permutation'):
