@@ -15,6 +15,7 @@ from data.base import ArraySplit, Dataset, Split  # noqa: F401  (re-exported)
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits.load,
+    'digits_hard': digits.load_hard,
     'digits_rows': sequences.load_digits_rows,
     'mnist1d': sequences.load_mnist1d,
     'tiny_text': text.load_tiny_text,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -37,3 +37,6 @@ class Dataset:
   task: str = 'classification'   # training.tasks: classification | language_model
   kind: str = 'image'    # image (NHWC) | sequence (batch, time, features) | tokens (batch, time)
   vocab_size: int = 0    # tokens only
+  # train inputs transformed afresh at every step (digits_hard): (inputs, rng, rows, total) ->
+  # inputs, `rng` drawn from (seed, step) by data.pipeline, `rows` of a batch of `total`
+  train_transform: Callable | None = None

@@ -1,7 +1,8 @@
 """Batches as a pure function of (seed, step), so a resumed run sees exactly the same data.
 
 The order of examples in epoch e is `default_rng([seed, ORDER, e]).permutation(n)`; the
-augmentation of step s draws from `default_rng([seed, AUGMENT, s])`. Epochs drop the last
+augmentation of step s draws from `default_rng([seed, AUGMENT, s])`, a dataset's own train
+transform (digits_hard) from `default_rng([seed, TRANSFORM, s])`. Epochs drop the last
 partial batch. Nothing here depends on how many steps ran before in this process.
 
 With several processes (multi-host), each reads only its own contiguous share of every global
@@ -19,7 +20,7 @@ import numpy as np
 from data.base import Split
 from errors import ConfigError
 
-ORDER, AUGMENT = 0, 1
+ORDER, AUGMENT, TRANSFORM = 0, 1, 2
 AUGMENTATIONS = ('none', 'crop_flip')
 
 
@@ -43,12 +44,14 @@ class TrainBatches:
   """`batches(step)` -> the training batch of that step; `batches.prefetch(start, stop)` iterates."""
 
   def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none',
-               share: tuple[int, int] = (0, 1)):
+               share: tuple[int, int] = (0, 1), transform=None):
+    """transform: the dataset's `train_transform` (applied to every batch, before `augment`)."""
     if augment not in AUGMENTATIONS:
       raise ConfigError(f'unknown augmentation {augment!r}; valid: {", ".join(AUGMENTATIONS)}')
     if batch_size > len(split):
       raise ConfigError(f'batch size {batch_size} exceeds the {len(split)} training examples')
     self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
+    self.transform = transform
     self.rows = share_rows(batch_size, share)   # of each global batch, what this process reads
     self.steps_per_epoch = len(split) // batch_size
     self._epoch, self._order = None, None
@@ -63,6 +66,9 @@ class TrainBatches:
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """This process's share of the step's batch (all of it with one process)."""
     batch = self.split.get(self.indices(step)[self.rows])
+    if self.transform is not None:
+      rng = np.random.default_rng([self.seed, TRANSFORM, step])
+      batch['inputs'] = self.transform(batch['inputs'], rng, self.rows, self.batch_size)
     if self.augment == 'crop_flip':
       rng = np.random.default_rng([self.seed, AUGMENT, step])
       batch['inputs'] = crop_flip(batch['inputs'], rng, rows=self.rows, total=self.batch_size)

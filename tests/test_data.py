@@ -2,12 +2,13 @@
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 import data as data_lib
 from conftest import tiny_config
-from data import pipeline
+from data import digits, pipeline
 from errors import ConfigError
 
 
@@ -38,16 +39,19 @@ class CountingSplit(data_lib.ArraySplit):
     return super().get(indices)
 
 
-@pytest.mark.parametrize('augment', ['none', 'crop_flip'])
-def test_each_process_reads_only_its_share_of_the_global_batch(augment):
+@pytest.mark.parametrize('augment,transform', [('none', False), ('crop_flip', False),
+                                               ('none', True)])
+def test_each_process_reads_only_its_share_of_the_global_batch(augment, transform):
   """Multi-host: process i of n reads b/n examples per step, and the shares put together are
-  exactly the batch one process reads (same examples, same augmentation, same order)."""
+  exactly the batch one process reads (same examples, same augmentation and dataset transform
+  (digits_hard's), same order)."""
   rng = np.random.default_rng(0)
-  arrays = {'inputs': rng.normal(size=(200, 6, 6, 1)).astype(np.float32),
+  arrays = {'inputs': rng.uniform(size=(200, 12, 12, 1)).astype(np.float32),
             'targets': np.arange(200)}
-  whole = pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, augment=augment)
+  fn = digits.hard_transform if transform else None
+  whole = pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, augment=augment, transform=fn)
   shares = [pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, augment=augment,
-                                  share=(i, 4)) for i in range(4)]
+                                  share=(i, 4), transform=fn) for i in range(4)]
   for step in (0, 7, 13):   # 13: a later epoch
     want = whole(step)
     parts = [s(step) for s in shares]
@@ -57,6 +61,37 @@ def test_each_process_reads_only_its_share_of_the_global_batch(augment):
   assert [s.split.read for s in shares] == [3 * 8] * 4
   with pytest.raises(ConfigError, match='does not split evenly over 3 processes'):
     pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, share=(0, 3))
+
+
+def test_digits_hard_transforms_every_step_afresh_and_tests_on_fixed_copies():
+  ds = data_lib.load_dataset(ml_collections.ConfigDict({"name": "digits_hard"}))
+  clean = data_lib.load_dataset(ml_collections.ConfigDict({"name": "digits"}))
+  assert ds.input_shape == (12, 12, 1) and len(ds.train) == len(clean.train)
+  # the test set: TEST_COPIES transformed copies of each of the 360 test digits, labels kept
+  assert len(ds.test) == digits.TEST_COPIES * len(clean.test) >= 3600
+  np.testing.assert_array_equal(ds.test.get(np.arange(len(ds.test)))['targets'],
+                                np.repeat(clean.test.get(np.arange(360))['targets'],
+                                          digits.TEST_COPIES))
+  copies = ds.test.get(np.arange(digits.TEST_COPIES))['inputs']
+  assert len({c.tobytes() for c in copies}) == digits.TEST_COPIES   # ten different versions
+  # train: stored clean; each step's batch is a pure function of (seed, step), and differs
+  # from the stored images and from another step's transform of the same images
+  batches = pipeline.TrainBatches(ds.train, 64, 0, transform=ds.train_transform)
+  again = pipeline.TrainBatches(ds.train, 64, 0, transform=ds.train_transform)
+  np.testing.assert_array_equal(batches(3)['inputs'], again(3)['inputs'])
+  stored = ds.train.get(batches.indices(3))['inputs']
+  assert np.abs(batches(3)['inputs'] - stored).mean() > 0.3
+  rng = lambda s: np.random.default_rng([0, pipeline.TRANSFORM, s])
+  one, other = (ds.train_transform(stored, rng(s), slice(None), 64) for s in (3, 4))
+  np.testing.assert_array_equal(one, batches(3)['inputs'])
+  assert not np.allclose(one, other)
+  # with every strength at 0 the transform is the identity (the clean upsampled digit)
+  with pytest.MonkeyPatch.context() as m:
+    for name in ('ROTATE_DEGREES', 'NOISE_STD', 'BAR_PROBABILITY'):
+      m.setattr(digits, name, 0.0)
+    m.setattr(digits, 'SHIFT_PIXELS', 0)
+    np.testing.assert_allclose(ds.train_transform(stored, rng(3), slice(None), 64), stored,
+                               atol=1e-5)
 
 
 def test_crop_flip_is_a_shifted_or_mirrored_crop_of_the_padded_image():

@@ -35,7 +35,8 @@ class Population:
     config = exps[0].config
     share = (jax.process_index(), jax.process_count())   # each process reads its share
     self._batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size,
-                                           e.config.seed, config.data.augment, share)
+                                           e.config.seed, config.data.augment, share,
+                                           e.dataset.train_transform)
                      for e in exps]
     self.seeds = [e.config.seed for e in exps]
 
