@@ -104,20 +104,32 @@ def label(group_keys, key) -> str:
   return ', '.join(f'{k.rsplit(".", 1)[-1]}={v}' for k, v in zip(group_keys, key)) or 'all'
 
 
-def plot_curves(directory, group_keys, groups, tag='train/loss') -> str:
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, len(groups))])
-  for key, members in groups.items():
+def plot_curves(directory, group_keys, groups, tag='train/loss') -> str | None:
+  """`tag` against step per group: the mean over seeds, shaded between the lowest and highest
+  seed; the legend outside the axes (it never covers a curve). None when no run logged `tag`."""
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  colors = plt.cm.tab10.colors if len(groups) <= 10 else plt.cm.tab20.colors
+  drawn = False
+  for i, (key, members) in enumerate(groups.items()):
     curves = [dict(r['scalars'].get(tag, [])) for r in members if r['scalars'].get(tag)]
     if not curves:
       continue
     steps = sorted(set.intersection(*(set(c) for c in curves)))
-    mean = [np.mean([c[s] for c in curves]) for s in steps]
-    ax.plot(steps, mean, label=label(group_keys, key))
+    values = np.array([[c[s] for s in steps] for c in curves])
+    color = colors[i % len(colors)]
+    ax.plot(steps, values.mean(0), color=color, marker='o' if len(steps) < 4 else None,
+            label=f'{label(group_keys, key)} (n={len(curves)})')
+    if len(curves) > 1:
+      ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15, lw=0)
+    drawn = True
+  if not drawn:
+    plt.close(fig)
+    return None
   ax.set_xlabel('step')
-  ax.set_ylabel(f'{tag} (mean over seeds)')
-  ax.set_yscale('log')
-  ax.legend(fontsize=7)
+  ax.set_ylabel(f'{tag} (mean over seeds; band: lowest to highest seed)', fontsize=8)
+  if tag.endswith('loss'):
+    ax.set_yscale('log')
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
   ax.grid(alpha=0.3)
   path = os.path.join(directory, tag.replace('/', '_') + '.png')
   fig.tight_layout()
@@ -141,14 +153,14 @@ def plot_vs_numeric_axis(directory, group_keys, groups, metric='test_accuracy') 
     if values:
       lines.setdefault(rest, []).append((key[x_i], np.mean(values), np.std(values)))
   rest_keys = [k for j, k in enumerate(group_keys) if j != x_i]
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plt.subplots(figsize=(9, 4.5))
   for rest, points in lines.items():
     points.sort()
     xs, ys, es = zip(*points)
     ax.errorbar(xs, ys, yerr=es, marker='o', capsize=3, label=label(rest_keys, rest))
   ax.set_xlabel(group_keys[x_i])
   ax.set_ylabel(f'{metric.replace("_", " ")} (mean ± std over seeds)')
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
   ax.grid(alpha=0.3)
   path = os.path.join(directory, f'{metric}_vs_{group_keys[x_i].rsplit(".", 1)[-1]}.png')
   fig.tight_layout()
@@ -171,8 +183,9 @@ def write_report(directory: str) -> str:
   pending = [r['name'] for r in runs if r['state'] not in ('finished', 'diverged', 'failed')]
   if pending:
     lines += ['', f'Unfinished runs ({len(pending)}): ' + ', '.join(pending)]
-  plots = [plot_curves(directory, group_keys, groups)]
-  plots.append(plot_vs_numeric_axis(directory, group_keys, groups))
+  plots = [plot_curves(directory, group_keys, groups),
+           plot_curves(directory, group_keys, groups, 'eval/accuracy'),
+           plot_vs_numeric_axis(directory, group_keys, groups)]
   lines += ['', '## Plots', ''] + [f'![{os.path.basename(p)}]({os.path.basename(p)})'
                                    for p in plots if p]
   path = os.path.join(directory, 'report.md')

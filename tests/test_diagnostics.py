@@ -91,3 +91,21 @@ def test_plain_deep_net_without_norm_shows_gradients_shrinking_toward_the_input(
     ratios[name] = first / last
     assert 'grad_norm/heatmap' in acc.Tags()['images']
   assert ratios['plain_none'] < 0.2 and ratios['residual_bn'] > 5 * ratios['plain_none'], ratios
+
+
+def test_the_heat_map_has_one_colour_scale_for_every_run():
+  """Two runs whose gradients differ by 10x give different images (a per-image rescaling would
+  make them identical), the image is large enough to read, and a value beyond the scale takes
+  the scale's end colour."""
+  rng = np.random.default_rng(0)
+  layers = [f'layer{i}' for i in range(12)]
+  history = [10.0 ** rng.uniform(-5, 1, size=12) for _ in range(6)]
+  steps = [10 * i for i in range(6)]
+  a = diagnostics.heatmap(steps, history, layers)
+  b = diagnostics.heatmap(steps, [10 * h for h in history], layers)
+  assert a.shape == b.shape and a.shape[0] >= 150 and a.shape[1] >= 400 and a.shape[2] == 3
+  assert np.abs(a.astype(int) - b.astype(int)).sum() > 0
+  lo, hi = diagnostics.HEATMAP_RANGE
+  c = diagnostics.heatmap(steps, [np.full(12, 10.0 ** (hi + 3))] * 6, layers)
+  d = diagnostics.heatmap(steps, [np.full(12, 10.0 ** hi)] * 6, layers)
+  np.testing.assert_array_equal(c, d)

@@ -57,15 +57,31 @@ def diagnose_fn(model: nn.Module, task: Callable, tx: optax.GradientTransformati
   return diagnose
 
 
-def heatmap(history: list[np.ndarray], layers: list[str]) -> np.ndarray:
-  """log10 gradient norm as an RGB image: rows = layers (input at the top), columns = diagnostic
-  steps, so vanishing gradients show as dark rows near the input."""
+# log10 of the gradient norm: one colour scale for every run and step, so heat maps compare
+HEATMAP_RANGE = (-6.0, 2.0)
+
+
+def heatmap(steps: list[int], history: list[np.ndarray], layers: list[str]) -> np.ndarray:
+  """log10 gradient norm per layer (rows, input at the top, named) and diagnostic step
+  (columns), on the fixed colour scale HEATMAP_RANGE with its colour bar, as an RGB image:
+  vanishing gradients show as dark rows near the input, exploding ones as bright rows."""
   import matplotlib
   matplotlib.use('Agg')
-  from matplotlib import cm
-  values = np.log10(np.maximum(np.stack(history, axis=1), 1e-12))   # (layers, steps)
-  lo, hi = np.percentile(values, 1), np.percentile(values, 99)
-  scaled = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
-  rgb = (cm.viridis(scaled)[..., :3] * 255).astype(np.uint8)
-  # Make each cell at least 6x6 pixels so small models are visible.
-  return np.repeat(np.repeat(rgb, 6, axis=0), max(1, 60 // max(1, len(history))), axis=1)
+  import matplotlib.pyplot as plt
+  values = np.log10(np.maximum(np.stack(history, axis=1), 1e-30))   # (layers, steps)
+  fig, ax = plt.subplots(figsize=(7, min(12, 1.4 + 0.14 * len(layers))), dpi=80)
+  image = ax.imshow(values, aspect='auto', cmap='viridis', vmin=HEATMAP_RANGE[0],
+                    vmax=HEATMAP_RANGE[1], interpolation='nearest')
+  every = max(1, len(layers) // 40)
+  ax.set_yticks(range(0, len(layers), every), layers[::every], fontsize=5)
+  xs = list(range(0, len(steps), max(1, len(steps) // 8)))
+  ax.set_xticks(xs, [str(steps[i]) for i in xs], fontsize=6)
+  ax.set_xlabel('step', fontsize=7)
+  bar = fig.colorbar(image, ax=ax, extend='both')
+  bar.set_label('log10 gradient norm', fontsize=7)
+  bar.ax.tick_params(labelsize=6)
+  fig.tight_layout()
+  fig.canvas.draw()
+  rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return rgb

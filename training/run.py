@@ -80,6 +80,7 @@ class Run:
     self.root_key = jax.random.key(config.seed)
     self.state, self.metrics, self.end_step = RUNNING, None, None
     self.grad_history = []   # per diagnostic step: the gradient norm of each layer
+    self.grad_steps = []     # ... and that step
     self.start_step = 0
     self.writer = self.checkpoints = self.lock = None   # set by open / start
     self.signal = None   # the signal that interrupted the run
@@ -191,8 +192,11 @@ class Run:
       logged = metric_writer.read_scalars(self.workdir, 'grad_norm')
       for s in sorted({s for per_step in logged.values() for s in per_step if s < step}):
         self.grad_history.append(np.array([logged[f'grad_norm/{name}'][s] for name in layers]))
+        self.grad_steps.append(s)
     self.grad_history.append(np.array([stats['grad_norm'][name] for name in layers]))
-    self.writer.image(step, 'grad_norm/heatmap', diagnostics.heatmap(self.grad_history, layers))
+    self.grad_steps.append(step)
+    self.writer.image(step, 'grad_norm/heatmap',
+                      diagnostics.heatmap(self.grad_steps, self.grad_history, layers))
 
   def save(self, state, step: int) -> None:
     """A checkpoint at `step` (if not already there). The curves are flushed first, so that
