@@ -43,7 +43,7 @@ def test_every_claim_has_a_verdict_and_a_way_to_its_numbers():
 def test_claim_sweep_is_valid_and_its_smoke_version_runs(path, tmp_path):
   full = sweeps.load_sweep(path)
   runs = full.runs()
-  assert len(runs) >= 6 and {r.overrides['seed'] for r in runs} == {0, 1, 2}
+  assert len(runs) >= 6 and {r.overrides['seed'] for r in runs} >= {0, 1, 2}
   sweep.validate(runs)
   states = sweep.run_sweep(sweeps.load_sweep(f'{path}:smoke'), str(tmp_path))
   assert list(states.values()) == ['finished', 'finished']
