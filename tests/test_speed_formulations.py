@@ -50,21 +50,39 @@ def _loss_and_updates(model, variables, x, mask, y, task, train):
   return logits, grads, updates
 
 
+def _worst(got, want) -> float:
+  """The largest difference of any leaf, relative to that leaf's largest value."""
+  return max([float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
+              for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))] or [0.0])
+
+
+def _nudged(params, seed=0):
+  """Every parameter moved by one float32 rounding (relative 6e-8, random sign)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda a: (a * (1 + 6e-8 * rng.choice([-1, 1], size=a.shape))).astype(a.dtype), params)
+
+
 @pytest.mark.parametrize('p', PARAMS)
 def test_every_lstm_formulation_computes_the_same_function(p):
+  """Outputs, gradients and statistics updates agree to float rounding. Some points are
+  ill-conditioned in float32 (ghost BatchNorm over the few real tokens of a padded group, an
+  RMS-normalized LM): there one float32 rounding of the parameters already moves the
+  straightforward path's gradients by up to ~1e-3 of their size. So each comparison is allowed
+  10x what that rounding does to the straightforward path (and at least 1e-4); a wrong
+  formulation is off by O(1)."""
   model = cs.build(p)
   x, mask, y = cs.batch(p, size=8)
   variables = model.clone(**PLAIN).init(jax.random.key(0), x, train=False, mask=mask)
   task = tasks.get_task(p.dataset.task)
   for train in (True, False):
     want = _loss_and_updates(model.clone(**PLAIN), variables, x, mask, y, task, train)
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want[1]))
+    nudged = _loss_and_updates(model.clone(**PLAIN),
+                               {**variables, 'params': _nudged(variables['params'])},
+                               x, mask, y, task, train)
+    allowed = [max(1e-4, 10 * _worst(n, w)) for n, w in zip(nudged, want)]
     for formulation in FORMULATIONS if p in FAST else FORMULATIONS[-1:]:
       got = _loss_and_updates(model.clone(**formulation), variables, x, mask, y, task, train)
-      where = (p.id, formulation, train)
-      np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5, err_msg=str(where))
-      assert jax.tree.structure(got[1]) == jax.tree.structure(want[1]), where
-      for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=str(where))
-      for a, b in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(where))
+      assert jax.tree.structure(got) == jax.tree.structure(want)
+      for what, g, w, limit in zip(('outputs', 'gradients', 'statistics'), got, want, allowed):
+        assert _worst(g, w) <= limit, (p.id, formulation, train, what, _worst(g, w), limit)
