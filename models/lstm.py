@@ -105,13 +105,8 @@ class CellBody(nn.Module):
     return (c, h), (h, step_stats)
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(CellBody):
   """One time step: hw = W_h h_{t-1}, then `CellBody` (whose parameters live in this scope)."""
-  hidden: int
-  cell_norm: Callable[..., nn.Module]
-  recurrent_bn: bool = False
-  train: bool = False
-  epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, carry, xw, m, stat_m, stats):
