@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import data
 from configs import default
 from models import norms
 
@@ -38,7 +39,7 @@ def tree_hashes(path):
 @pytest.mark.parametrize('override,expected', [
     ('--config.model.norm=batchnorm', ', '.join(norms.NORMS)),   # every registered norm
     ('--config.model.name=vgg', 'resnet, resnet_imagenet'),
-    ('--config.data.name=imagenet', 'digits, digits_rows, mnist1d, tiny_text'),
+    ('--config.data.name=imagenet', ', '.join(data.DATASETS)),   # every registered dataset
     ('--config.optimizer.name=lamb', 'sgd, adam, adamw'),
     ('--config.optimizer.schedule=linear', 'constant, cosine, piecewise'),
     ('--config.model.depth=21', '6n+2'),
