@@ -157,6 +157,13 @@ def compare(a_members, b_members, key, min_effect, test='welch', alpha=0.05,
                     higher_is_better)
 
 
+def trend(xs, ys) -> tuple[float, float]:
+  """(Spearman's rho, one-sided p that ys rise with xs): a monotone trend over every run, not
+  a difference of two points."""
+  rho, p = scipy_stats.spearmanr(xs, ys, alternative='greater')
+  return float(rho), float(p)
+
+
 def diverged(members) -> tuple[int, int]:
   """(runs that diverged, runs that ended) in a group."""
   ended = [r for r in members if r['state'] in ('finished', 'diverged')]
