@@ -1,118 +1,140 @@
-"""Without skips and normalization, gradients vanish or explode with depth.
+"""Without skips and normalization, gradients vanish with depth (He et al. 2016; Glorot & Bengio
+2010); skips keep them alive. And what each norm does to them at initialization.
 
-Reads the depth sweep's runs (ResNet {8, 20, 56} × residual × norm {batch, none} on digits,
-3 seeds), which record per-layer gradient norms (`grad_norm/<layer>` in TensorBoard) at
-initialization and every 100 steps (`diagnostics_every_steps`). A "layer" is a residual-or-plain
-block (plus the stem and the head). Shown: the gradient norm of every block of the 56-layer nets
-at init and at step 200, and, for every depth, the ratio of the first block's gradient norm to
-the last block's at init (1 means gradients reach the input undiminished). Full scale: the depth
-sweep's `:full` variant.
+Measured at initialization, not trained: CIFAR ResNets of depth {8, 20, 56} on digits (the
+default experiment's data), plain and residual, norm {batch, layer, group, rms, none}, seeds
+{0, 1, 2} (parameters and the first training batch of 128 drawn from the seed). For each net,
+the gradient norm of every block of the loss on that batch (train mode), and the ratio of the
+first block's to the last block's (1: gradients reach the input undiminished; < 1: they vanish
+toward the input; > 1: they explode toward it). The training-time view is the depth sweep's
+`grad_norm/*` curves and heat map.
+
+Rule (written before the measurement ran): on log10(first / last) per seed, one-sided Welch,
+α 0.05. Plain without norm "vanishes" when its mean log10 ratio at depth 56 is at most -1 and
+is below its value at depth 8 by at least MIN_DECADES (0.5). Residual with BN is "healthy" when
+its mean |log10 ratio| at depth 56 is below 1. Reproduced if the plain net without norm
+vanishes and the residual BN net is healthy; partly if one holds; not reproduced otherwise.
+Every other cell is stated beside (in particular whether BN without skips explodes toward the
+input: mean log10 ratio at 56 of at least 1), not part of the rule.
 """
 
+import json
 import os
-import re
 
 import numpy as np
 
-from experiments.claims import depth
 from experiments.claims.common import save_figure, subplots
+from experiments.stats import Comparison
 
-SWEEP = 'depth'
-get_sweep = depth.get_sweep
-
-
-def _blocks(scalars) -> list[str]:
-  """Block tags in order from the input to the output."""
-  tags = [t for t in scalars if re.fullmatch(r'grad_norm/stage\d+_block\d+', t)]
-  return sorted(tags, key=lambda t: tuple(int(n) for n in re.findall(r'\d+', t)))
+DEPTHS = [8, 20, 56]
+NORMS = ['batch', 'layer', 'group', 'rms', 'none']
+SEEDS = [0, 1, 2]
+MIN_DECADES = 0.5
+FILE = 'init_gradients.json'
 
 
-def _at(scalars, tag, step):
-  return dict(scalars[tag]).get(step, np.nan)
+def blocks(grad_norm: dict) -> list[str]:
+  """The block names of a per-layer dict, from the input to the output."""
+  import re
+  names = [n for n in grad_norm if re.fullmatch(r'stage\d+_block\d+', n)]
+  return sorted(names, key=lambda n: tuple(int(d) for d in re.findall(r'\d+', n)))
 
 
-def analyze(directory, group_keys, groups):
+def init_ratio(depth: int, residual: bool, norm: str, seed: int) -> dict:
+  """Per-block gradient norms at init of one net on its seed's first batch."""
+  import jax
 
-  from training import workdir as wd
-  ratios = {}    # (residual, norm) -> {depth: [log10 first/last block grad norm at init]}
-  by_style = {}  # (residual, norm) -> {depth: runs}
-  for members in groups.values():
-    for r in members:
-      if not _blocks(r['scalars']):
-        continue
-      model = wd.read_config(os.path.join(directory, r['name'])).model
-      by_style.setdefault((model.residual, model.norm), {}).setdefault(model.depth, []).append(r)
-  fig, (left, right) = subplots(1, 2, figsize=(11, 4.5))
-  colors = {style: f'C{i}' for i, style in enumerate(by_style)}
-  deepest = max(d for runs in by_style.values() for d in runs)
-  for style, by_depth in by_style.items():
-    for d, runs in by_depth.items():
-      for r in runs:
-        blocks = _blocks(r['scalars'])
-        first, last = _at(r['scalars'], blocks[0], 0), _at(r['scalars'], blocks[-1], 0)
-        ratios.setdefault(style, {}).setdefault(d, []).append(np.log10(first / last))
-    runs = by_depth.get(deepest, [])
-    if not runs:
-      continue
-    blocks = _blocks(runs[0]['scalars'])
-    steps = sorted(s for s, _ in runs[0]['scalars'][blocks[0]])
-    for step, ls in ((steps[0], '-'), (steps[-1], '--')):
-      logs = np.array([[np.log(_at(r['scalars'], b, step)) for b in blocks] for r in runs])
-      if not np.isfinite(logs).any():    # e.g. the loss went NaN before this step
-        continue
-      left.plot(range(1, len(blocks) + 1), np.exp(np.nanmean(logs, axis=0)), ls,
-                color=colors[style], label=f'residual={style[0]}, norm={style[1]}, step {step}')
-  left.set_yscale('log')
-  left.set_xlabel(f'block (input → output), depth {deepest}')
-  left.set_ylabel('gradient norm (geometric mean over seeds)')
-  left.legend(fontsize=6)
-  left.grid(alpha=0.3)
-  for style, by_depth in ratios.items():
-    ds = sorted(by_depth)
-    right.errorbar(ds, [10 ** np.mean(by_depth[d]) for d in ds], marker='o', capsize=3,
-                   color=colors[style], label=f'residual={style[0]}, norm={style[1]}',
-                   yerr=None)
-  right.set_yscale('log')
-  right.set_xlabel('depth')
-  right.set_ylabel('first block / last block gradient norm at init')
-  right.axhline(1, color='k', lw=0.5)
-  right.legend(fontsize=7)
-  right.grid(alpha=0.3)
-  path = save_figure(fig, directory, 'gradients.png')
-  depths = sorted({d for v in ratios.values() for d in v})
-  lines = ['First-block / last-block gradient norm at initialization (geometric mean over seeds; '
-           '×10^±std of the log10 in brackets):', '',
-           '| residual | norm | ' + ' | '.join(f'depth {d}' for d in depths) + ' |',
+  from configs import default
+  from data import pipeline
+  from training import diagnostics, experiment
+  config = default.get_config(str(depth))
+  config.model.residual, config.model.norm, config.seed = residual, norm, seed
+  exp = experiment.build_experiment(config)
+  state = experiment.create_train_state(exp, jax.random.key(seed))
+  batch = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, seed)(0)
+  stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
+  norms = {k: float(v) for k, v in stats['grad_norm'].items()}
+  names = blocks(norms)
+  return {'depth': depth, 'residual': residual, 'norm': norm, 'seed': seed,
+          'blocks': [norms[n] for n in names],
+          'log10_ratio': float(np.log10(norms[names[0]] / norms[names[-1]]))}
+
+
+def measure(directory, depths=DEPTHS, norms=NORMS, seeds=SEEDS):
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, FILE)
+  rows = json.load(open(path)) if os.path.exists(path) else []
+  done = {(r['depth'], r['residual'], r['norm'], r['seed']) for r in rows}
+  for d in depths:
+    for residual in (True, False):
+      for norm in norms:
+        for seed in seeds:
+          if (d, residual, norm, seed) not in done:
+            rows.append(init_ratio(d, residual, norm, seed))
+            with open(path, 'w') as f:
+              json.dump(rows, f)
+  cell = lambda d, res, norm: np.array([r['log10_ratio'] for r in rows if
+                                        (r['depth'], r['residual'], r['norm']) == (d, res, norm)])
+  lines = ['First-block / last-block gradient norm at initialization (10^mean of log10 over '
+           'seeds, [lowest, highest] seed):', '',
+           '| skips | norm | ' + ' | '.join(f'depth {d}' for d in depths) + ' |',
            '|---|---|' + '---|' * len(depths)]
-  for (res, norm), by_depth in ratios.items():
-    lines.append(f'| {res} | {norm} | ' + ' | '.join(
-        f'{10 ** np.mean(by_depth[d]):.3g} (×10^±{np.std(by_depth[d], ddof=1):.2f})'
-        if d in by_depth else '–' for d in depths) + ' |')
-  return {'lines': lines + [''], 'ratios': ratios, 'plot': path}
+  for residual in (True, False):
+    for norm in norms:
+      cells = []
+      for d in depths:
+        v = cell(d, residual, norm)
+        cells.append(f'{10 ** v.mean():.3g} [{10 ** v.min():.3g}, {10 ** v.max():.3g}]'
+                     if len(v) else '–')
+      lines.append(f'| {"residual" if residual else "plain"} | {norm} | ' + ' | '.join(cells)
+                   + ' |')
+  return {'lines': lines + [''], 'rows': rows, 'cell': cell, 'depths': depths,
+          'norms': norms, 'plot': _plot(directory, rows, depths, norms),
+          'command': f'init-only, {len(rows)} nets; cached in {FILE}'}
 
 
-def verdict(group_keys, groups, analysis):
-  """Reproduced if, without skips and without normalization, |log10(first/last)| at init grows
-  from the shallowest to the deepest net by more than the seed spread and ends above 1 (a factor
-  of 10 between the ends of the net), while with skips and BN it stays below 1."""
-  ratios = analysis['ratios']
-  if (False, 'none') not in ratios or (True, 'batch') not in ratios:
-    return 'not run', 'the depth sweep has no plain net without norm or no residual BN net.'
-  plain, resnet = ratios[(False, 'none')], ratios[(True, 'batch')]
-  lo, hi = min(plain), max(plain)
-  grows = (abs(np.mean(plain[hi])) - abs(np.mean(plain[lo])) >
-           max(np.std(plain[hi], ddof=1), np.std(plain[lo], ddof=1)))
-  big = abs(np.mean(plain[hi])) > 1
-  healthy = abs(np.mean(resnet[hi])) < 1
+def _plot(directory, rows, depths, norms):
+  fig, axes = subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for ax, residual in zip(axes, (True, False)):
+    for i, norm in enumerate(norms):
+      runs = [r for r in rows if (r['depth'], r['residual'], r['norm']) ==
+              (max(depths), residual, norm)]
+      if runs:
+        g = np.exp(np.mean([np.log(r['blocks']) for r in runs], axis=0))
+        ax.plot(range(1, len(g) + 1), g, color=f'C{i}', label=norm)
+    ax.set_yscale('log')
+    ax.set_title(f'{"residual" if residual else "plain"}, depth {max(depths)}, at init',
+                 fontsize=9)
+    ax.set_xlabel('block (input → output)')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('gradient norm (geometric mean over seeds)')
+  axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  return save_figure(fig, directory, 'gradients.png')
+
+
+def verdict(analysis):
+  cell, depths = analysis['cell'], analysis['depths']
+  lo, hi = min(depths), max(depths)
+  plain_lo, plain_hi = cell(lo, False, 'none'), cell(hi, False, 'none')
+  res_hi = cell(hi, True, 'batch')
+  if not (len(plain_lo) and len(plain_hi) and len(res_hi)):
+    return 'not run', 'the measurement lacks the plain no-norm or the residual BN nets.'
+  falls = Comparison(plain_lo, plain_hi, MIN_DECADES)
+  vanishes = plain_hi.mean() <= -1 and falls.greater
+  healthy = abs(res_hi.mean()) < 1
+  bn_plain = cell(hi, False, 'batch')
+  others = '; '.join(
+      f'{"residual" if res else "plain"} {norm} {10 ** cell(hi, res, norm).mean():.3g}'
+      for res in (True, False) for norm in analysis['norms'] if len(cell(hi, res, norm)))
   reason = (f'first/last block gradient norm at init: plain without norm '
-            f'{10 ** np.mean(plain[lo]):.3g} at depth {lo}, {10 ** np.mean(plain[hi]):.3g} at '
-            f'depth {hi}; residual with BN {10 ** np.mean(resnet[lo]):.3g} / '
-            f'{10 ** np.mean(resnet[hi]):.3g}')
-  others = [f'{"residual" if res else "plain"} {norm} {10 ** np.mean(by_depth[hi]):.3g}'
-            for (res, norm), by_depth in ratios.items() if hi in by_depth]
-  reason += f'. All four at depth {hi}: {", ".join(others)}'
-  if grows and big and healthy:
+            f'{10 ** plain_lo.mean():.3g} at depth {lo}, {10 ** plain_hi.mean():.3g} at {hi} '
+            f'(log10: {falls.text(f"depth {lo}", f"depth {hi}", 2)}); residual with BN '
+            f'{10 ** res_hi.mean():.3g} at {hi}. Beside the rule: BN without skips '
+            f'{"explodes" if len(bn_plain) and bn_plain.mean() >= 1 else "does not explode"} '
+            f'toward the input ({10 ** bn_plain.mean():.3g} at depth {hi}); at depth {hi}: '
+            f'{others}')
+  if vanishes and healthy:
     return 'reproduced', reason + '.'
-  if (grows or big) and healthy:
+  if vanishes or healthy:
     return 'partly', reason + '.'
   return 'not reproduced', reason + '.'
