@@ -87,6 +87,10 @@ def load_hard(data_config) -> Dataset:
   test, train = order[:NUM_TEST], order[NUM_TEST:]
   copies = np.repeat(images[test], TEST_COPIES, axis=0)
   test_images = hard_transform(copies, np.random.default_rng([SPLIT_SEED, 1]))
+  # shuffled, so that a test batch is a sample of the test set (train-mode evaluation
+  # normalizes each batch with its own statistics; ten copies of one digit in a row would not)
+  shuffle = np.random.default_rng([SPLIT_SEED, 2]).permutation(len(copies))
+  test_images, test_labels = test_images[shuffle], np.repeat(labels[test], TEST_COPIES)[shuffle]
   mean, std = images[train].mean(), images[train].std()
   standardize = lambda x: ((x - mean) / std).astype(np.float32)
 
@@ -95,6 +99,5 @@ def load_hard(data_config) -> Dataset:
 
   return Dataset(
       train=ArraySplit({'inputs': standardize(images[train]), 'targets': labels[train]}),
-      test=ArraySplit({'inputs': standardize(test_images),
-                       'targets': np.repeat(labels[test], TEST_COPIES)}),
+      test=ArraySplit({'inputs': standardize(test_images), 'targets': test_labels}),
       num_classes=10, input_shape=(HARD_SIZE, HARD_SIZE, 1), train_transform=transform)
