@@ -7,6 +7,7 @@ same 360 test images.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from sklearn.datasets import load_digits
 
 from data.base import ArraySplit, Dataset
@@ -50,7 +51,6 @@ def hard_transform(images: np.ndarray, rng: np.random.Generator, rows: slice = s
   """Rotation, shift, occluding bar and noise of 12x12 images in [0, 1] (before
   standardization). `images` are the `rows` of a batch of `total`; every draw is made for the
   whole batch, so a process reading a share transforms it as one process would."""
-  from scipy import ndimage
   n, h, w, _ = images.shape
   total = n if total is None else total
   angle = rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES, total)[rows]
@@ -77,7 +77,6 @@ def load_hard(data_config) -> Dataset:
   """digits_hard: 1437 training digits (stored clean, standardized; transformed at every step
   by `train_transform`), 3600 fixed transformed test images."""
   del data_config
-  from scipy import ndimage
   digits = load_digits()
   small = digits.images.astype(np.float32) / 16.0
   images = ndimage.zoom(small, (1, HARD_SIZE / 8, HARD_SIZE / 8), order=1)[..., None]

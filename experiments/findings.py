@@ -112,13 +112,13 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
              f'--dir={sweeps_dir}/{sweep_name}')
   if not os.path.exists(os.path.join(directory, report.SWEEP_FILE)):
     return lines + [f'Not run yet. Command: `{command}`', ''], 'not run yet'
-  report.write_report(directory)
-  group_keys, groups, runs = report.summarize(directory)
+  group_keys, groups, runs = summary = report.summarize(directory)   # reads the event files once
+  report.write_report(directory, summary)
   lines += [f'Command: `{command}` then `python -m experiments.findings`. '
             f'{sum(r["state"] == "finished" for r in runs)}/{len(runs)} runs finished; '
             f'seeds {sorted({r["overrides"].get("seed") for r in runs}, key=str)}; '
             f'wall time {wall_minutes(directory, runs):.1f} min.', '']
-  lines += report.table(group_keys, groups, getattr(module, 'METRICS', None)) + ['']
+  lines += report.table(group_keys, groups) + ['']
   analysis = module.analyze(directory, group_keys, groups) if hasattr(module, 'analyze') else {}
   lines += analysis.get('lines', [])
   lines += _plot(analysis.get('plot') or os.path.join(directory, 'train_loss.png'), name, out_dir)
@@ -183,10 +183,8 @@ def main():
     summary.append(f'| [{name}](#{name}): {first_line} | {verdict} |')
     sections += section
   if only:
-    names = sorted(kept)
-    fresh = [n for n in names if n in only] + sorted(only - set(kept))
-    old = [n for n in names if n not in only]
-    lines += [f'This version regenerated {", ".join(sorted(set(fresh)))} '
+    old = sorted(n for n in kept if n not in only)
+    lines += [f'This version regenerated {", ".join(sorted(only))} '
               f'({datetime.date.today()}); the sections of {", ".join(old) or "no other claim"} '
               'are kept from the previous version, with the verdict rules of their time (a '
               'section without a "Verdict rule:" line predates the rule machinery).', '']

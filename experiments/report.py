@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
+from experiments import stats
 from training import workdir as wd
 
 SWEEP_FILE = 'sweep.json'
@@ -55,13 +56,12 @@ def group_key(run: dict, keys: list[str]) -> tuple:
 
 def mean_ci(values) -> str:
   """'mean [low, high]': the 95 % t-interval of the mean over seeds."""
-  from experiments.stats import mean_ci as interval
   values = [v for v in values if v is not None and np.isfinite(v)]
   if not values:
     return '–'
   if len(values) == 1:
     return f'{values[0]:.4f}'
-  m, lo, hi = interval(values)
+  m, lo, hi = stats.mean_ci(values)
   return f'{m:.4f} [{lo:.4f}, {hi:.4f}]'
 
 
@@ -81,11 +81,10 @@ def summarize(directory: str) -> tuple[list[str], OrderedDict, list[dict]]:
   return group_keys, groups, runs
 
 
-def table(group_keys, groups, metrics=None) -> list[str]:
-  """One row per group; `metrics`: (column, run key) pairs (default METRICS)."""
-  metrics = metrics or METRICS
+def table(group_keys, groups) -> list[str]:
+  """One row per group, with each of METRICS."""
   head = [k.rsplit('.', 1)[-1] for k in group_keys] + ['seeds'] + [
-      f'{name} (95 % CI)' for name, _ in metrics] + ['diverged', 'failed', 'unfinished',
+      f'{name} (95 % CI)' for name, _ in METRICS] + ['diverged', 'failed', 'unfinished',
                                                      'steps/s']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for key, members in groups.items():
@@ -94,7 +93,7 @@ def table(group_keys, groups, metrics=None) -> list[str]:
     unfinished = sum(r['state'] not in ('finished', 'diverged', 'failed') for r in members)
     speeds = [r['steps_per_sec'] for r in members if r['steps_per_sec']]
     cells = [str(v) for v in key] + [str(len(members))] + [
-        mean_ci([r.get(k) for r in done]) for _, k in metrics] + [str(count('diverged')),
+        mean_ci([r.get(k) for r in done]) for _, k in METRICS] + [str(count('diverged')),
         str(count('failed')), str(unfinished), f'{np.mean(speeds):.1f}' if speeds else '–']
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
@@ -169,8 +168,9 @@ def plot_vs_numeric_axis(directory, group_keys, groups, metric='test_accuracy') 
   return path
 
 
-def write_report(directory: str) -> str:
-  group_keys, groups, runs = summarize(directory)
+def write_report(directory: str, summary=None) -> str:
+  """report.md and the plots; `summary`: `summarize(directory)` if the caller has it."""
+  group_keys, groups, runs = summary or summarize(directory)
   lines = [f'# Sweep report: {os.path.basename(os.path.normpath(directory))}', '',
            f'{len(runs)} runs; grouped by {", ".join(group_keys) or "nothing"}; mean over seeds '
            'and its 95 % t-interval. Final train loss is the last logged train loss (averaged '

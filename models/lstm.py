@@ -116,7 +116,7 @@ class LSTMCell(CellBody):
     return body(carry, hw, xw, m, stat_m, stats)
 
 
-def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
+def recurrence(body: Callable, w, theta, xw, rest, carry0):
   """The LSTM's loop over time with a hand-written backward pass; the same function as
   `nn.scan(LSTMCell)` (tested), computed differently:
 
@@ -141,8 +141,7 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
       new, (h, stats) = body(theta, carry, hw, at(xw, t), *r)
       return (new, put(hs, h, t)), (stats, carry, hw)
     hs = jnp.zeros((xw.shape[0], xw.shape[1], carry0[1].shape[-1]), xw.dtype)
-    (last, hs), (stats, carries, hws) = jax.lax.scan(step, (carry0, hs), (steps, rest),
-                                                     unroll=unroll)
+    (last, hs), (stats, carries, hws) = jax.lax.scan(step, (carry0, hs), (steps, rest))
     return (last, (hs, stats)), (carries, hws)
 
   @jax.custom_vjp
@@ -169,7 +168,7 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0, unroll: int = 1):
     zeros = jax.tree.map(jnp.zeros_like, theta)
     (d_carry0, d_theta, d_xw), d_hws = jax.lax.scan(
         step, (d_last, zeros, jnp.zeros_like(xw)), (steps, carries, hws, rest, d_stats),
-        reverse=True, unroll=unroll)
+        reverse=True)
     h_prev = carries[1]
     d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ d_hws.reshape(-1, d_hws.shape[-1])
     return d_w, d_theta, d_xw, d_carry0
@@ -204,7 +203,6 @@ class LSTMLayer(nn.Module):
   max_steps: int = 512          # per-step running averages; later steps share the last one
   momentum: float = 0.9
   epsilon: float = 1e-5
-  unroll: int = 1               # time steps per iteration of the compiled loop (speed only)
   fused: bool = False           # the loop as `recurrence` (hand-written backward; speed only)
 
   @nn.compact
@@ -235,10 +233,10 @@ class LSTMLayer(nn.Module):
       w = params.pop('hidden_to_hidden')['kernel']
       body = lambda theta, *args: CellBody(*cell, parent=None).apply({'params': theta}, *args)
       _, (hs, used) = recurrence(body, w, params, xw, (mask.T, stat_mask.T, per_step),
-                                 (zeros, zeros), self.unroll)
+                                 (zeros, zeros))
     else:
       scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
-                     in_axes=(1, 1, 1, 0), out_axes=(1, 0), unroll=self.unroll)
+                     in_axes=(1, 1, 1, 0), out_axes=(1, 0))
       _, (hs, used) = scan(*cell, name='cell')((zeros, zeros), xw, mask, stat_mask, per_step)
     if self.recurrent_bn and train and not self.is_initializing():
       for (mean_var, (mean, var, count)) in zip(ra.values(), used):
@@ -265,7 +263,6 @@ class LSTM(nn.Module):
   vocab_size: int = 0
   max_length: int = 512
   skipinit: bool = False   # each stacked layer's output times a learnable 0-init scalar
-  unroll: int = 1          # time steps per loop iteration (`LSTMLayer.unroll`)
   fused: bool = False      # the loop over time as `recurrence` (`LSTMLayer.fused`)
   fold_input: bool = False  # the first layer's W_x x_t re-associated (`project_source`)
 
@@ -281,7 +278,7 @@ class LSTM(nn.Module):
       source = (x, self.variables['params'][embed.name])
     for layer in range(self.num_layers):
       y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, self.recurrent_bn,
-                    self.max_length, self.momentum, self.epsilon, self.unroll, self.fused,
+                    self.max_length, self.momentum, self.epsilon, self.fused,
                     name=f'lstm{layer + 1}')(
           h, mask, norm_mask, train=train, source=source if layer == 0 else None)
       h = h + residual_lib.gated(self, y, self.skipinit, f'lstm{layer + 1}_gain') \
