@@ -2,7 +2,7 @@
 
 CPU scale: variable-length mnist1d (each sequence cut to a length in [20, 40], right-padded with
 zeros), LSTM (width 128; recurrent BN of Cooijmans et al.) and pre-LN Transformer (4 layers,
-width 64), 800 steps, × {BN with the padding mask, BN without it (padding enters the
+width 64), 500 steps, × {BN with the padding mask, BN without it (padding enters the
 statistics), LN with the mask}, 3 seeds. After training, the padding-invariance error is
 measured on the first 256 test sequences: the largest change of any logit when the padding
 values are replaced by noise (N(0, 3²)), in train mode (batch statistics) and in eval mode.
@@ -25,7 +25,7 @@ def get_sweep(arg=None):
   bases = {'lstm': lstm_mnist1d.get_config(), 'transformer': transformer_mnist1d.get_config()}
   for config in bases.values():
     config.data.variable_length = True
-    config.num_train_steps = 3000 if arg == 'full' else 800
+    config.num_train_steps = 3000 if arg == 'full' else 500
     config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
     if arg == 'smoke':
       config.model.width = 16
