@@ -5,6 +5,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments import report, sweep, sweeps
@@ -138,21 +139,54 @@ def test_init_gradients_measure_and_verdict(tmp_path):
   assert verdict in ('reproduced', 'partly', 'not reproduced') and 'plain without norm' in reason
 
 
-def test_lstm_steps_to_target_and_verdict():
+def test_lstm_target_steps_and_both_halves_of_the_verdict():
+  """The target is the bigram entropy (checked against a count by hand); steps to it are
+  censored; the verdict judges LN and recurrent BN separately, each at its own best lr."""
+  import collections
+  import math
   from experiments.claims import lstm_norms
-  run = {'scalars': {'eval/accuracy': [(100, 0.3), (200, 0.55), (300, 0.4)]}}
-  assert lstm_norms.steps_to_target(run) == 200
-  assert lstm_norms.steps_to_target({'scalars': {'eval/accuracy': [(100, 0.3)]}}) == float('inf')
-  keys = ['model.norm', 'data.variable_length']
-  def stats(ln_steps, none_steps):
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 5, 2000)
+  pairs = collections.Counter(zip(tokens[:-1], tokens[1:]))
+  firsts = collections.Counter(tokens[:-1])
+  n = len(tokens) - 1
+  by_hand = -sum(c / n * math.log(c / firsts[a]) for (a, _), c in pairs.items())
+  assert lstm_norms.bigram_entropy(tokens) == pytest.approx(by_hand, rel=1e-9)
+  run = {'scalars': {'train/loss': [(20, 3.0), (40, 2.4), (60, 2.6)]}}
+  assert lstm_norms.steps_to(run, 2.5, 1600) == 40 and lstm_norms.steps_to(run, 2.0, 1600) == 1600
+
+  def groups(steps):   # {(norm, lr): steps of 3 seeds}; the target is crossed at those steps
     out = {}
-    for variable in (False, True):
-      for norm, steps in (('layer', ln_steps), ('none', none_steps), ('batch', ln_steps)):
-        out[(norm, variable)] = {'steps': steps, 'losses': [1.0, 1.1, 0.9]}
-    return {'stats': out}
-  inf = float('inf')
-  assert lstm_norms.verdict(keys, {}, stats([200, 300, 200], [inf, 900, inf]))[0] == 'reproduced'
-  assert lstm_norms.verdict(keys, {}, stats([200, 300, 200], [300, 200, 200]))[0] == 'not reproduced'
+    for (norm, lr), ss in steps.items():
+      out[(norm, lr)] = [{'state': 'finished', 'step': 800, 'train_loss': 2.0, 'test_loss': 2.1,
+                          'scalars': {'train/loss': [(s, 2.0)] if s else [(800, 3.0)]}}
+                         for s in ss]
+    return out
+  keys = ['model.norm', 'optimizer.learning_rate']
+  slow, fast = [400, 420, 380], [100, 120, 90]
+  base = {(n, lr): [0, 0, 0] for n in lstm_norms.NORMS for lr in lstm_norms.LRS}
+  cases = {'reproduced': {('none', 3e-3): slow, ('layer', 1e-2): fast, ('batch', 1e-3): fast},
+           'partly': {('none', 3e-3): slow, ('layer', 1e-2): fast, ('batch', 1e-3): slow},
+           'not reproduced': {('none', 1e-2): fast, ('layer', 1e-2): fast, ('batch', 1e-3): fast}}
+  for expected, cells in cases.items():
+    g = groups({**base, **cells})
+    analysis = {'best': {}, 'cap': 1600.0, 'target': 2.5}
+    for members in g.values():
+      for r in members:
+        r['log2_steps'] = math.log2(lstm_norms.steps_to(r, 2.5, 1600.0))
+    for norm in lstm_norms.NORMS:   # the best lr: the fewest steps (as analyze picks it)
+      analysis['best'][norm] = min(lstm_norms.LRS, key=lambda lr: np.mean(
+          [r['log2_steps'] for r in g[(norm, lr)]]))
+    verdict, reason = lstm_norms.verdict(keys, g, analysis)
+    assert verdict == expected, reason
+    assert 'LN' in reason and 'BN' in reason and 'test NLL' in reason
+  # nothing reached the target anywhere: the gate makes it inconclusive
+  g = groups(base)
+  for members in g.values():
+    for r in members:
+      r['log2_steps'] = math.log2(1600.0)
+  analysis = {'best': {n: 1e-3 for n in lstm_norms.NORMS}, 'cap': 1600.0, 'target': 2.5}
+  assert lstm_norms.gate(keys, g, analysis)
 
 
 def test_collectives_verdict():
