@@ -71,6 +71,7 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.optimizer.learning_rate = learning_rate
   config.optimizer.momentum = 0.9     # sgd
   config.optimizer.nesterov = False   # sgd
+  config.optimizer.b2 = 0.999         # adam, adamw: the second-moment decay (Transformers: 0.98)
   config.optimizer.weight_decay = weight_decay
   config.optimizer.weight_decay_on = 'kernels'  # kernels (Conv/Dense) | matrices | all
   config.optimizer.schedule = schedule  # constant | cosine | piecewise

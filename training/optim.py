@@ -67,10 +67,11 @@ def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformatio
 def _base_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   mask = functools.partial(decay_mask, decay_on=cfg.get('weight_decay_on', 'kernels'))
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=mask)
+    return optax.adamw(schedule, b2=cfg.get('b2', 0.999), weight_decay=cfg.weight_decay,
+                       mask=mask)
   if cfg.name == 'sgd':
     base = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
   else:
-    base = optax.adam(schedule)
+    base = optax.adam(schedule, b2=cfg.get('b2', 0.999))
   # L2 regularization added to the gradient, as in He et al.'s SGD recipe.
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask), base)
