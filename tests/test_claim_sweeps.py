@@ -189,6 +189,30 @@ def test_lstm_target_steps_and_both_halves_of_the_verdict():
   assert lstm_norms.gate(keys, g, analysis)
 
 
+def test_warmup_map_verdict_and_gate():
+  """The regime map's rule on constructed maps: the region where post-LN needs warm-up and
+  pre-LN trains without it; pre-LN needing it too makes it partly; a map where every cell
+  trains is inconclusive (the lr span reached no instability)."""
+  from experiments.claims import warmup
+  init = [{'depth': d, 'seed': s, 'log_ratio': 0.5 * d + 0.1 * s} for d in warmup.DEPTHS
+          for s in range(3)]
+  def analysis(fails):   # fails: the (position, depth, lr, warm-up) cells that do not train
+    ok = {(p, d, lr, w): (p, d, lr, w) not in fails for p in ('pre', 'post')
+          for d in warmup.DEPTHS for lr in warmup.LRS for w in (0, 50)}
+    return {'ok': ok, 'warm': 50, 'depths': warmup.DEPTHS, 'init': init, 'level': 2.9}
+  post_needs = {('post', 12, 1e-2, 0), ('pre', 12, 1e-2, 0), ('pre', 12, 1e-2, 50),
+                ('post', 12, 3e-3, 0)}
+  a = analysis(post_needs)
+  verdict, reason = warmup.verdict([], {}, a)
+  assert verdict == 'reproduced' and 'depth 12 lr 0.003' in reason and 'rises' in reason
+  assert not warmup.gate([], {}, a)
+  a = analysis(post_needs | {('pre', 6, 1e-2, 0)})
+  assert warmup.verdict([], {}, a)[0] == 'partly'
+  a = analysis({('post', 12, 1e-2, 0), ('post', 12, 1e-2, 50)})
+  assert warmup.verdict([], {}, a)[0] == 'not reproduced'
+  assert warmup.gate([], {}, analysis(set()))
+
+
 def test_collectives_verdict():
   from experiments.claims import collectives
   def table(bn, ln):

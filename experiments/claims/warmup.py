@@ -1,52 +1,218 @@
 """Xiong et al. 2020: post-LN Transformers need learning-rate warm-up; pre-LN do not.
 
-CPU scale: Transformer encoder (4 layers, width 64, AdamW, cosine decay) on mnist1d, 600 steps,
-norm position {pre, post} × linear warm-up {0, 150 steps} × peak lr {1e-3, 3e-3}, 3 seeds.
-Full scale (`:full`): 3000 steps, warm-up {0, 600}.
+Their mechanism grows with depth: at init, the gradient of post-LN's last layer is large and
+does not shrink with depth, pre-LN's shrinks like 1/√L. So the claim is mapped as a regime, not
+tested at one point. CPU scale: the character-level Transformer LM on tiny_text
+(configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes, batch 32), AdamW with
+β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-3, 3e-3, 1e-2} ×
+linear warm-up {0, 50 steps}, then a constant lr, 200 steps, 3 seeds (108 runs). Beside the
+sweep, an init-only check of the mechanism: the post-LN / pre-LN ratio of the last block's
+gradient norm at init at each depth, 3 seeds. Full scale (`:full`): lm1b (TFDS), width 512,
+depth {6, 12, 18}, 4000 steps, warm-up {0, 500}.
+
+Definitions (fixed before the sweep, from the corpus): H1 and H2, the unigram and bigram
+entropies of the training text; LEVEL = (H1 + H2) / 2. A run "trains" when it did not diverge
+and its final train loss is at most LEVEL (it learned more than half of what separates unigram
+from bigram statistics); a cell (position, depth, lr, warm-up) trains when at least 2 of its 3
+seeds do. A position "needs warm-up" at (depth, lr) when its cell without warm-up does not
+train and its cell with warm-up does.
+
+Rule (written before this sweep ran): the region is every (depth, lr) where post-LN needs
+warm-up and pre-LN trains without it. Reproduced if the region is not empty and pre-LN needs
+warm-up nowhere; partly if post-LN needs warm-up somewhere but the region is empty or pre-LN
+needs it somewhere too; not reproduced if post-LN needs warm-up nowhere. Reported beside the
+rule: the highest lr that trains per (position, depth, warm-up), each cell's final loss with
+and without warm-up (one-sided Welch, minimum effect 0.1 nats, both positions), and whether
+the init ratio rises with depth (Spearman, p < 0.05). Gate: the lr span reaches both sides:
+some cell trains and some cell does not; else inconclusive.
 """
 
-from configs import transformer_mnist1d
-from experiments.claims.common import finish
+import json
+import math
+import os
+
+import numpy as np
+
+from configs import transformer_lm
+from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
-from experiments.stats import compare, lookup
+from experiments.stats import compare, lookup, trend, values
+
+DEPTHS = [2, 6, 12]
+LRS = [1e-3, 3e-3, 1e-2]
+WARMUP = 50
+MIN_EFFECT = 0.1     # nats of final train loss, for the comparisons reported beside the rule
+INIT_FILE = 'init_mechanism.json'
 
 
 def get_sweep(arg=None):
-  config = transformer_mnist1d.get_config()
-  config.num_train_steps = 3000 if arg == 'full' else 600
+  config = transformer_lm.get_config('pre')
+  config.optimizer.b2, config.optimizer.schedule = 0.98, 'constant'
+  if arg == 'full':
+    config.data.name, config.num_train_steps = 'lm1b', 4000
+    depths, warm = [6, 12, 18], 500
+  else:
+    config.model.width, config.model.num_heads, config.data.seq_length = 64, 4, 32
+    config.num_train_steps, config.log_every_steps = 200, 20
+    depths, warm = DEPTHS, WARMUP
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
-  axes = [product('model.norm_position', ['pre', 'post']),
-          product('optimizer.warmup_steps', [0, config.num_train_steps // 4]),
-          product('optimizer.learning_rate', [1e-3, 3e-3])]
-  smoke = [product('model.norm_position', ['pre', 'post']), product('optimizer.warmup_steps', [0])]
+  axes = [product('model.norm_position', ['pre', 'post']), product('model.num_layers', depths),
+          product('optimizer.learning_rate', LRS), product('optimizer.warmup_steps', [0, warm])]
+  smoke = [product('model.norm_position', ['pre', 'post'])]
   if arg == 'smoke':
     config.model.width, config.model.num_layers = 16, 1
   return finish(config, axes, arg, smoke)
 
 
-MIN_EFFECT = 0.02   # final train loss
+def entropies() -> tuple[float, float]:
+  """(H1, H2): unigram and bigram entropy of tiny_text's training text, nats."""
+  from data import text
+  from experiments.claims.lstm_norms import bigram_entropy
+  raw = text._descr_text().encode('utf-8')   # noqa: SLF001 - the corpus itself
+  train = np.frombuffer(raw[:int(0.9 * len(raw))], np.uint8).astype(np.int64)
+  p = np.unique(train, return_counts=True)[1] / len(train)
+  return float(-(p * np.log(p)).sum()), bigram_entropy(train)
 
 
-def verdict(group_keys, groups):
-  """Rule: a position "needs" warm-up at an lr when its final train loss without warm-up
-  exceeds its loss with warm-up by at least MIN_EFFECT with a one-sided Welch p < 0.05.
-  Reproduced if post-LN needs it at some lr and pre-LN at none; every comparison is stated."""
-  parts, post_needs, pre_needs = [], [], []
-  lrs = sorted({k[group_keys.index('optimizer.learning_rate')] for k in groups})
+def trains(run, level) -> bool:
+  return (run['state'] == 'finished' and run.get('train_loss') is not None
+          and run['train_loss'] <= level)
+
+
+def init_ratio(depth: int, seed: int) -> dict:
+  """The last block's gradient norm at init, post-LN and pre-LN, on the seed's first batch."""
+  import jax
+
+  from data import pipeline
+  from training import diagnostics, experiment
+  out = {'depth': depth, 'seed': seed}
+  for position in ('pre', 'post'):
+    config = get_sweep().base
+    config.model.norm_position, config.model.num_layers, config.seed = position, depth, seed
+    exp = experiment.build_experiment(config)
+    state = experiment.create_train_state(exp, jax.random.key(seed))
+    batch = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, seed)(0)
+    stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
+    out[position] = float(stats['grad_norm'][f'block{depth}'])
+  out['log_ratio'] = math.log(out['post'] / out['pre'])
+  return out
+
+
+def mechanism(directory, seeds=(0, 1, 2)) -> list[dict]:
+  path = os.path.join(directory, INIT_FILE)
+  rows = json.load(open(path)) if os.path.exists(path) else []
+  done = {(r['depth'], r['seed']) for r in rows}
+  for depth in DEPTHS:
+    for seed in seeds:
+      if (depth, seed) not in done:
+        rows.append(init_ratio(depth, seed))
+        with open(path, 'w') as f:
+          json.dump(rows, f)
+  return rows
+
+
+def _cell(group_keys, groups, position, depth, lr, warm):
+  return lookup(group_keys, groups, **{'model.norm_position': position, 'model.num_layers': depth,
+                                       'optimizer.learning_rate': lr,
+                                       'optimizer.warmup_steps': warm})
+
+
+def analyze(directory, group_keys, groups):
+  h1, h2 = entropies()
+  level = (h1 + h2) / 2
   warm = max(k[group_keys.index('optimizer.warmup_steps')] for k in groups)
-  for lr in lrs:
-    runs = lambda pos, w: lookup(group_keys, groups, **{
-        'model.norm_position': pos, 'optimizer.warmup_steps': w, 'optimizer.learning_rate': lr})
-    gain = {pos: compare(runs(pos, warm), runs(pos, 0), 'train_loss', MIN_EFFECT,
-                         higher_is_better=False) for pos in ('pre', 'post')}
-    post_needs.append(gain['post'].greater)
-    pre_needs.append(gain['pre'].greater)
-    parts.append(f'lr {lr:g}: train loss gained by warm-up: post-LN '
-                 f'{gain["post"].text("with", "without")}; pre-LN '
-                 f'{gain["pre"].text("with", "without")}')
-  reason = '; '.join(parts) + '.'
-  if any(post_needs) and not any(pre_needs):
-    return 'reproduced', reason
-  if any(post_needs):
-    return 'partly', reason + ' Pre-LN also does better with warm-up at some lr.'
-  return 'not reproduced', reason + ' Post-LN does not measurably need warm-up at this scale.'
+  depths = sorted({k[group_keys.index('model.num_layers')] for k in groups})
+  ok = {}   # (position, depth, lr, warm-up) -> the cell trains
+  lines = [f'H1 {h1:.3f}, H2 {h2:.3f} nats; a run trains when its final train loss is at most '
+           f'LEVEL {level:.3f}. Final train loss per cell (mean over seeds; seeds that trained; '
+           'D: diverged):', '',
+           '| position | depth | warm-up | ' + ' | '.join(f'lr {lr:g}' for lr in LRS)
+           + ' | highest lr that trains |', '|---|---|---|' + '---|' * (len(LRS) + 1)]
+  for position in ('pre', 'post'):
+    for depth in depths:
+      for w in (0, warm):
+        cells = []
+        for lr in LRS:
+          runs = _cell(group_keys, groups, position, depth, lr, w)
+          n_ok = sum(trains(r, level) for r in runs)
+          ok[(position, depth, lr, w)] = n_ok >= 2
+          bad = sum(r['state'] == 'diverged' for r in runs)
+          loss = values(runs, 'train_loss')
+          cells.append(f'{loss.mean() if len(loss) else float("nan"):.3f} ({n_ok}/{len(runs)}'
+                       f'{f", {bad} D" if bad else ""})')
+        top = [lr for lr in LRS if ok[(position, depth, lr, w)]]
+        lines.append(f'| {position} | {depth} | {w} | ' + ' | '.join(cells)
+                     + f' | {max(top) if top else "none"} |')
+  rows = mechanism(directory)
+  lines += ['', 'Init-only mechanism check: post-LN / pre-LN gradient norm of the last block at '
+            'init (geometric mean over seeds [lowest, highest]):', '',
+            '| depth | ratio |', '|---|---|']
+  for depth in DEPTHS:
+    r = np.array([x['log_ratio'] for x in rows if x['depth'] == depth])
+    lines.append(f'| {depth} | {math.exp(r.mean()):.2f} [{math.exp(r.min()):.2f}, '
+                 f'{math.exp(r.max()):.2f}] |')
+  return {'lines': lines + [''], 'ok': ok, 'level': level, 'warm': warm, 'depths': depths,
+          'init': rows, 'plot': _plot(directory, group_keys, groups, depths, warm, level)}
+
+
+def _plot(directory, group_keys, groups, depths, warm, level):
+  fig, axes = subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for ax, position in zip(axes, ('pre', 'post')):
+    for i, depth in enumerate(depths):
+      for w, style in ((0, '--'), (warm, '-')):
+        ys = [values(_cell(group_keys, groups, position, depth, lr, w), 'train_loss')
+              for lr in LRS]
+        ax.plot(LRS, [y.mean() if len(y) else np.nan for y in ys], style, marker='o',
+                color=f'C{i}', label=f'depth {depth}, warm-up {w}')
+    ax.axhline(level, color='k', lw=0.8, label='LEVEL')
+    ax.set_xscale('log')
+    ax.set_title(f'{position}-LN', fontsize=9)
+    ax.set_xlabel('peak learning rate')
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel('final train loss (mean over seeds; diverged runs absent)')
+  axes[1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  return save_figure(fig, directory, 'warmup_map.png')
+
+
+def _needs(analysis, position, depth, lr):
+  ok, warm = analysis['ok'], analysis['warm']
+  return not ok[(position, depth, lr, 0)] and ok[(position, depth, lr, warm)]
+
+
+def gate(group_keys, groups, analysis):
+  states = set(analysis['ok'].values())
+  if states != {True, False}:
+    return ['every cell ' + ('trains' if True in states else 'fails') + ': the lr span does not '
+            'reach both sides of stability']
+  return []
+
+
+def verdict(group_keys, groups, analysis):
+  ok, warm, depths = analysis['ok'], analysis['warm'], analysis['depths']
+  cells = [(d, lr) for d in depths for lr in LRS]
+  post = [c for c in cells if _needs(analysis, 'post', *c)]
+  pre = [c for c in cells if _needs(analysis, 'pre', *c)]
+  region = [c for c in post if ok[('pre', c[0], c[1], 0)]]
+  fmt = lambda cs: ', '.join(f'depth {d} lr {lr:g}' for d, lr in cs) or 'nowhere'
+  gains = []
+  for position in ('pre', 'post'):
+    shown = [(d, lr) for d, lr in cells if compare(
+        _cell(group_keys, groups, position, d, lr, warm),
+        _cell(group_keys, groups, position, d, lr, 0), 'train_loss', MIN_EFFECT,
+        higher_is_better=False).greater]
+    gains.append(f'{position}-LN\'s final loss is lower with warm-up by at least {MIN_EFFECT} '
+                 f'(Welch p < 0.05) at {fmt(shown)}')
+  init = analysis['init']
+  rho, p = trend([r['depth'] for r in init], [r['log_ratio'] for r in init])
+  ratio = ', '.join(f'{math.exp(np.mean([r["log_ratio"] for r in init if r["depth"] == d])):.2f}'
+                    f' at depth {d}' for d in DEPTHS)
+  reason = (f'post-LN needs warm-up at {fmt(post)}; pre-LN at {fmt(pre)}; the region where '
+            f'post-LN needs it and pre-LN trains without: {fmt(region)}. Beside the rule: '
+            + '; '.join(gains) + f'; the init ratio post/pre of the last block\'s gradient: '
+            f'{ratio} (Spearman rho {rho:.2f}, one-sided p {p:.3f}: '
+            f'{"rises" if rho > 0 and p < 0.05 else "does not rise measurably"} with depth)')
+  if region and not pre:
+    return 'reproduced', reason + '.'
+  if post:
+    return 'partly', reason + '.'
+  return 'not reproduced', reason + '; post-LN does not need warm-up anywhere in this map.'
