@@ -21,7 +21,7 @@ from data.base import Split
 from errors import ConfigError
 
 ORDER, AUGMENT, TRANSFORM = 0, 1, 2
-AUGMENTATIONS = ('none', 'crop_flip')
+AUGMENTATIONS = ('none', 'crop_flip', 'shift1')
 
 
 def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
@@ -38,6 +38,19 @@ def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
     crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
     out[i] = crop[:, ::-1] if flip[i] else crop
   return out
+
+
+def shift(images: np.ndarray, rng: np.random.Generator, pad: int = 1,
+          rows: slice = slice(None), total: int | None = None) -> np.ndarray:
+  """Each image moved by a random whole number of pixels in [-pad, pad] each way, the edge
+  pixels repeated into the space it leaves (`shift1`: He et al.'s crop augmentation scaled to
+  8x8 digits; no flip: a mirrored digit is another symbol, and the edge, not zero, fills in
+  because zero is the standardized mean, not the background). Draws as `crop_flip`'s."""
+  n, h, w, _ = images.shape
+  total = n if total is None else total
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge')
+  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, total))[:, rows]
+  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
 
 
 class TrainBatches:
@@ -72,6 +85,9 @@ class TrainBatches:
     if self.augment == 'crop_flip':
       rng = np.random.default_rng([self.seed, AUGMENT, step])
       batch['inputs'] = crop_flip(batch['inputs'], rng, rows=self.rows, total=self.batch_size)
+    elif self.augment == 'shift1':
+      rng = np.random.default_rng([self.seed, AUGMENT, step])
+      batch['inputs'] = shift(batch['inputs'], rng, rows=self.rows, total=self.batch_size)
     return batch
 
   def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

@@ -40,7 +40,7 @@ class CountingSplit(data_lib.ArraySplit):
 
 
 @pytest.mark.parametrize('augment,transform', [('none', False), ('crop_flip', False),
-                                               ('none', True)])
+                                               ('shift1', False), ('none', True)])
 def test_each_process_reads_only_its_share_of_the_global_batch(augment, transform):
   """Multi-host: process i of n reads b/n examples per step, and the shares put together are
   exactly the batch one process reads (same examples, same augmentation and dataset transform
@@ -105,6 +105,21 @@ def test_crop_flip_is_a_shifted_or_mirrored_crop_of_the_padded_image():
     candidates += [c[:, ::-1] for c in candidates]
     assert any(np.array_equal(out[i], c) for c in candidates)
   assert not np.array_equal(out, images)
+
+
+def test_shift1_moves_each_image_by_at_most_one_pixel_with_edge_fill():
+  """Each output is the input moved by (dy, dx) in {-1, 0, 1}^2, computed here by indexing
+  with clamped coordinates (an independent formulation of edge padding); every move occurs."""
+  images = np.random.default_rng(0).normal(size=(200, 6, 6, 1)).astype(np.float32)
+  out = pipeline.shift(images, np.random.default_rng(1), pad=1)
+  idx = np.arange(6)
+  moves = set()
+  for i in range(len(images)):
+    found = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if np.array_equal(
+        out[i], images[i][np.clip(idx + dy, 0, 5)][:, np.clip(idx + dx, 0, 5)])]
+    assert len(found) == 1
+    moves.add(found[0])
+  assert len(moves) == 9
 
 
 def test_digits_split_is_fixed_and_standardized():
