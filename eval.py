@@ -28,12 +28,16 @@ flags.DEFINE_string('workdir', None, 'A workdir written by train.py.')
 flags.DEFINE_list('batch_sizes', ['1', '2', '8', '32', '128'],
                   'Batch sizes for the batch-statistics (train) mode.')
 flags.DEFINE_integer('max_examples', None, 'Evaluate only the first N test examples.')
+flags.DEFINE_enum('split', 'test', ['test', 'train'],
+                  'test, or train: the training examples as stored (no augmentation), e.g. for '
+                  'the training loss at convergence; written to eval_train.json.')
 flags.mark_flag_as_required('workdir')
 
 
 def format_table(result: dict) -> str:
   base = result['rows'][0]
-  lines = [f'{result["workdir"]}  (norm={result["norm"]}, step {result["step"]})',
+  lines = [f'{result["workdir"]}  (norm={result["norm"]}, step {result["step"]}, '
+           f'{result.get("split", "test")} split)',
            f'{"mode":<26} {"batch":>6} {"loss":>9} {"accuracy":>9} {"Δloss vs eval":>14} '
            f'{"Δacc vs eval":>13}']
   for r in result['rows']:
@@ -49,11 +53,13 @@ def main(argv):
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if any(b < 1 for b in batch_sizes):
       raise ConfigError(f'--batch_sizes must be positive integers; got {FLAGS.batch_sizes}')
-    result = evaluation.evaluate_workdir(FLAGS.workdir, batch_sizes, FLAGS.max_examples)
+    result = evaluation.evaluate_workdir(FLAGS.workdir, batch_sizes, FLAGS.max_examples,
+                                         FLAGS.split)
   except (ConfigError, ValueError) as e:
     cli.fail(str(e))
   print(format_table(result))
-  wd.write_json_atomic(os.path.join(FLAGS.workdir, 'eval.json'), result)
+  name = 'eval.json' if FLAGS.split == 'test' else 'eval_train.json'
+  wd.write_json_atomic(os.path.join(FLAGS.workdir, name), result)
   evaluation.log_to_tensorboard(FLAGS.workdir, result)
 
 

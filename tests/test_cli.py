@@ -1,10 +1,12 @@
 """The command line: bad input exits non-zero with one clear line and writes nothing."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import data
@@ -79,6 +81,24 @@ def test_end_to_end_then_different_config_refused_and_eval_table(tmp_path):
   assert 'eval (running averages)' in evaluated.stdout
   assert evaluated.stdout.count('train (batch statistics)') == 2
   assert (workdir / 'eval.json').exists()
+
+  # --split=train: the training loss in eval mode, against the model applied here and a
+  # cross-entropy in numpy
+  on_train = run('eval.py', f'--workdir={workdir}', '--batch_sizes=8', '--max_examples=40',
+                 '--split=train')
+  assert on_train.returncode == 0 and 'train split' in on_train.stdout, on_train.stderr
+  result = json.load(open(workdir / 'eval_train.json'))
+  from training import evaluation
+  exp, state, _ = evaluation.load_run(str(workdir))
+  batch = exp.dataset.train.get(np.arange(40))
+  logits = np.asarray(exp.model.apply(evaluation.variables(state), batch['inputs'], train=False),
+                      np.float64)
+  logp = logits - logits.max(1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+  nll = -logp[np.arange(40), batch['targets']].mean()
+  assert result['split'] == 'train' and result['rows'][0]['loss'] == pytest.approx(nll, rel=1e-4)
+  bad = run('eval.py', f'--workdir={workdir}', '--split=valid')
+  assert bad.returncode != 0 and 'test' in bad.stderr and 'train' in bad.stderr
 
 
 def test_workdir_with_foreign_files_is_refused(tmp_path):

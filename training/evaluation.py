@@ -49,11 +49,18 @@ def load_run(workdir: str) -> tuple[Experiment, TrainState, int]:
   return exp, ckpt_lib.restore_state(state, tree), step
 
 
-def evaluate_workdir(workdir: str, batch_sizes, max_examples=None) -> dict:
-  """The test metrics in eval mode (running averages), then in train mode (batch statistics)
-  at each of `batch_sizes`: {workdir, step, norm, rows}."""
+SPLITS = ('test', 'train')
+
+
+def evaluate_workdir(workdir: str, batch_sizes, max_examples=None, split: str = 'test') -> dict:
+  """The metrics on `split` (test; or train: the training examples as stored, without the
+  per-step augmentation or transform) in eval mode (running averages), then in train mode
+  (batch statistics) at each of `batch_sizes`: {workdir, step, norm, split, rows}."""
+  if split not in SPLITS:
+    raise ConfigError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
   exp, state, step = load_run(workdir)
-  steps, test = compile_steps(exp), exp.dataset.test
+  steps = compile_steps(exp)
+  test = exp.dataset.test if split == 'test' else exp.dataset.train
   eval_batch = exp.config.data.eval_batch_size
   rows = [{'mode': 'eval (running averages)', 'batch_size': eval_batch,
            **evaluate(steps, variables(state), test, eval_batch, max_examples=max_examples)}]
@@ -61,17 +68,19 @@ def evaluate_workdir(workdir: str, batch_sizes, max_examples=None) -> dict:
     rows.append({'mode': 'train (batch statistics)', 'batch_size': bs,
                  **evaluate(steps, variables(state), test, bs, batch_stats_mode=True,
                             max_examples=max_examples)})
-  return {'workdir': workdir, 'step': step, 'norm': exp.config.model.norm, 'rows': rows}
+  return {'workdir': workdir, 'step': step, 'norm': exp.config.model.norm, 'split': split,
+          'rows': rows}
 
 
 def log_to_tensorboard(workdir: str, result: dict) -> None:
   """Scalars `eval_modes/<metric>/<mode>_bs<N>` at the run's step, and the gap to eval mode."""
   writer = MetricWriter(workdir)
   base = result['rows'][0]
+  section = 'eval_modes' if result.get('split', 'test') == 'test' else 'eval_modes_train'
   for r in result['rows']:
     mode = 'running_avg' if r['mode'].startswith('eval') else 'batch_stats'
     tag = f'{mode}_bs{r["batch_size"]}'
-    writer.scalars(result['step'], 'eval_modes', {
+    writer.scalars(result['step'], section, {
         f'accuracy/{tag}': r['accuracy'], f'loss/{tag}': r['loss'],
         f'accuracy_gap_to_eval_mode/{tag}': r['accuracy'] - base['accuracy']})
   writer.close()
