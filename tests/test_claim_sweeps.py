@@ -213,6 +213,25 @@ def test_warmup_map_verdict_and_gate():
   assert warmup.gate([], {}, analysis(set()))
 
 
+def test_depth_verdict_takes_each_plain_net_at_its_best_lr_and_gates_convergence():
+  from experiments.claims import depth
+  keys = ['model.depth', 'model.residual', 'optimizer.learning_rate']
+  def groups(losses):   # {(depth, residual, lr): mean training-set loss}; 3 seeds around it
+    return {k: [{'state': 'finished', 'train_set_loss': v + d, 'train_set_error': v / 10}
+                for d in (-0.002, 0.0, 0.002)] for k, v in losses.items()}
+  base = {(20, True, 0.1): 0.01, (56, True, 0.1): 0.012, (20, False, 0.1): 0.02,
+          (20, False, 0.01): 0.03, (56, False, 0.1): 0.3, (56, False, 0.01): 0.2}
+  verdict, reason = depth.verdict(keys, groups(base), {})
+  assert verdict == 'reproduced' and 'best lr: 0.1 at 20, 0.01 at 56' in reason
+  # plain-56 bad at lr 0.1 only: a learning-rate effect, not a handicap of depth
+  verdict, reason = depth.verdict(keys, groups({**base, (56, False, 0.01): 0.021}), {})
+  assert verdict == 'not reproduced' and 'plain at lr 0.1 alone: plain-20 below plain-56' in reason
+  assert depth.verdict(keys, groups({**base, (56, True, 0.1): 0.2}), {})[0] == 'partly'
+  assert not depth.gate(keys, groups(base), {})
+  assert 'residual-56 did not converge' in depth.gate(keys, groups({**base, (56, True, 0.1): 0.08}),
+                                                      {})[0]
+
+
 def test_collectives_verdict():
   from experiments.claims import collectives
   def table(bn, ln):
