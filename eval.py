@@ -28,9 +28,11 @@ flags.DEFINE_string('workdir', None, 'A workdir written by train.py.')
 flags.DEFINE_list('batch_sizes', ['1', '2', '8', '32', '128'],
                   'Batch sizes for the batch-statistics (train) mode.')
 flags.DEFINE_integer('max_examples', None, 'Evaluate only the first N test examples.')
-flags.DEFINE_enum('split', 'test', ['test', 'train'],
-                  'test, or train: the training examples as stored (no augmentation), e.g. for '
-                  'the training loss at convergence; written to eval_train.json.')
+flags.DEFINE_enum('split', 'test', ['test', 'train', 'validation'],
+                  'test; train: the training examples as stored (no augmentation), e.g. for the '
+                  'training loss at convergence; validation: the examples held out by '
+                  'data.validation_examples. Written to eval.json, eval_train.json, '
+                  'eval_validation.json.')
 flags.mark_flag_as_required('workdir')
 
 
@@ -58,7 +60,7 @@ def main(argv):
   except (ConfigError, ValueError) as e:
     cli.fail(str(e))
   print(format_table(result))
-  name = 'eval.json' if FLAGS.split == 'test' else 'eval_train.json'
+  name = 'eval.json' if FLAGS.split == 'test' else f'eval_{FLAGS.split}.json'
   wd.write_json_atomic(os.path.join(FLAGS.workdir, name), result)
   evaluation.log_to_tensorboard(FLAGS.workdir, result)
 

@@ -59,6 +59,8 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.data.name = data_name        # data.DATASETS
   config.data.batch_size = batch_size
   config.data.eval_batch_size = 128
+  config.data.validation_examples = 0  # > 0: hold this many training examples out as a
+  #                                      validation split (eval.py --split=validation)
   config.data.augment = 'none'        # none | crop_flip (images) | shift1 (±1 px, edge fill)
   config.data.variable_length = False  # sequences: cut each example to a random length, pad
   config.data.min_length = 8          # ... drawn uniformly from [min_length, full length]

@@ -7,11 +7,14 @@ TensorFlow needed to read; preparing an image dataset once needs TensorFlow, see
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
+
+import numpy as np
 
 from errors import ConfigError
 from data import digits, sequences, text, tfds_images
-from data.base import ArraySplit, Dataset, Split  # noqa: F401  (re-exported)
+from data.base import ArraySplit, Dataset, IndexedSplit, Split  # noqa: F401  (re-exported)
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits.load,
@@ -40,4 +43,30 @@ def load_dataset(data_config, seed: int = 0) -> Dataset:
       raise ConfigError(f'data.variable_length needs a sequence dataset; {data_config.name!r} '
                         'holds images')
     ds = sequences.variable_length(ds, data_config.min_length, seed)
+  if data_config.get('validation_examples', 0):
+    ds = hold_out(ds, data_config.validation_examples)
   return ds
+
+
+VALIDATION_SEED = 7    # which training examples are held out: the same for every run and seed
+VALIDATION_COPIES = 5  # with a per-step train transform (digits_hard): transformed copies of each
+
+
+def hold_out(ds: Dataset, n: int) -> Dataset:
+  """`n` training examples (a fixed random choice) moved to a validation split. Where the
+  training inputs are transformed at every step, the validation split holds VALIDATION_COPIES
+  fixed transformed copies of each, so it is drawn from the distribution the model trains on."""
+  if not 0 < n < len(ds.train):
+    raise ConfigError(f'data.validation_examples must be in [1, {len(ds.train) - 1}] (the '
+                      f'training split has {len(ds.train)}); got {n}')
+  order = np.random.default_rng(VALIDATION_SEED).permutation(len(ds.train))
+  held, kept = np.sort(order[:n]), np.sort(order[n:])
+  arrays = ds.train.get(held)
+  if ds.train_transform is not None:
+    arrays = {k: np.repeat(v, VALIDATION_COPIES, axis=0) for k, v in arrays.items()}
+    total = len(arrays['inputs'])
+    arrays['inputs'] = ds.train_transform(arrays['inputs'],
+                                          np.random.default_rng([VALIDATION_SEED, 1]),
+                                          slice(None), total)
+  return dataclasses.replace(ds, train=IndexedSplit(ds.train, kept),
+                             validation=ArraySplit(arrays))

@@ -29,6 +29,19 @@ class ArraySplit:
 
 
 @dataclasses.dataclass
+class IndexedSplit:
+  """The examples `indices` of another split, in that order (nothing is copied)."""
+  base: Split
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.base.get(self.indices[indices])
+
+
+@dataclasses.dataclass
 class Dataset:
   train: Split
   test: Split
@@ -40,3 +53,6 @@ class Dataset:
   # train inputs transformed afresh at every step (digits_hard): (inputs, rng, rows, total) ->
   # inputs, `rng` drawn from (seed, step) by data.pipeline, `rows` of a batch of `total`
   train_transform: Callable | None = None
+  # examples held out of `train` (data.validation_examples): for choosing hyperparameters
+  # without looking at the test set
+  validation: Split | None = None

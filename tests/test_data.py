@@ -164,3 +164,36 @@ def test_an_unprepared_tfds_dataset_offline_is_one_line_and_creates_nothing(tmp_
                                         r'and data.download is False.*Real datasets \(TFDS\)'):
     data_lib.load_dataset(config.data, config.seed)
   assert time.time() - t0 < 60 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name', ['digits', 'digits_hard', 'tiny_text'])
+def test_validation_examples_are_held_out_of_train_and_fixed(name):
+  """data.validation_examples moves a fixed choice of training examples (the same for every run
+  seed) out of train: train and validation are disjoint and together hold every training
+  example; the test split is untouched; with a per-step transform (digits_hard) the validation
+  split holds fixed transformed copies of the held-out digits."""
+  plain = data_lib.load_dataset(tiny_config(**{'data.name': name}).data)
+  config = tiny_config(**{'data.name': name, 'data.validation_examples': 100})
+  ds, again = data_lib.load_dataset(config.data), data_lib.load_dataset(config.data, seed=3)
+  assert len(ds.train) == len(plain.train) - 100
+  key = lambda a: [x.tobytes() for x in a['inputs']]
+  all_train = key(plain.train.get(np.arange(len(plain.train))))
+  kept = key(ds.train.get(np.arange(len(ds.train))))
+  copies = data_lib.VALIDATION_COPIES if plain.train_transform else 1
+  assert len(ds.validation) == 100 * copies
+  held = sorted(set(all_train) - set(kept))
+  assert len(held) == 100 or name == 'tiny_text'   # overlapping LM windows may repeat
+  assert set(kept) <= set(all_train)
+  v = ds.validation.get(np.arange(len(ds.validation)))
+  if plain.train_transform is None:
+    assert sorted(set(key(v))) == held
+  else:   # transformed copies: each differs from every stored digit, and the labels match
+    assert not set(key(v)) & set(all_train)
+    np.testing.assert_array_equal(np.sort(v['targets']), np.sort(np.repeat(
+        [plain.train.get(np.array([all_train.index(h)]))['targets'][0] for h in held], copies)))
+  np.testing.assert_array_equal(v['inputs'], again.validation.get(np.arange(len(v['inputs'])))['inputs'])
+  np.testing.assert_array_equal(ds.test.get(np.arange(10))['inputs'],
+                                plain.test.get(np.arange(10))['inputs'])
+  with pytest.raises(ConfigError, match='validation_examples'):
+    data_lib.load_dataset(tiny_config(**{'data.name': name,
+                                         'data.validation_examples': len(plain.train)}).data)

@@ -49,18 +49,21 @@ def load_run(workdir: str) -> tuple[Experiment, TrainState, int]:
   return exp, ckpt_lib.restore_state(state, tree), step
 
 
-SPLITS = ('test', 'train')
+SPLITS = ('test', 'train', 'validation')
 
 
 def evaluate_workdir(workdir: str, batch_sizes, max_examples=None, split: str = 'test') -> dict:
-  """The metrics on `split` (test; or train: the training examples as stored, without the
-  per-step augmentation or transform) in eval mode (running averages), then in train mode
+  """The metrics on `split` (test; train: the training examples as stored, without the
+  per-step augmentation or transform; validation: held out of train) in eval mode (running averages), then in train mode
   (batch statistics) at each of `batch_sizes`: {workdir, step, norm, split, rows}."""
   if split not in SPLITS:
     raise ConfigError(f'unknown split {split!r}; valid: {", ".join(SPLITS)}')
   exp, state, step = load_run(workdir)
+  test = getattr(exp.dataset, split)
+  if test is None:
+    raise ConfigError(f'{workdir} holds no validation split (it trained with '
+                      'data.validation_examples = 0)')
   steps = compile_steps(exp)
-  test = exp.dataset.test if split == 'test' else exp.dataset.train
   eval_batch = exp.config.data.eval_batch_size
   rows = [{'mode': 'eval (running averages)', 'batch_size': eval_batch,
            **evaluate(steps, variables(state), test, eval_batch, max_examples=max_examples)}]
@@ -76,7 +79,8 @@ def log_to_tensorboard(workdir: str, result: dict) -> None:
   """Scalars `eval_modes/<metric>/<mode>_bs<N>` at the run's step, and the gap to eval mode."""
   writer = MetricWriter(workdir)
   base = result['rows'][0]
-  section = 'eval_modes' if result.get('split', 'test') == 'test' else 'eval_modes_train'
+  split = result.get('split', 'test')
+  section = 'eval_modes' if split == 'test' else f'eval_modes_{split}'
   for r in result['rows']:
     mode = 'running_avg' if r['mode'].startswith('eval') else 'batch_stats'
     tag = f'{mode}_bs{r["batch_size"]}'

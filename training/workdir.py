@@ -50,7 +50,8 @@ LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
               'model.dyt_alpha': 0.5, 'model.renorm_rmax': 3.0, 'model.renorm_dmax': 5.0,
               'model.renorm_start': 5000, 'model.renorm_ramp': 35000, 'model.skipinit': False, 'model.weight_std': False, 'model.qk_norm': False, 'model.deepnorm': False, 'model.fixup': False, 'model.nf_alpha': 0.0,
               'model.weight_norm': False, 'model.spectral_norm': False,
-              'optimizer.agc': 0.0, 'optimizer.b2': 0.999}
+              'optimizer.agc': 0.0, 'optimizer.b2': 0.999,
+              'data.validation_examples': 0}
 
 
 def with_later_keys(d: dict, only: set | None = None) -> dict:
