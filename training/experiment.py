@@ -42,6 +42,7 @@ RANGES = {
     'data.eval_batch_size': (0, None, False),
     'data.seq_length': (0, None, False),
     'data.min_length': (0, None, False),
+    'data.validation_examples': (0, None, True),     # 0: none held out
     'model.width': (0, None, False),
     'model.depth': (0, None, False),
     'model.num_layers': (0, None, False),
@@ -59,6 +60,7 @@ RANGES = {
     'model.renorm_start': (0, None, True),
     'model.renorm_ramp': (0, None, True),
     'optimizer.agc': (0, None, True),                # 0: off
+    'optimizer.b2': (0, 1, False),
     'optimizer.learning_rate': (0, None, True),
     'optimizer.warmup_steps': (0, None, True),
     'optimizer.momentum': (0, 1, True),
