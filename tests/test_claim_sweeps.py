@@ -30,7 +30,8 @@ def test_every_claim_has_a_verdict_and_a_way_to_its_numbers():
   names = {os.path.basename(p)[:-3] for p in ALL_CLAIMS}
   assert names == {'batch_size', 'collectives', 'depth', 'gradients', 'lstm_norms', 'padding',
                    'train_test_mode', 'warmup', 'dyt', 'nf_resnet', 'skip_scalars', 'deepnorm',
-                   'batch_size_wu_he'}
+                   'batch_size_wu_he', 'ln_cnn', 'ln_generalization', 'layer_scale',
+                   'bn_length'}
   for path in ALL_CLAIMS:
     module = _module(path)
     assert hasattr(module, 'verdict') and module.__doc__
@@ -230,6 +231,40 @@ def test_depth_verdict_takes_each_plain_net_at_its_best_lr_and_gates_convergence
   assert not depth.gate(keys, groups(base), {})
   assert 'residual-56 did not converge' in depth.gate(keys, groups({**base, (56, True, 0.1): 0.08}),
                                                       {})[0]
+
+
+def test_ln_generalization_reads_the_test_accuracy_at_the_matched_step():
+  from experiments.claims import ln_generalization as g
+  run = {'scalars': {'train/loss': [(10, 0.3), (20, 0.06), (30, 0.04), (40, 0.01)],
+                     'eval/accuracy': [(10, 0.5), (20, 0.8), (30, 0.85), (40, 0.9)]}}
+  assert g.at_match(run) == (30, 0.85)
+  assert g.at_match(run, 0.001) is None
+  keys = ['model.norm']
+  def groups(ln_acc):
+    return {(n,): [{'state': 'finished', 'match_accuracy': (ln_acc if n == 'layer' else 0.80) + d,
+                    'match_step': 100, 'test_accuracy': 0.9} for d in (-0.004, 0, 0.002, 0.004, -0.002)]
+            for n in g.NORMS}
+  assert g.verdict(keys, groups(0.85), {})[0] == 'reproduced'
+  assert g.verdict(keys, groups(0.805), {})[0] == 'not reproduced'   # below the minimum effect
+  assert not g.gate(keys, groups(0.85), {})
+
+
+def test_ln_cnn_reads_each_norm_at_its_validation_best_lr():
+  from experiments.claims import ln_cnn
+  keys = ['model.norm', 'optimizer.learning_rate']
+  def runs(test, val):
+    return [{'state': 'finished', 'test_accuracy': test + d, 'val_accuracy': val + d,
+             'test_loss': 0.5} for d in (-0.003, 0, 0.003)]
+  # LN's test accuracy is highest at lr 0.1, but its validation accuracy picks 0.01
+  groups = {(n, lr): runs(0.9 if n == 'batch' else 0.8, 0.5) for n in ln_cnn.NORMS
+            for lr in ln_cnn.LRS}
+  groups[('layer', 0.1)] = runs(0.95, 0.6)
+  analysis = {'best': {n: 0.01 for n in ln_cnn.NORMS}}
+  analysis['best']['layer'] = 0.1
+  assert ln_cnn.verdict(keys, groups, analysis)[0] == 'not reproduced'
+  analysis['best']['layer'] = 0.01
+  verdict, reason = ln_cnn.verdict(keys, groups, analysis)
+  assert verdict == 'reproduced' and 'BN above LN by 0.1000' in reason
 
 
 def test_collectives_verdict():

@@ -1,0 +1,104 @@
+"""Ba et al. 2016 (and common practice since): LayerNorm does not work as well as BatchNorm in
+convolutional networks.
+
+CPU scale: ResNet-20 (width 16) on digits_hard, batch 64, SGD 0.9 with cosine decay, 600
+steps, norm {batch, group, layer, none}, lr {0.01, 0.03, 0.1}, 3 seeds (36 runs). 287 of the
+1,437 training digits are held out as a validation split (`data.validation_examples`, 5 fixed
+transformed copies each); every arm trains on the other 1,150. Each norm is taken at the lr
+with its best mean validation accuracy (eval mode), so no arm is handicapped by one shared lr
+and the test set chooses nothing. Full scale (`:full`): ResNet-20 on CIFAR-10 with 5,000
+validation images, 20k steps.
+
+Rule (written before this sweep ran): metric test accuracy (eval mode) at each norm's best lr;
+MIN_EFFECT 2 points; one-sided Welch, alpha 0.05. Reproduced if BatchNorm's accuracy exceeds
+LayerNorm's by at least MIN_EFFECT with p < 0.05; not reproduced otherwise. Reported beside the
+rule: GroupNorm and no norm against BN, LN against no norm, the test NLL. Gate: BN at its best
+lr between 50 % and 99 % (trained, not at the ceiling); else inconclusive.
+"""
+
+import os
+
+from configs import default, resnet_cifar10
+from experiments.claims.common import finish
+from experiments.sweeps import product
+from experiments.stats import compare, lookup, values
+
+NORMS = ['batch', 'group', 'layer', 'none']
+LRS = [0.01, 0.03, 0.1]
+MIN_EFFECT = 0.02
+
+
+def get_sweep(arg=None):
+  if arg == 'full':
+    config = resnet_cifar10.get_config()
+    config.num_train_steps, config.data.validation_examples = 20000, 5000
+  else:
+    config = default.get_config('20')
+    config.data.name, config.data.batch_size = 'digits_hard', 64
+    config.data.validation_examples = 287
+    config.num_train_steps, config.log_every_steps = 600, 30
+  config.optimizer.schedule = 'cosine'
+  config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
+  axes = [product('model.norm', NORMS), product('optimizer.learning_rate', LRS)]
+  smoke = [product('model.norm', ['batch', 'layer'])]
+  if arg == 'smoke':
+    config.model.depth = 8
+  return finish(config, axes, arg, smoke)
+
+
+def analyze(directory, group_keys, groups):
+  """Each finished run's validation accuracy in eval mode (cached in eval_validation.json) as
+  'val_accuracy', and each norm's best lr by it."""
+  from training import evaluation
+  from training import workdir as wd
+  for members in groups.values():
+    for r in members:
+      if r['state'] != 'finished':
+        continue
+      path = os.path.join(directory, r['name'], 'eval_validation.json')
+      if not os.path.exists(path):
+        wd.write_json_atomic(path, evaluation.evaluate_workdir(
+            os.path.join(directory, r['name']), [], split='validation'))
+      r['val_accuracy'] = wd.read_json(path)['rows'][0]['accuracy']
+  best, lines = {}, ['Validation accuracy (eval mode, mean over seeds) by lr; each norm\'s best '
+                     'lr (bold) is where its test accuracy is read:', '',
+                     '| norm | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' |',
+                     '|---|' + '---|' * len(LRS)]
+  for norm in NORMS:
+    acc = {lr: values(lookup(group_keys, groups, **{'model.norm': norm,
+                                                    'optimizer.learning_rate': lr}),
+                      'val_accuracy') for lr in LRS}
+    acc = {lr: v.mean() for lr, v in acc.items() if len(v)}
+    best[norm] = max(acc, key=acc.get) if acc else None
+    lines.append(f'| {norm} | ' + ' | '.join(
+        (f'**{acc[lr]:.4f}**' if lr == best[norm] else f'{acc[lr]:.4f}') if lr in acc else '–'
+        for lr in LRS) + ' |')
+  return {'lines': lines + [''], 'best': best}
+
+
+def _at_best(group_keys, groups, analysis, norm):
+  return lookup(group_keys, groups, **{'model.norm': norm,
+                                       'optimizer.learning_rate': analysis['best'][norm]})
+
+
+def gate(group_keys, groups, analysis):
+  acc = values(_at_best(group_keys, groups, analysis, 'batch'), 'test_accuracy')
+  if not len(acc) or not 0.5 <= acc.mean() <= 0.99:
+    return [f'BN at its best lr is at {acc.mean() if len(acc) else float("nan"):.4f}, outside '
+            '50-99 %']
+  return []
+
+
+def verdict(group_keys, groups, analysis):
+  at = lambda n: _at_best(group_keys, groups, analysis, n)
+  main = compare(at('batch'), at('layer'), 'test_accuracy', MIN_EFFECT)
+  beside = [compare(at('batch'), at('group'), 'test_accuracy', MIN_EFFECT).text('BN', 'GN'),
+            compare(at('batch'), at('none'), 'test_accuracy', MIN_EFFECT).text('BN', 'none'),
+            compare(at('layer'), at('none'), 'test_accuracy', MIN_EFFECT).text('LN', 'none'),
+            'test NLL: ' + ', '.join(f'{n} {values(at(n), "test_loss").mean():.3f}'
+                                     for n in NORMS)]
+  best = ', '.join(f'{n} {analysis["best"][n]:g}' for n in NORMS
+                   if analysis['best'][n] is not None)
+  reason = (f'best lr by validation accuracy: {best}; test accuracy at it: '
+            f'{main.text("BN", "LN")}. Beside the rule: ' + '; '.join(beside))
+  return ('reproduced' if main.greater else 'not reproduced'), reason + '.'
