@@ -267,6 +267,39 @@ def test_ln_cnn_reads_each_norm_at_its_validation_best_lr():
   assert verdict == 'reproduced' and 'BN above LN by 0.1000' in reason
 
 
+def test_bn_length_delta_and_verdict():
+  from experiments.claims import bn_length
+  assert bn_length.delta(np.arange(128.0)) == pytest.approx(111.5 - 23.5)
+  keys = ['model.norm']
+  def groups(bn, ln, none):
+    return {(n,): [{'state': 'finished', 'delta': v + d, 'delta_train_mode': 0.0}
+                   for d in (-0.01, 0, 0.01)] for n, v in (('batch', bn), ('layer', ln),
+                                                          ('none', none))}
+  assert bn_length.verdict(keys, groups(0.5, 0.0, 0.1), {})[0] == 'reproduced'
+  assert bn_length.verdict(keys, groups(0.5, 0.0, 0.45), {})[0] == 'partly'
+  assert bn_length.verdict(keys, groups(0.05, 0.0, 0.0), {})[0] == 'not reproduced'
+
+
+@pytest.mark.slow
+def test_bn_length_position_loss_agrees_with_the_evaluation_loop(tmp_path):
+  """Per-position losses of a trained LM, averaged over positions (every window is full), equal
+  the eval loop's loss on the same long windows (tasks.language_model through the eval step)."""
+  import data as data_lib
+  from experiments.claims import bn_length
+  from training import evaluation
+  directory, group_keys, groups = _smoke('bn_length', tmp_path)
+  workdir = os.path.join(directory, 'norm=batch')
+  losses = bn_length.position_loss(workdir)
+  exp, state, _ = evaluation.load_run(workdir)
+  data_config = exp.config.data.copy_and_resolve_references()
+  data_config.seq_length = bn_length.TEST_FACTOR * exp.config.data.seq_length
+  test = data_lib.load_dataset(data_config).test
+  loop = evaluation.evaluate(evaluation.compile_steps(exp), evaluation.variables(state), test, 8)
+  assert len(losses['eval']) == data_config.seq_length
+  assert np.mean(losses['eval']) == pytest.approx(loop['loss'], rel=1e-5)
+  assert losses['train'] and np.mean(losses['train']) != pytest.approx(loop['loss'], rel=1e-5)
+
+
 def test_collectives_verdict():
   from experiments.claims import collectives
   def table(bn, ln):
