@@ -300,6 +300,18 @@ def test_bn_length_position_loss_agrees_with_the_evaluation_loop(tmp_path):
   assert losses['train'] and np.mean(losses['train']) != pytest.approx(loop['loss'], rel=1e-5)
 
 
+def test_layer_scale_spread_over_the_blocks_in_order():
+  from experiments.claims import layer_scale
+  run = {'scalars': {'act_rms/stage1_block10': [(0, 100.0), (9, 1.0)],
+                     'act_rms/stage1_block2': [(0, 1.0), (9, 1.0)],
+                     'act_rms/stem_conv': [(0, 1e6), (9, 1e6)],   # not a block
+                     'act_rms/stage2_block1': [(0, 10.0), (9, 2.0)]}}
+  by_step = layer_scale.block_values(run, 'act_rms')
+  np.testing.assert_array_equal(by_step[0], [1.0, 100.0, 10.0])   # block2, block10, stage2
+  assert layer_scale.spread(by_step[0]) == pytest.approx(2.0)
+  assert layer_scale.spread(by_step[9]) == pytest.approx(np.log10(2.0))
+
+
 def test_collectives_verdict():
   from experiments.claims import collectives
   def table(bn, ln):
