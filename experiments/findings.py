@@ -1,5 +1,6 @@
 """Assemble experiments/results/FINDINGS.md (and its plots, beside it) from the claim sweeps that have been run.
 
+  python -m experiments.findings --run                    # one command: every sweep, then all
   python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth
   python -m experiments.findings --sweeps=sweeps          # reports each, writes FINDINGS.md
 
@@ -9,7 +10,9 @@ computed by the claim file from the numbers alone, by the rule its docstring sta
 effect and a small-sample test, `experiments/stats.py`). Each section records the commit at which
 the claim file (its rule) last changed and whether that was before its sweep started. Claims
 not yet run are listed as such. With --only, the other claims' sections are kept as they are in
-the existing file.
+the existing file. With --run, each claim's sweep is run first (finished runs are skipped,
+interrupted ones resumed), so one command regenerates everything; the header states the
+machine, and the summary each sweep's seeds and wall time and their total.
 
 A claim file defines some of:
   get_sweep(arg)      the training sweep (`:smoke` 2 tiny runs, `:full` GPU/TFDS scale);
@@ -92,8 +95,9 @@ def sweep_start(directory, runs) -> float | None:
   return min(starts) if starts else None
 
 
-def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[list[str], str]:
-  """The claim's markdown section and its verdict ('not run yet' when its sweep is missing)."""
+def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[list[str], str, dict]:
+  """The claim's markdown section, its verdict ('not run yet' when its sweep is missing) and
+  {'seeds', 'minutes'} of its sweep (empty when it has none)."""
   lines = [f'## {name}', '', (module.__doc__ or '').strip(), '']
   own = f'python -m experiments.sweep --sweep=experiments/claims/{name}.py --dir={sweeps_dir}/{name}'
   if hasattr(module, 'measure'):          # no training runs: a measurement of compiled programs
@@ -104,20 +108,21 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
     lines += _plot(analysis.get('plot'), name, out_dir)
     verdict, reason = decide(module, analysis)
     lines += [rule_commit(module.__file__, None), '']
-    return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
+    return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict, {}
   sweep_name = getattr(module, 'SWEEP', name)
   directory = os.path.join(sweeps_dir, sweep_name)
   command = (own if sweep_name == name else
              f'python -m experiments.sweep --sweep=experiments/claims/{sweep_name}.py '
              f'--dir={sweeps_dir}/{sweep_name}')
   if not os.path.exists(os.path.join(directory, report.SWEEP_FILE)):
-    return lines + [f'Not run yet. Command: `{command}`', ''], 'not run yet'
+    return lines + [f'Not run yet. Command: `{command}`', ''], 'not run yet', {'missing': True}
   group_keys, groups, runs = summary = report.summarize(directory)   # reads the event files once
   report.write_report(directory, summary)
+  seeds = sorted({r['overrides'].get('seed') for r in runs}, key=str)
+  minutes = wall_minutes(directory, runs)
   lines += [f'Command: `{command}` then `python -m experiments.findings`. '
             f'{sum(r["state"] == "finished" for r in runs)}/{len(runs)} runs finished; '
-            f'seeds {sorted({r["overrides"].get("seed") for r in runs}, key=str)}; '
-            f'wall time {wall_minutes(directory, runs):.1f} min.', '']
+            f'seeds {seeds}; wall time {minutes:.1f} min.', '']
   lines += report.table(group_keys, groups) + ['']
   analysis = module.analyze(directory, group_keys, groups) if hasattr(module, 'analyze') else {}
   lines += analysis.get('lines', [])
@@ -125,7 +130,36 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
   args = (group_keys, groups, analysis) if 'analyze' in vars(module) else (group_keys, groups)
   verdict, reason = decide(module, *args)
   lines += [rule_commit(module.__file__, sweep_start(directory, runs)), '']
-  return lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict
+  own = sweep_name == name
+  return (lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict,
+          {'seeds': seeds, 'minutes': minutes if own else 0.0, 'runs': len(runs) if own else 0})
+
+
+def machine() -> str:
+  """One line: the CPU, its cores, the JAX backend and versions."""
+  import platform
+
+  import jax
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return (f'{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on '
+          f'{jax.default_backend()}; Python {platform.python_version()}')
+
+
+def run_sweeps(names, sweeps_dir: str) -> None:
+  """Runs (or resumes) the training sweep of every claim in `names` that has one of its own."""
+  from experiments import sweep as sweep_lib
+  from experiments import sweeps as sweeps_lib
+  for name in names:
+    module = cli.import_file(os.path.join(HERE, 'claims', f'{name}.py'), f'_claim_{name}')
+    if hasattr(module, 'get_sweep') and not hasattr(module, 'SWEEP'):
+      print(f'sweep {name}', flush=True)
+      sweep_lib.run_sweep(sweeps_lib.load_sweep(os.path.join(HERE, 'claims', f'{name}.py')),
+                          os.path.join(sweeps_dir, name))
 
 
 def _plot(path, name, out_dir) -> list[str]:
@@ -155,6 +189,7 @@ def main():
   p.add_argument('--sweeps', default='sweeps')
   p.add_argument('--out', default=os.path.join(HERE, 'results', 'FINDINGS.md'))
   p.add_argument('--only', default='', help='comma-separated claim names (default: all)')
+  p.add_argument('--run', action='store_true', help='run (or resume) each claim\'s sweep first')
   a = p.parse_args()
   out_dir = os.path.dirname(os.path.abspath(a.out))
   os.makedirs(out_dir, exist_ok=True)
@@ -163,24 +198,37 @@ def main():
            'its 95 % t-interval over seeds). Each verdict follows the rule in its claim file\'s '
            'docstring: a minimum effect and a one-sided small-sample test (Welch or exact '
            'permutation), fixed before the sweep ran (each section names the commit); '
-           f'"{INCONCLUSIVE}" when the runs did not reach the regime the claim is about. Wall '
-           'times are on a 2-core CPU, sometimes shared with other work.', '']
+           f'"{INCONCLUSIVE}" when the runs did not reach the regime the claim is about.', '',
+           f'Machine: {machine()}. Wall times are of each sweep on it, sometimes sharing it '
+           'with other work.', '']
   only = set(filter(None, a.only.split(',')))
+  names = [os.path.basename(p)[:-3] for p in sorted(glob.glob(os.path.join(HERE, 'claims',
+                                                                            '*.py')))]
+  names = [n for n in names if not n.startswith('__') and n != 'common']
+  unknown = sorted(only - set(names))
+  if unknown:
+    cli.fail(f'unknown claim(s) {", ".join(unknown)}; valid: {", ".join(names)}')
+  if a.run:
+    run_sweeps([n for n in names if not only or n in only], a.sweeps)
   kept = _existing_sections(a.out) if only else {}
-  sections, summary = [], ['| claim | verdict |', '|---|---|']
-  for path in sorted(glob.glob(os.path.join(HERE, 'claims', '*.py'))):
-    name = os.path.basename(path)[:-3]
-    if name.startswith('__') or name == 'common':
-      continue
+  sections, summary = [], ['| claim | verdict | seeds | sweep wall time |', '|---|---|---|---|']
+  total = 0.0
+  for name in names:
+    path = os.path.join(HERE, 'claims', f'{name}.py')
     if only and name not in only:
       if name in kept:
         summary.append(kept[name][0])
         sections += kept[name][1]
       continue
     module = cli.import_file(path, f'_claim_{name}')
-    section, verdict = claim_section(module, name, a.sweeps, out_dir)
+    section, verdict, sweep = claim_section(module, name, a.sweeps, out_dir)
     first_line = (module.__doc__ or name).strip().split('\n')[0]
-    summary.append(f'| [{name}](#{name}): {first_line} | {verdict} |')
+    seeds = f'{len(sweep["seeds"])}' if sweep.get('seeds') else '–'
+    wall = (f'{sweep["minutes"]:.1f} min ({sweep["runs"]} runs)' if sweep.get('runs') else
+            'not run' if sweep.get('missing') else
+            'measured at report time' if not sweep else 'shares a sweep')
+    total += sweep.get('minutes') or 0.0
+    summary.append(f'| [{name}](#{name}): {first_line} | {verdict} | {seeds} | {wall} |')
     sections += section
   if only:
     old = sorted(n for n in kept if n not in only)
@@ -188,7 +236,8 @@ def main():
               f'({datetime.date.today()}); the sections of {", ".join(old) or "no other claim"} '
               'are kept from the previous version, with the verdict rules of their time (a '
               'section without a "Verdict rule:" line predates the rule machinery).', '']
-  lines += summary + [''] + sections
+  lines += summary + ['', f'Total wall time of the sweeps regenerated here: {total:.0f} min.',
+                       ''] + sections
   with open(a.out, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print(f'wrote {a.out}')

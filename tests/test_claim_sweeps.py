@@ -78,6 +78,36 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   again = out.read_text()
   assert again.split('## depth')[1].split('## ')[0] == depth_part
   assert again.count('| [depth](#depth)') == 1 and again.count('## batch_size') == 1
+  # the header names the machine; the summary, each sweep's seeds and wall time
+  assert 'Machine: ' in text and 'cores; JAX' in text
+  row = next(line for line in text.splitlines() if line.startswith('| [depth]'))
+  assert row.endswith(' min (2 runs) |') and 'Total wall time' in text
+  # an unknown claim name is refused before anything is written, listing the valid ones
+  monkeypatch.setattr('sys.argv', ['findings', f'--out={tmp_path / "other.md"}', '--only=dept'])
+  with pytest.raises(SystemExit) as e:
+    findings.main()
+  assert e.value.code != 0 and not (tmp_path / 'other.md').exists()
+
+
+@pytest.mark.slow
+def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch):
+  """One command: --run trains a claim's sweep (here the smoke version of ln_generalization,
+  through a stand-in claims folder) and writes its section."""
+  from experiments import findings
+  claims = tmp_path / 'claims'
+  claims.mkdir()
+  source = open(os.path.join(ROOT, 'experiments/claims/ln_generalization.py')).read()
+  (claims / 'tiny.py').write_text(source.replace(
+      'def get_sweep(arg=None):', 'def get_sweep(arg=None):\n  arg = \'smoke\''))
+  monkeypatch.setattr(findings, 'HERE', str(tmp_path))
+  out = tmp_path / 'FINDINGS.md'
+  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}',
+                                   '--run'])
+  findings.main()
+  states = [json.load(open(p))['state'] for p in
+            glob.glob(str(tmp_path / 'sweeps' / 'tiny' / '*' / 'status.json'))]
+  assert states == ['finished', 'finished']
+  assert '## tiny' in out.read_text() and '2/2 runs finished' in out.read_text()
 
 
 def _smoke(name, tmp_path):
