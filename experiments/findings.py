@@ -222,7 +222,8 @@ def main():
       continue
     module = cli.import_file(path, f'_claim_{name}')
     section, verdict, sweep = claim_section(module, name, a.sweeps, out_dir)
-    first_line = (module.__doc__ or name).strip().split('\n')[0]
+    first_line = re.split(r'(?<!\bal)\.\s', ' '.join((module.__doc__ or name).split()))[0]
+    first_line = first_line.rstrip('.') + '.'   # its first sentence ("et al." does not end one)
     seeds = f'{len(sweep["seeds"])}' if sweep.get('seeds') else '–'
     wall = (f'{sweep["minutes"]:.1f} min ({sweep["runs"]} runs)' if sweep.get('runs') else
             'not run' if sweep.get('missing') else
