@@ -32,3 +32,16 @@ def save_figure(fig, directory: str, name: str) -> str:
   fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
+
+
+def evaluated(directory: str, run: dict, split: str = 'test', batch_sizes=()) -> dict:
+  """`training.evaluation.evaluate_workdir` of a finished run on `split` (eval mode, then train
+  mode at each of `batch_sizes`), cached in its workdir as eval_<split>.json."""
+  from training import evaluation
+  from training import workdir as wd
+  workdir = os.path.join(directory, run['name'])
+  path = os.path.join(workdir, f'eval_{split}.json')
+  if not os.path.exists(path):
+    wd.write_json_atomic(path, evaluation.evaluate_workdir(workdir, list(batch_sizes),
+                                                           split=split))
+  return wd.read_json(path)

@@ -21,10 +21,8 @@ stated: the same comparison for the plain nets at lr 0.1 alone, and the training
 Gate: both residual nets converged (mean training-set loss at most 0.05); else inconclusive.
 """
 
-import os
-
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import evaluated, finish
 from experiments.sweeps import product, zipped
 from experiments.stats import compare, lookup, values
 
@@ -55,18 +53,11 @@ def get_sweep(arg=None):
 def analyze(directory, group_keys, groups):
   """The whole training set's loss and error in eval mode for every finished run (cached in its
   eval_train.json), as 'train_set_loss' and 'train_set_error'."""
-  from training import evaluation
-  from training import workdir as wd
   for members in groups.values():
     for r in members:
-      if r['state'] != 'finished':
-        continue
-      path = os.path.join(directory, r['name'], 'eval_train.json')
-      if not os.path.exists(path):
-        wd.write_json_atomic(path, evaluation.evaluate_workdir(
-            os.path.join(directory, r['name']), [], split='train'))
-      row = wd.read_json(path)['rows'][0]
-      r['train_set_loss'], r['train_set_error'] = row['loss'], 1.0 - row['accuracy']
+      if r['state'] == 'finished':
+        row = evaluated(directory, r, 'train')['rows'][0]
+        r['train_set_loss'], r['train_set_error'] = row['loss'], 1.0 - row['accuracy']
   lines = ['Whole training set in eval mode after training (mean over seeds):', '',
            '| ' + ' | '.join(k.rsplit('.', 1)[-1] for k in group_keys)
            + ' | training-set loss | training-set error |', '|' + '---|' * (len(group_keys) + 2)]

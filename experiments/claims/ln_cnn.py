@@ -16,10 +16,8 @@ rule: GroupNorm and no norm against BN, LN against no norm, the test NLL. Gate: 
 lr between 50 % and 99 % (trained, not at the ceiling); else inconclusive.
 """
 
-import os
-
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import evaluated, finish
 from experiments.sweeps import product
 from experiments.stats import compare, lookup, values
 
@@ -49,17 +47,10 @@ def get_sweep(arg=None):
 def analyze(directory, group_keys, groups):
   """Each finished run's validation accuracy in eval mode (cached in eval_validation.json) as
   'val_accuracy', and each norm's best lr by it."""
-  from training import evaluation
-  from training import workdir as wd
   for members in groups.values():
     for r in members:
-      if r['state'] != 'finished':
-        continue
-      path = os.path.join(directory, r['name'], 'eval_validation.json')
-      if not os.path.exists(path):
-        wd.write_json_atomic(path, evaluation.evaluate_workdir(
-            os.path.join(directory, r['name']), [], split='validation'))
-      r['val_accuracy'] = wd.read_json(path)['rows'][0]['accuracy']
+      if r['state'] == 'finished':
+        r['val_accuracy'] = evaluated(directory, r, 'validation')['rows'][0]['accuracy']
   best, lines = {}, ['Validation accuracy (eval mode, mean over seeds) by lr; each norm\'s best '
                      'lr (bold) is where its test accuracy is read:', '',
                      '| norm | ' + ' | '.join(f'lr {lr:g}' for lr in LRS) + ' |',
