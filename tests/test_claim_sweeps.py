@@ -342,6 +342,24 @@ def test_layer_scale_spread_over_the_blocks_in_order():
   assert layer_scale.spread(by_step[9]) == pytest.approx(np.log10(2.0))
 
 
+def test_train_test_mode_verdict_needs_exact_identity_and_a_tested_bn_gap():
+  """Every norm of the registry without running averages must give identical accuracy in both
+  modes (one image of difference is a bug, not noise); BN's batch-1 gap must reach 5 points
+  with a one-sided t-test."""
+  from experiments.claims import train_test_mode as t
+  from models import norms
+  sizes = t.BATCH_SIZES
+  def gaps(bn, other=0.0):
+    out = {n: {b: [other] * 3 for b in sizes} for n in norms.NORMS
+           if not norms.NORMS[n].running_stats}
+    out['batch'] = {b: [bn - 0.01, bn, bn + 0.01] for b in sizes}
+    return {'gaps': out}
+  assert t.verdict([], {}, gaps(-0.2))[0] == 'reproduced'
+  assert t.verdict([], {}, gaps(-0.2, other=1 / 360))[0] == 'partly'
+  assert t.verdict([], {}, gaps(-0.03))[0] == 'partly'            # below the minimum effect
+  assert t.verdict([], {}, gaps(-0.03, other=1 / 360))[0] == 'not reproduced'
+
+
 def test_collectives_verdict():
   from experiments.claims import collectives
   def table(bn, ln):
