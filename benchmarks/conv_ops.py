@@ -3,7 +3,7 @@
   python -m benchmarks.conv_ops [--batch=128 --repeats=7]
 
 For each stage shape (16 ch at 32x32, 32 at 16x16, 64 at 8x8) it times the forward pass, the
-input gradient and the weight gradient (XLA's own, and summed over chunks as `models/conv.py`
+input gradient and the weight gradient (XLA's own, and summed over chunks as `models/backend.py`
 does) against PyTorch's `aten.convolution_backward` on channels_last tensors, interleaved, and
 prints ms and GFLOP/s. This is what bounds the ResNet-20 step (benchmarks/RESULTS.md).
 """
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from models import conv as conv_lib
+from models import backend as conv_lib
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -9,42 +9,25 @@ from ml_collections import config_dict
 
 
 def model(name: str, norm: str, residual: bool, width: int, **family_keys):
+  """A model config: every shared key (the norms', the options', the speed fields') and the
+  family's own keys, each at the default its declaration gives (models/spec.py), then
+  `family_keys` (only keys the family declares). The defaults and meanings live with the
+  declarations: `python -m models` prints them, and README's tables are made from them."""
+  import models   # noqa: PLC0415 (importing flax; configs are read first)
+  family = models.FAMILIES.get(name)
   m = ml_collections.ConfigDict()
-  m.name = name                 # models.MODELS: resnet, resnet_imagenet, lstm, transformer
-  m.norm = norm                 # models.norms.NORMS: batch batch_renorm layer group rms instance dyt none
-  m.residual = residual         # False: no skip connections
-  m.width = width               # ResNet: first-stage filters; LSTM: hidden size; Transformer: d_model
-  m.norm_groups = 8             # group norm: number of groups (capped at the width)
-  m.bn_momentum = 0.9           # running average: ra <- m * ra + (1 - m) * batch
-  m.norm_epsilon = 1e-5
-  m.bn_scope = 'global'         # batch norm statistics: global | per_device | ghost
-  m.bn_ghost_size = 0           # ghost: examples per statistics group
-  m.renorm_rmax = 3.0           # batch_renorm (Ioffe 2017): limits of r and d, reached after
-  m.renorm_dmax = 5.0           # ... renorm_start steps of plain BatchNorm and a linear ramp of
-  m.renorm_start = 5000         # ... renorm_ramp steps (the paper: 5k, then to 40k / 25k)
-  m.renorm_ramp = 35000
-  m.dyt_alpha = 0.5             # dyt: initial alpha of tanh(alpha * x) (Zhu et al. 2025: 0.5)
-  m.skipinit = False            # a learnable scalar, init 0, on each residual branch: SkipInit
-  #                               (ResNets, De & Smith 2020) / ReZero (Transformers, Bachlechner
-  #                               et al. 2020)
-  m.deepnorm = False            # Transformers, post-LN: DeepNorm (Wang et al. 2022): N(alpha x + f(x)),
-  #                               alpha = (2N)^(1/4), value/out/MLP init times (8N)^(-1/4)
-  m.qk_norm = False             # Transformers: LayerNorm on queries and keys per head (QK-norm;
-  #                               flax MultiHeadDotProductAttention(normalize_qk=True))
-  m.nf_alpha = 0.0              # ResNets with norm=none: > 0 makes a Normalizer-Free ResNet (Brock,
-  #                               De & Smith 2021: scaled WS, h + alpha * f(h / beta); paper: 0.2)
-  m.fixup = False               # ResNets with norm=none: Fixup initialization (Zhang et al. 2019)
-  m.weight_std = False          # ResNets: weight-standardized convs (Qiao et al. 2019; BiT's StdConv)
-  m.weight_norm = False         # ResNets: convs wrapped in flax's WeightNorm (Salimans & Kingma 2016)
-  m.spectral_norm = False       # ResNets: convs wrapped in flax's SpectralNorm (Miyato et al. 2018)
-  m.compute_dtype = 'float32'   # bfloat16: convs/matmuls in bf16, params + norm stats float32 (ResNets)
-  # speed formulations: auto = on only where measured to help (models.resolve_speed; the run's
-  # resolved.json records what ran)
-  m.conv_wgrad = 'auto'         # ResNet conv weight grads: xla | chunked (models/conv.py) | auto
-  m.fusion_barriers = 'auto'    # ResNet: a fusion barrier after each block: on | off | auto
-  m.recurrence = 'auto'         # LSTM loop over time: scan (nn.scan) | custom_vjp (lstm.recurrence) | auto
-  m.fold_input = 'auto'         # LSTM: first projection re-associated with the embedding: on | off | auto
-  m.update(family_keys)
+  m.name, m.norm, m.residual, m.width = name, norm, residual, width
+  for key in models.shared_keys():
+    if key.name not in m:
+      m[key.name] = key.default
+  if family is None:   # an unknown name: refused by the config check with the valid names
+    m.update(family_keys)
+    return m
+  own = {k.name: k.default for k in family.keys}
+  unknown = set(family_keys) - set(own)
+  if unknown:
+    raise KeyError(f'{name} has no keys {sorted(unknown)}; its keys: {", ".join(own)}')
+  m.update({**own, **family_keys})
   return m
 
 

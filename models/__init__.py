@@ -1,129 +1,95 @@
-"""The model registry: a model name -> a builder `build(model_config, dataset) -> nn.Module`.
+"""The model registry: every family declared in a module of this package, collected by name.
 
-The builder reads what it needs of the dataset (number of classes, kind of inputs, vocabulary,
-task) and refuses combinations that cannot work, with a clear message.
+A family is one module exporting `FAMILIES`, a tuple of `models.spec.Family` declarations
+(builder, keys, the data it takes, the options it implements, its speed fields, where its
+residual branches are). Adding a family is writing that module: nothing here lists families.
 
 Every model is a pure Flax module called as `model.apply(variables, inputs, train=..., mask=...)`
-that returns logits. The train loop only ever calls `build_model`; it never branches on the
-family. To add a family: write its module file and add one line to MODELS.
+that returns logits. The train loop calls `build_model` (through `training.experiment`); it
+never branches on the family, and nothing in models/ or training/ compares a family's or a
+norm's name: they ask the declarations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 
 import flax.linen as nn
-import jax
 
 from errors import ConfigError
-from models import lstm, norms, resnet, transformer
+from models import backend, norms, options
+from models.spec import ALWAYS, Family, Key
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    'resnet': resnet.build_cifar,             # CIFAR-style, depth 6n+2
-    'resnet_imagenet': resnet.build_imagenet,  # ResNet-18/34/50/101/152
-    'lstm': lstm.build,                       # stacked LSTM: classifier or LM
-    'transformer': transformer.build,         # encoder classifier or decoder-only LM
-}
+FAMILIES: dict[str, Family] = {}
+for _info in pkgutil.iter_modules(__path__):
+  _module = importlib.import_module(f'{__name__}.{_info.name}')
+  for _family in getattr(_module, 'FAMILIES', ()):
+    FAMILIES[_family.name] = _family
+MODELS = FAMILIES   # the family names (kept for readers of older code)
 
-
-# Compute precision of convolutions and matmuls; parameters, norm statistics and the loss stay
-# float32 (mixed precision with float32 master weights).
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-# Speed formulations: declarative fields, each `auto` | a concrete choice. `auto` turns one on
-# only on the backend where it was measured to help (benchmarks/RESULTS.md has the numbers);
-# `resolve_speed` decides, and the loop writes what it decided to the run's workdir.
-CONV_WGRADS = ('auto', 'xla', 'chunked')     # ResNet conv weight gradients (models/conv.py)
-FUSION_BARRIERS = ('auto', 'on', 'off')      # a barrier after each ResNet block (resnet.materialize)
-RECURRENCES = ('auto', 'scan', 'custom_vjp')  # the LSTM's loop over time (lstm.recurrence)
-FOLD_INPUT = ('auto', 'on', 'off')           # the LSTM's first projection (lstm.project_source)
-SPEED_KEYS = (('conv_wgrad', CONV_WGRADS), ('fusion_barriers', FUSION_BARRIERS),
-              ('recurrence', RECURRENCES), ('fold_input', FOLD_INPUT))
+# the keys every model config has, whatever its family (name, norm, residual and width are set
+# by each config file; the defaults here are what common.model fills in for the rest)
+COMMON_KEYS = (
+    Key('name', None, 'the model family', choices=tuple(FAMILIES)),
+    Key('norm', None, 'the normalization (models/norms.py)', choices=tuple(norms.NORMS)),
+    Key('residual', True, 'False: no skip connections'),
+    Key('width', None, 'ResNet: first-stage filters; LSTM: hidden size; Transformer, ViT: '
+        'd_model', low=0, low_ok=False),
+    Key('compute_dtype', 'float32', 'convs/matmuls in bf16, params + norm statistics float32',
+        choices=COMPUTE_DTYPES, before='float32'),
+)
 
 
-def resolve_speed(model_config, backend: str, devices: int) -> dict:
-  """{key: concrete choice} for each speed field of `model_config`'s family on `backend` with
-  `devices`.
-
-  conv_wgrad: chunked for the CIFAR ResNets on one CPU device (faster there; with several
-    devices the chunks would cut across the batch's sharding), XLA's own elsewhere.
-  fusion_barriers: on on CPU (without them XLA:CPU's backward was quadratic in depth); off
-    elsewhere until measured (on a GPU the conditional may cost a host round trip per block).
-  recurrence, fold_input (the LSTM): custom_vjp and on on CPU (measured faster there:
-    benchmarks/RESULTS.md); scan and off elsewhere until measured.
-  """
-  cpu = backend == 'cpu'
-  out = {}
-  if model_config.name in RESNETS:
-    wgrad = model_config.get('conv_wgrad', 'auto')
-    if wgrad == 'auto':
-      wgrad = 'chunked' if model_config.name == 'resnet' and cpu and devices == 1 else 'xla'
-    barriers = model_config.get('fusion_barriers', 'auto')
-    out = {'conv_wgrad': wgrad, 'fusion_barriers': barriers if barriers != 'auto' else
-           'on' if cpu else 'off'}
-  if model_config.name == 'lstm':
-    for key, fast, slow in (('recurrence', 'custom_vjp', 'scan'), ('fold_input', 'on', 'off')):
-      value = model_config.get(key, 'auto')
-      out[key] = (fast if cpu else slow) if value == 'auto' else value
-  return out
+def shared_keys() -> list[Key]:
+  """The keys of every model config, family keys aside: common, norms', options', speed."""
+  return [*COMMON_KEYS, *norms.keys(), *(o.key for o in options.OPTIONS.values()),
+          *(f.key for f in backend.SPEED.values())]
 
 
-RESNETS = ('resnet', 'resnet_imagenet')
-# options that reparameterize the ResNets' convolution kernels (at most one at a time)
-KERNEL_OPTIONS = ('weight_std',) + resnet.REPARAMS
-# boolean model options that change the model around any norm (each refused with its reason
-# where it does not apply): the invariant tests switch each on across the configuration space.
-# (model.fixup and model.nf_alpha are not here: they replace the norm, need norm=none, and make
-# the head start at 0 or change the whole net; they have their own tests.)
-OPTIONS = ('skipinit',) + KERNEL_OPTIONS + ('qk_norm', 'deepnorm')
+def all_keys() -> list[Key]:
+  """Every model key any family declares (a key shared by families: the first one)."""
+  out = {k.name: k for k in shared_keys()}
+  for family in FAMILIES.values():
+    for k in family.keys:
+      out.setdefault(k.name, k)
+  return list(out.values())
 
 
-def check_model_names(model_config) -> None:
-  """The model and norm names, checked without building anything."""
-  if model_config.name not in MODELS:
-    raise ConfigError(f'unknown model {model_config.name!r}; valid models: {", ".join(MODELS)}')
+def later_keys() -> dict[str, object]:
+  """{model.key: the value that reproduces runs written before the key existed}."""
+  return {f'model.{k.name}': k.before for k in all_keys() if k.before is not ALWAYS}
+
+
+def family_of(model_config) -> Family:
+  name = model_config.name
+  if name not in FAMILIES:
+    raise ConfigError(f'unknown model {name!r}; valid models: {", ".join(FAMILIES)}')
+  return FAMILIES[name]
+
+
+def check_model_config(model_config) -> Family:
+  """Every name and value of `model_config`, without building anything: the family, the
+  norm, each key against its declaration, the compute dtype and the options the family takes.
+  Returns the family."""
+  family = family_of(model_config)
   norms.check_norm_name(model_config.norm)
-  dtype = model_config.get('compute_dtype', 'float32')
-  if dtype not in COMPUTE_DTYPES:
-    raise ConfigError(f'unknown model.compute_dtype {dtype!r}; valid: {", ".join(COMPUTE_DTYPES)}')
-  for key, valid in SPEED_KEYS:
-    value = model_config.get(key, 'auto')
-    if value not in valid:
-      raise ConfigError(f'unknown model.{key} {value!r}; valid: {", ".join(valid)}')
-  if model_config.get('skipinit', False) and not model_config.residual:
-    raise ConfigError('model.skipinit gates residual branches, and residual=False has none '
-                      '(every block would output 0 at init); use residual=True')
-  for key, what in (('fixup', 'Fixup initialization (Zhang et al. 2019)'),
-                    ('nf_alpha', 'a Normalizer-Free ResNet (Brock et al. 2021)')):
-    if not model_config.get(key, False):
-      continue
-    if model_config.name not in RESNETS:
-      raise ConfigError(f'model.{key} makes {what}: the ResNets only; {model_config.name} '
-                        'has none')
-    if model_config.norm != 'none' or not model_config.residual:
-      raise ConfigError(f'model.{key} makes {what}, which replaces normalization in a residual '
-                        f'net: it needs model.norm=none and residual=True (got '
-                        f'norm={model_config.norm}, residual={model_config.residual})')
-    others = [k for k in ('fixup', 'nf_alpha', 'skipinit') + KERNEL_OPTIONS
-              if k != key and model_config.get(k, False)]
-    if others:
-      raise ConfigError(f'model.{key} makes {what}, with its own branch scalars and '
-                        f'initialization: combine it with none of {", ".join(others)}')
-  kernel = [k for k in KERNEL_OPTIONS if model_config.get(k, False)]
-  if kernel and model_config.name not in RESNETS:
-    raise ConfigError(f'model.{kernel[0]} reparameterizes convolution kernels: the ResNets only '
-                      f'({", ".join(RESNETS)}); {model_config.name} has none')
-  if len(kernel) > 1:
-    raise ConfigError(f'model.{kernel[0]} and model.{kernel[1]} both reparameterize the '
-                      'convolution kernels: choose one')
-  if model_config.get('deepnorm', False) and model_config.name != 'transformer':
-    raise ConfigError(f'model.deepnorm is a Transformer scheme (Wang et al. 2022); '
-                      f'{model_config.name} has no post-LN sub-layers')
-  if model_config.get('qk_norm', False) and model_config.name != 'transformer':
-    raise ConfigError(f'model.qk_norm normalizes attention queries and keys: the transformer '
-                      f'only; {model_config.name} has no attention')
-  if dtype != 'float32' and model_config.name not in ('resnet', 'resnet_imagenet'):
-    raise ConfigError(f'model.compute_dtype={dtype} is implemented for the ResNets only; '
-                      f'{model_config.name} computes in float32')
+  for key in (*shared_keys()[len(('name', 'norm')):], *family.keys):
+    if key.name in model_config:
+      key.check(model_config[key.name])
+  if model_config.compute_dtype not in family.compute_dtypes:
+    raise ConfigError(f'model.compute_dtype={model_config.compute_dtype} is not implemented '
+                      f'by {family.name}; it computes in {", ".join(family.compute_dtypes)}')
+  options.check(model_config, family)
+  return family
+
+
+def resolve_speed(model_config, backend_name: str, devices: int) -> dict:
+  """{speed field: concrete choice} for the fields of `model_config`'s family on `backend_name`
+  with `devices`: `auto` becomes the fast choice only where it was measured to help
+  (models/backend.py; numbers in benchmarks/RESULTS.md)."""
+  return backend.resolve(model_config, family_of(model_config).speed, backend_name, devices)
 
 
 def depends_on_devices(model_config) -> bool:
@@ -131,16 +97,23 @@ def depends_on_devices(model_config) -> bool:
   is split over (per-device BatchNorm: one statistics group per device). Such a run resumes
   only on as many devices as it started on."""
   return (norms.NORMS[model_config.norm].running_stats
-          and model_config.get('bn_scope') == 'per_device')
+          and model_config.bn_scope == 'per_device')
 
 
-def build_model(model_config, dataset, *, devices: int = 1) -> nn.Module:
-  """Validates the names in `model_config` and returns the module (no parameters yet).
-  `devices`: how many the batch is split over (per-device BatchNorm's number of groups).
-  Speed fields still `auto` are resolved for the default backend (`resolve_speed`)."""
-  check_model_names(model_config)
-  resolved = resolve_speed(model_config, jax.default_backend(), devices)
-  model_config = model_config.copy_and_resolve_references()
-  with model_config.unlocked():
-    model_config.update(resolved)
-  return MODELS[model_config.name](model_config, dataset, devices=devices)
+def build_model(model_config, dataset, *, devices: int = 1, speed: dict | None = None,
+                backend_name: str | None = None) -> nn.Module:
+  """The module (no parameters yet) for a model config, checked first. `devices`: how many the
+  batch is split over (per-device BatchNorm's number of groups). `speed`: the resolved speed
+  choices (None: resolved here for `backend_name`, by default JAX's)."""
+  family = check_model_config(model_config)
+  if dataset.kind not in family.data:
+    kinds = ' or '.join(dict.fromkeys('an image' if k == 'image' else 'a sequence'
+                                      for k in family.data))
+    hint = 'digits, cifar10, mnist' if 'image' in family.data else 'mnist1d, digits_rows'
+    raise ConfigError(f'model {family.name} needs {kinds} dataset; got {dataset.kind} data '
+                      f'(try data.name={hint})')
+  if speed is None:
+    import jax   # noqa: PLC0415 (asking for the backend starts it)
+    speed = resolve_speed(model_config, backend_name or jax.default_backend(), devices)
+  return family.build(model_config, dataset, devices=devices, speed=speed)
+

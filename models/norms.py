@@ -1,4 +1,5 @@
-"""THE normalization registry: a norm name -> a `NormSpec` (its module and what it is).
+"""THE normalization registry: a norm name -> a `NormSpec` (its module, its own config keys, how
+it builds from a config, and what it is). Adding a norm is one module and one entry here.
 
 Every model asks `make_norm(name, layout=...)` for its normalization layers; no model imports a
 specific norm class, and builders ask the spec (`NORMS[name].causal_ok`, ...) instead of
@@ -20,6 +21,7 @@ on the layout the model asks for:
     rms       like layer, no mean subtracted (Zhang & Sennrich 2019)
     group     P, groups of C         groups of C per token     groups of C per token
     instance  P per example+feature  valid P per example+feat. refused (sees the future)
+    scale     g * x / ||x||: like rms, one scalar g (Nguyen & Salazar 2019)
     dyt       no statistics: gamma * tanh(alpha * x) + beta per value (Zhu et al. 2025)
     none      identity
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -43,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from errors import ConfigError
+from models.spec import Key, NormSpec
 
 LAYOUTS = ('image', 'sequence', 'causal')
 # Statistics of 1 value normalize it to 0, of 2 values to -1 and +1: the fewest a norm may pool
@@ -133,6 +137,47 @@ class Renorm:
     return 1.0 + (self.r_max - 1.0) * t, self.d_max * t
 
 
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+  """Which examples BatchNorm's train-mode statistics pool over: `groups` equal, contiguous
+  groups of the batch (per-device: one per device), or groups of `group_size` examples (ghost
+  batch norm; 0: unused). Eval mode and `init` use one group (the running averages)."""
+  groups: int = 1
+  group_size: int = 0
+
+  def count(self, batch: int, train: bool) -> int:
+    if not train:
+      return 1
+    if self.group_size:
+      if batch % self.group_size:
+        raise ConfigError(f'ghost batch norm with {self.group_size} examples per group needs a '
+                          f'batch size divisible by {self.group_size}; got {batch}')
+      return batch // self.group_size
+    if batch % self.groups:
+      raise ConfigError(f'batch norm with {self.groups} groups needs a batch size divisible '
+                        f'by {self.groups}; got {batch}')
+    return self.groups
+
+
+def group_moments(v, mask, groups: int, per_position: bool):
+  """BatchNorm's statistics of float32 `v` (batch, *positions, features) in `groups` contiguous
+  groups of the batch, from the positions `mask` marks: (grouped v, shift, mean, var, count),
+  each of shape (groups, 1, ...): over the group's examples and, unless `per_position`, all its
+  positions. The one place any BatchNorm (the registry's, the LSTM's recurrent one) groups."""
+  g = v.reshape(groups, v.shape[0] // groups, *v.shape[1:])
+  w = _weights(v, mask).reshape(g.shape)
+  axes = (1,) if per_position else tuple(range(1, g.ndim - 1))
+  return (g, *moments(g, w, axes))
+
+
+def pooled_statistics(shift, mean, var, count):
+  """The groups' (mean, var) pooled for the running averages, each group weighted by its number
+  of valid values, and the total count."""
+  total = count.sum(0)
+  safe = jnp.maximum(total, 1.0)
+  return ((shift + mean) * count).sum(0) / safe, (var * count).sum(0) / safe, total
+
+
 class _BatchNorm(nn.Module):
   """The arithmetic of `BatchNorm` (its parameters and running averages, named as flax's)."""
   momentum: float
@@ -163,15 +208,7 @@ class _BatchNorm(nn.Module):
     if not train:
       y = (v - ra_mean.value[rows]) * jax.lax.rsqrt(ra_var.value[rows] + self.epsilon)
       return (y * scale + bias).astype(x.dtype)
-    groups = self.groups
-    if x.shape[0] % groups:
-      raise ConfigError(f'batch norm with {groups} groups needs a batch size divisible '
-                        f'by {groups}; got {x.shape[0]}')
-    g = v.reshape(groups, x.shape[0] // groups, *x.shape[1:])
-    w = _weights(v, mask).reshape(g.shape)
-    # over the group's examples (axis 1) and, unless per position, all its positions
-    axes = (1,) if self.per_position else tuple(range(1, g.ndim - 1))
-    shift, mean, var, count = moments(g, w, axes)
+    g, shift, mean, var, count = group_moments(v, mask, self.groups, self.per_position)
     y = (g - shift - mean) * jax.lax.rsqrt(var + self.epsilon)
     if self.renorm is not None:   # against the running averages as they were before this step
       r_max, d_max = self.renorm.limits(steps.value)
@@ -184,16 +221,14 @@ class _BatchNorm(nn.Module):
         steps.value = steps.value + 1
     y = y.reshape(x.shape)
     if not self.is_initializing():
-      # the groups' statistics pooled, each weighted by its number of valid positions
       shape = ra_mean.value[rows].shape
-      total = count.sum(0)
-      new = [((s * count).sum(0) / jnp.maximum(total, 1.0)).reshape(shape)
-             for s in (shift + mean, var)]
+      new_mean, new_var, total = pooled_statistics(shift, mean, var, count)
       seen = total.reshape(shape) > 0     # rows some valid example reached
-      for ra, value in zip((ra_mean, ra_var), new):
+      for ra, value in zip((ra_mean, ra_var), (new_mean, new_var)):
         old = ra.value[rows]
         m = self.momentum
-        ra.value = ra.value.at[rows].set(jnp.where(seen, m * old + (1 - m) * value, old))
+        ra.value = ra.value.at[rows].set(jnp.where(seen, m * old + (1 - m) * value.reshape(shape),
+                                                   old))
     return (y * scale + bias).astype(x.dtype)
 
 
@@ -209,28 +244,22 @@ class BatchNorm(nn.Module):
   position, `max_positions` of them (the model's maximum length). A position where no
   example is valid leaves its running average unchanged.
 
-  groups > 1: "ghost" / per-device BatchNorm: the batch is split into `groups` equal, contiguous
-  groups that are normalized with their own statistics (under data parallelism with one group
-  per device, each device's share: no cross-device communication). The running averages take
-  the groups' statistics weighted by their numbers of valid positions.
+  grouping: "ghost" / per-device BatchNorm (`Grouping`): the batch is split into equal,
+  contiguous groups that are normalized with their own statistics (under data parallelism with
+  one group per device, each device's share: no cross-device communication). The running
+  averages take the groups' statistics weighted by their numbers of valid positions.
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
-  groups: int = 1        # a fixed number of groups (per-device: the number of devices)
-  group_size: int = 0    # or examples per group (ghost batch norm); 0: unused
+  grouping: Grouping = Grouping()
   per_position: bool = False
   max_positions: int = 512
   renorm: Renorm | None = None   # BatchRenorm: Batch Renormalization (Ioffe 2017)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
-    # groups only matter for train-mode statistics (eval uses the running averages; `init`
-    # runs on a batch of one in eval mode)
-    if train and self.group_size and x.shape[0] % self.group_size:
-      raise ConfigError(f'ghost batch norm with {self.group_size} examples per group needs a '
-                        f'batch size divisible by {self.group_size}; got {x.shape[0]}')
-    groups = (x.shape[0] // self.group_size if self.group_size else self.groups) if train else 1
-    return _BatchNorm(self.momentum, self.epsilon, max(groups, 1), self.per_position,
+    groups = self.grouping.count(x.shape[0], train)
+    return _BatchNorm(self.momentum, self.epsilon, groups, self.per_position,
                       self.max_positions, self.renorm, name='bn')(x, train=train, mask=mask)
 
 
@@ -336,33 +365,113 @@ class Identity(nn.Module):
     return x
 
 
-@dataclasses.dataclass(frozen=True)
-class NormSpec:
-  """A norm in the registry: its module and the facts builders and config checks ask for.
-  The defaults describe a per-token norm; each entry states where it differs."""
-  module: type[nn.Module]
-  paper: str
-  has_shift: bool = True        # adds a learned per-feature bias: a bias before it is redundant
-  running_stats: bool = False   # keeps running averages: eval mode computes something else
-  causal_ok: bool = True        # can be made causal (an LM's position t sees no t' > t)
-  erases_position_mean: bool = False  # its output, per example and feature, has a fixed mean
-  #                               over the positions it pools: mean-pooling it loses the input
-  recurrent: bool = True        # the LSTM implements it inside its recurrence (running_stats:
-  #                               as recurrent BN, Cooijmans et al. 2016)
+class ScaleNorm(nn.Module):
+  """ScaleNorm (Nguyen & Salazar 2019, "Transformers without Tears"): g * x / ||x||, with one
+  learnable scalar g initialized to sqrt(d), d the number of values normalized together (the
+  features of a token; an example's positions and features in the image layout), so that the
+  output starts with unit RMS. ||x|| is clamped below at `epsilon`, as in the paper."""
+  epsilon: float = 1e-5
+  pool_positions: bool = True
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, mask=None):
+    del train
+    axes = _axes(x, self.pool_positions)
+    d = math.prod(x.shape[a] for a in axes)
+    g = self.param('g', nn.initializers.constant(math.sqrt(d)), (), jnp.float32)
+    v = x.astype(jnp.float32)
+    w = _weights(v, mask if self.pool_positions else None)
+    norm = jnp.sqrt((jnp.square(v) * w).sum(axes, keepdims=True))
+    return (g * v / jnp.maximum(norm, self.epsilon)).astype(x.dtype)
+
+
+# ------------------------------------------------------------------------- the norms' own keys
+# A key several norms read is one Key object, listed in each of their specs.
+EPSILON = Key('norm_epsilon', 1e-5, 'added to the variance (batch, layer, group, rms, '
+              'instance); the least norm (scale)', low=0, low_ok=False)
+BN_SCOPES = ('global', 'per_device', 'ghost')
+BN_KEYS = (
+    Key('bn_momentum', 0.9, 'running average: ra <- m * ra + (1 - m) * batch', low=0, high=1),
+    Key('bn_scope', 'global', 'which examples the train-mode statistics pool over: the whole '
+        '(sharded) batch, each device\'s share, or ghost groups', choices=BN_SCOPES),
+    Key('bn_ghost_size', 0, 'ghost: examples per statistics group (0: unused)', low=0),
+)
+RENORM_KEYS = (
+    Key('renorm_rmax', 3.0, 'limit of r, reached after renorm_start + renorm_ramp steps', low=1,
+        before=3.0),
+    Key('renorm_dmax', 5.0, 'limit of d', low=0, before=5.0),
+    Key('renorm_start', 5000, 'steps of plain BatchNorm before the limits relax (paper: 5k)',
+        low=0, before=5000),
+    Key('renorm_ramp', 35000, 'steps of the linear ramp to the limits (paper: to 40k / 25k)',
+        low=0, before=35000),
+)
+NORM_GROUPS = Key('norm_groups', 8, 'number of feature groups (capped at the width)', low=0,
+                  low_ok=False)
+DYT_ALPHA = Key('dyt_alpha', 0.5, 'initial alpha of tanh(alpha * x) (Zhu et al. 2025: 0.5)',
+                low=0, low_ok=False, before=0.5)
+
+
+def _grouping(values, devices: int) -> Grouping:
+  scope, size = values['bn_scope'], values['bn_ghost_size']
+  if scope == 'ghost' and size < 1:
+    raise ConfigError(f'bn_scope ghost needs bn_ghost_size >= 1; got {size}')
+  return {'global': Grouping(), 'per_device': Grouping(groups=devices),
+          'ghost': Grouping(group_size=size)}[scope]
+
+
+def _batch(values, layout, devices, renorm: bool = False) -> dict:
+  grouping = _grouping(values, devices)
+  if layout == 'causal' and 0 < grouping.group_size < MIN_POOLED:
+    raise ConfigError(f'ghost batch norm in a language model pools {grouping.group_size} values '
+                      f'per position and feature, and normalizing fewer than {MIN_POOLED} '
+                      f'outputs a constant (1) or a sign (2) whatever the input; use '
+                      f'bn_ghost_size >= {MIN_POOLED}')
+  out = dict(momentum=values['bn_momentum'], epsilon=values['norm_epsilon'], grouping=grouping,
+             per_position=layout == 'causal')
+  if renorm:
+    out['renorm'] = Renorm(*(values[k.name] for k in RENORM_KEYS))
+  return out
+
+
+def _per_example(values, layout, devices) -> dict:
+  return dict(epsilon=values['norm_epsilon'], pool_positions=layout == 'image')
 
 
 NORMS: dict[str, NormSpec] = {
-    'batch': NormSpec(BatchNorm, 'Ioffe & Szegedy 2015', running_stats=True),
-    'layer': NormSpec(LayerNorm, 'Ba, Kiros & Hinton 2016'),
-    'group': NormSpec(GroupNorm, 'Wu & He 2018'),
-    'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019', has_shift=False),
-    'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', causal_ok=False,
-                         erases_position_mean=True),
-    'batch_renorm': NormSpec(BatchRenorm, 'Ioffe 2017', running_stats=True,
+    'batch': NormSpec(BatchNorm, 'Ioffe & Szegedy 2015', 'B, P per feature (causal: per position)',
+                      _batch, (EPSILON, *BN_KEYS), running_stats=True),
+    'layer': NormSpec(LayerNorm, 'Ba, Kiros & Hinton 2016', 'P, C per example (sequences: C per '
+                      'token)', _per_example, (EPSILON,)),
+    'group': NormSpec(GroupNorm, 'Wu & He 2018', 'P and groups of C per example (sequences: per '
+                      'token)', lambda v, layout, d: dict(_per_example(v, layout, d),
+                                                          groups=v['norm_groups']),
+                      (EPSILON, NORM_GROUPS)),
+    'rms': NormSpec(RMSNorm, 'Zhang & Sennrich 2019', 'like layer, no mean subtracted, no bias',
+                    _per_example, (EPSILON,), has_shift=False),
+    'instance': NormSpec(InstanceNorm, 'Ulyanov, Vedaldi & Lempitsky 2016', 'P per example and '
+                         'feature', lambda v, layout, d: dict(epsilon=v['norm_epsilon']),
+                         (EPSILON,), causal_ok=False, erases_position_mean=True),
+    'batch_renorm': NormSpec(BatchRenorm, 'Ioffe 2017', 'as batch, corrected towards the running '
+                             'averages', functools.partial(_batch, renorm=True),
+                             (EPSILON, *BN_KEYS, *RENORM_KEYS), running_stats=True,
                              recurrent=False),
-    'dyt': NormSpec(DyT, 'Zhu, Chen, He, LeCun & Liu 2025'),
-    'none': NormSpec(Identity, '-', has_shift=False),
+    'scale': NormSpec(ScaleNorm, 'Nguyen & Salazar 2019', 'the L2 norm over C per token (images: '
+                      'P, C per example); one scalar g', _per_example, (EPSILON,),
+                      has_shift=False),
+    'dyt': NormSpec(DyT, 'Zhu, Chen, He, LeCun & Liu 2025', 'no statistics: gamma * tanh(alpha '
+                    'x) + beta', lambda v, layout, d: dict(alpha_init=v['dyt_alpha']),
+                    (DYT_ALPHA,), plain_gain=lambda v: v['dyt_alpha']),
+    'none': NormSpec(Identity, '-', 'identity', has_shift=False, identity=True),
 }
+
+
+def keys() -> list[Key]:
+  """Every norm's keys, once each, in the order the specs list them."""
+  out = {}
+  for spec in NORMS.values():
+    for key in (EPSILON, *spec.keys):
+      out.setdefault(key.name, key)
+  return list(out.values())
 
 
 # A plain net (no skips) whose signal shrinks by more than this at init outputs what float32
@@ -371,18 +480,20 @@ MIN_PLAIN_GAIN = 1e-3
 
 
 def check_plain_gain(cfg, layers: int) -> None:
-  """DyT passes a small signal times alpha (tanh(a x) ~ a x): in a plain net with `layers` norms
-  in a row the input reaches the head scaled by alpha ** layers at init (the convs and dense
-  layers keep its scale). Refused when that is below MIN_PLAIN_GAIN, with the alpha that
+  """A norm that passes a small signal scaled by a gain (DyT: tanh(a x) ~ a x) shrinks the input
+  of a plain net with `layers` norms in a row by gain ** layers at init (the convs and dense
+  layers keep its scale). Refused when that is below MIN_PLAIN_GAIN, with the gain that
   would do."""
-  if cfg.norm != 'dyt' or cfg.residual:
+  spec = NORMS[cfg.norm]
+  if spec.plain_gain is None or cfg.residual:
     return
-  alpha = cfg.get('dyt_alpha', 0.5)
-  if alpha ** layers < MIN_PLAIN_GAIN:
+  gain = spec.plain_gain(cfg)
+  if gain ** layers < MIN_PLAIN_GAIN:
     need = MIN_PLAIN_GAIN ** (1 / layers)
-    raise ConfigError(f'dyt in a plain net with {layers} norms in a row scales the input by '
-                      f'dyt_alpha ** {layers} = {alpha ** layers:.1e} at init: the outputs do '
-                      f'not depend on the input to float32 precision; use model.dyt_alpha >= '
+    knob = ', '.join(f'model.{k.name}' for k in spec.keys)
+    raise ConfigError(f'{cfg.norm} in a plain net with {layers} norms in a row scales the input '
+                      f'by {gain:g} ** {layers} = {gain ** layers:.1e} at init: the outputs do '
+                      f'not depend on the input to float32 precision; use {knob} >= '
                       f'{need:.2f}, residual=True or fewer layers')
 
 
@@ -396,68 +507,47 @@ def causal_norms() -> list[str]:
   return [n for n, spec in NORMS.items() if spec.causal_ok]
 
 
-BN_SCOPES = ('global', 'per_device', 'ghost')
+def _values(overrides: dict):
+  values = {k.name: k.default for k in keys()}
+  unknown = set(overrides) - set(values)
+  if unknown:
+    raise TypeError(f'unknown norm keys {sorted(unknown)}; valid: {", ".join(values)}')
+  values.update(overrides)
+  return values
 
 
-def make_norm(name: str, *, layout: str = 'image', groups: int = 8, momentum: float = 0.9,
-              epsilon: float = 1e-5, bn_scope: str = 'global', bn_ghost_size: int = 0,
-              max_positions: int = 512, devices: int = 1,
-              dyt_alpha: float = 0.5, renorm: Renorm = Renorm()) -> Callable[..., nn.Module]:
+def make_norm(name: str, *, layout: str = 'image', devices: int = 1, max_positions: int = 512,
+              values=None, **overrides) -> Callable[..., nn.Module]:
   """Returns a factory: `factory(name=None) -> nn.Module` with the shared call signature.
 
+  values: a mapping with every norm key (a model config); without it, each key's default, with
+    `overrides` (norm_groups=4, bn_scope='ghost', ...).
   layout: `image` (per-example norms pool over H, W, C), `sequence` (per-example norms work
     per token; batch and instance pool over the valid time steps) or `causal` (a language
     model: no statistic pools over time; batch norm per position, with `max_positions` rows
     of running averages).
-  bn_scope: which examples BatchNorm's statistics pool over in train mode: `global` (the
-    whole, possibly sharded, batch: cross-device all-reduce), `per_device` (each device's
-    share: no communication; `devices` groups), `ghost` (groups of `bn_ghost_size` examples).
+  devices: how many devices the batch is split over (per-device BatchNorm's groups).
   """
   check_norm_name(name)
   if layout not in LAYOUTS:
     raise ValueError(f'unknown layout {layout!r}; valid: {", ".join(LAYOUTS)}')
-  if layout == 'causal' and not NORMS[name].causal_ok:
+  spec = NORMS[name]
+  if layout == 'causal' and not spec.causal_ok:
     raise ConfigError(f'norm {name} pools its statistics over time and would let a language '
                       f'model see future tokens; valid norms: {", ".join(causal_norms())}')
-  if bn_scope not in BN_SCOPES:
-    raise ConfigError(f'unknown bn_scope {bn_scope!r}; valid: {", ".join(BN_SCOPES)}')
-  if bn_scope == 'ghost' and bn_ghost_size < 1:
-    raise ConfigError(f'bn_scope ghost needs bn_ghost_size >= 1; got {bn_ghost_size}')
-  if (NORMS[name].running_stats and layout == 'causal' and bn_scope == 'ghost'
-      and bn_ghost_size < MIN_POOLED):
-    raise ConfigError(f'ghost batch norm in a language model pools {bn_ghost_size} values per '
-                      f'position and feature, and normalizing fewer than {MIN_POOLED} outputs a '
-                      f'constant (1) or a sign (2) whatever the input; use bn_ghost_size >= '
-                      f'{MIN_POOLED}')
-  pool_positions = layout == 'image'
-  if NORMS[name].running_stats:   # batch, batch_renorm
-    kwargs = dict(momentum=momentum, epsilon=epsilon, per_position=layout == 'causal',
-                  max_positions=max_positions)
-    if name == 'batch_renorm':
-      kwargs['renorm'] = renorm
-    if bn_scope == 'per_device':
-      kwargs['groups'] = devices
-    elif bn_scope == 'ghost':
-      kwargs['group_size'] = bn_ghost_size
-  else:
-    kwargs = {
-        'layer': dict(epsilon=epsilon, pool_positions=pool_positions),
-        'rms': dict(epsilon=epsilon, pool_positions=pool_positions),
-        'group': dict(groups=groups, epsilon=epsilon, pool_positions=pool_positions),
-        'instance': dict(epsilon=epsilon),
-        'dyt': dict(alpha_init=dyt_alpha),
-        'none': {},
-    }[name]
-  return functools.partial(NORMS[name].module, **kwargs)
+  values = _values(overrides) if values is None else values
+  for key in spec.keys:
+    key.check(values[key.name])
+  kwargs = spec.build(values, layout, devices)
+  if spec.running_stats and layout == 'causal':
+    kwargs['max_positions'] = max_positions
+  return functools.partial(spec.module, **kwargs)
 
 
-def from_config(cfg, *, layout: str, name: str | None = None, devices: int = 1):
-  """`make_norm` with the norm keys of a model config (`name` overrides cfg.norm)."""
-  return make_norm(name or cfg.norm, layout=layout, groups=cfg.norm_groups, devices=devices,
-                   momentum=cfg.bn_momentum, epsilon=cfg.norm_epsilon,
-                   bn_scope=cfg.get('bn_scope', 'global'),
-                   bn_ghost_size=cfg.get('bn_ghost_size', 0),
-                   max_positions=cfg.get('max_length', 512),
-                   dyt_alpha=cfg.get('dyt_alpha', 0.5),
-                   renorm=Renorm(cfg.get('renorm_rmax', 3.0), cfg.get('renorm_dmax', 5.0),
-                                 cfg.get('renorm_start', 5000), cfg.get('renorm_ramp', 35000)))
+def recurrent_grouping(name: str, values, devices: int = 1) -> Grouping | None:
+  """For a norm with running statistics, the grouping of its train-mode statistics (what an
+  LSTM's recurrent BatchNorm must use at each step, as the registry's BatchNorm does); None
+  for norms without."""
+  if not NORMS[name].running_stats:
+    return None
+  return make_norm(name, layout='causal', devices=devices, values=values).keywords['grouping']

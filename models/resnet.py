@@ -18,6 +18,7 @@ backward pass grew quadratic in depth (numbers: benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,29 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from errors import ConfigError
-from models import conv as conv_lib
+from models import backend
 from models import norms
 from models import residual as residual_lib
+from models.spec import Family, Key
 
 # He et al. 2015 ("Delving deep into rectifiers") initialization, as the paper uses.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-def materialize(x, token):
-  """The identity on `x`, as a boundary XLA does not fuse across, so that `x` is computed once.
-
-  A residual stream is a chain of cheap elementwise ops (norm, add, ReLU) from block to block;
-  XLA's fusion duplicates cheap producers into each consumer, and it duplicated the whole chain
-  back to the stage's first block into each block's backward fusions (O(depth²) work).
-  `lax.optimization_barrier` would say this, but XLA:CPU removes barriers before fusion; a
-  conditional is kept. Its predicate comes from `token`, a replicated parameter scalar, so that
-  under data parallelism deciding it needs no communication (a predicate read from the
-  batch-sharded `x` cost an all-reduce per block). The taken branch returns `x` itself; the
-  other (`x + 0.0`, taken only if the parameter is NaN or inf, and equal to x but for the sign
-  of zeros) exists because XLA removes a conditional whose branches are identical. Under vmap
-  over seeds the predicate is batched and the cond becomes a select.
-  """
-  return jax.lax.cond(jnp.isfinite(token), lambda v: v, lambda v: v + 0.0, x)
 
 
 def stem_max_pool(x):
@@ -67,19 +52,28 @@ def _shortcut_a(x, filters: int, strides: int):
   return x
 
 
+def basic(filters: int, strides: int) -> list[tuple]:
+  """A basic block's branch: conv3x3 (stride) -> conv3x3, as (features, kernel, strides)."""
+  return [(filters, (3, 3), strides), (filters, (3, 3), 1)]
+
+
+def bottleneck(filters: int, strides: int) -> list[tuple]:
+  """A bottleneck block's branch: conv1x1 -> conv3x3 (stride) -> conv1x1 (4x filters)."""
+  return [(filters, (1, 1), 1), (filters, (3, 3), strides), (filters * 4, (1, 1), 1)]
+
+
 class _Block(nn.Module):
-  """Shared by both block types: how the last norm, the skip and the activation combine."""
+  """What every block kind shares: its branch's convs (`branch`: `basic` or `bottleneck`), its
+  skip path, and where the skip lives. The kinds (`NormBlock`, `FixupBlock`, `NFBlock`) are
+  block choices, as flax's `partial(ResNet, block_cls=...)`."""
   filters: int
   strides: int
   residual: bool
   norm: Callable[..., nn.Module]
   conv: Callable[..., nn.Module]
   shortcut: str  # 'A' (CIFAR: pad/subsample) or 'B' (projection where the shape changes)
+  branch: Callable[[int, int], list] = basic
   skipinit: bool = False  # the branch times a learnable scalar, init 0 (models/residual.py)
-  fixup_scale: float = 0.0  # > 0: Fixup (Zhang et al. 2019) with this factor on the branch's
-  #                           He init (all but its last conv, which starts at 0)
-
-  nf: tuple = ()   # NF-ResNet: (alpha, beta): h + alpha * f(h / beta), `_nf_block`
 
   def _skip(self, x, out_filters: int, project, option_a: bool = True):
     """The skip path: `x` where the block keeps its shape; where it changes, option A's
@@ -94,47 +88,37 @@ class _Block(nn.Module):
   def _projection(self, inputs, out_filters: int):
     return self.conv(out_filters, (1, 1), strides=self.strides, name='proj_conv')(inputs)
 
-  def _nf_block(self, x, specs):
-    """Brock, De & Smith 2021: h_next = skip + alpha * f(h / beta), beta the expected std of h at
-    init (Var h_next = Var h + alpha^2; a transition block, whose skip changes shape, takes the
-    skip from the normalized input, so the variance restarts at 1 + alpha^2). f is
-    pre-activation: (gamma * relu -> scaled-WS conv) per conv, gamma = NF_RELU_GAIN."""
-    alpha, beta = self.nf
-    out = nn.relu(x / beta) * NF_RELU_GAIN
-    y = out
-    for k, (features, kernel, strides) in enumerate(specs):
-      if k:
-        y = nn.relu(y) * NF_RELU_GAIN
-      y = self.conv(features, kernel, strides=strides)(y)
-    # transitions always project, as the paper's NF-ResNets (CIFAR's option A would zero-pad
-    # half the channels and halve the stream's variance: the beta bookkeeping would not hold)
-    skip = self._skip(x, y.shape[-1], lambda n: self._projection(out, n), option_a=False)
-    return skip + alpha * y
+  # what a block kind needs of the net around it (class-level; overridden by the kinds)
+  stem_norm = True   # the stem's conv is followed by norm -> relu
 
-  def _fixup_bias(self, name):
-    return self.param(name, nn.initializers.zeros, ())
+  @classmethod
+  def plan(cls, branch, channels: int, shapes: list[tuple]) -> list[dict]:
+    """Each block's own arguments, from the branch and the blocks' (filters, strides, name)."""
+    return [{} for _ in shapes]
 
-  def _fixup_finish(self, x, y, bias_in):
-    """The branch's scalar multiplier and bias, the skip (a projection sees the branch's input
-    bias too, as in Fixup's code), ReLU."""
-    y = y * self.param('fixup_scale', nn.initializers.ones, ()) + self._fixup_bias('bias_out')
-    return nn.relu(y + self._skip(x, y.shape[-1], lambda n: self._projection(x + bias_in, n)))
+  @staticmethod
+  def finish_stream(x):
+    return x
 
-  def _fixup_convs(self, x, specs):
-    """Fixup's branch: scalar bias before each conv and activation, He init scaled by
-    `fixup_scale`, the last conv initialized to 0 (the block starts as its skip path)."""
-    bias_in = self._fixup_bias('bias_in')
-    y = x + bias_in
-    for k, (features, kernel, strides) in enumerate(specs):
-      last = k == len(specs) - 1
-      init = (nn.initializers.zeros if last else
-              nn.initializers.variance_scaling(2.0 * self.fixup_scale ** 2, 'fan_out', 'normal'))
-      y = self.conv(features, kernel, strides=strides, kernel_init=init)(y)
-      if not last:
-        y = nn.relu(y + self._fixup_bias(f'bias_{k}b')) + self._fixup_bias(f'bias_{k + 1}a')
-    return self._fixup_finish(x, y, bias_in)
+  @staticmethod
+  def head(module: nn.Module, x, classes: int, dtype):
+    return nn.Dense(classes, dtype=dtype, name='head')(x)
 
-  def _finish_block(self, x, y, *, train):
+
+class NormBlock(_Block):
+  """conv -> norm -> relu for each conv of the branch but the last, whose norm is followed by
+  (+ skip) -> relu: He et al.'s block, with the norm from the registry. The skip and the norm
+  placement live in `_finish`, the one place for both branch shapes."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    *first, (features, kernel, strides) = self.branch(self.filters, self.strides)
+    y = x
+    for f, k, s in first:
+      y = nn.relu(self.norm()(self.conv(f, k, strides=s)(y), train=train))
+    return self._finish(x, self.conv(features, kernel, strides=strides)(y), train=train)
+
+  def _finish(self, x, y, *, train):
     """`y` is the block's last conv output; applies norm -> (+ skip) -> ReLU."""
     y = self.norm()(y, train=train)
     if not self.residual:  # a plain block: the same path, no skip
@@ -145,46 +129,99 @@ class _Block(nn.Module):
     return nn.relu(y + skip)
 
 
-class BasicBlock(_Block):
-  """conv3x3 -> norm -> relu -> conv3x3 -> norm -> (+ skip) -> relu."""
+class FixupBlock(_Block):
+  """Fixup (Zhang et al. 2019), no norm: a scalar bias before each conv and activation, He init
+  scaled by `scale` (all but the branch's last conv, which starts at 0, so the block starts as
+  its skip path), a scalar multiplier, the skip (a projection sees the branch's input bias
+  too, as in Fixup's code), ReLU."""
+  scale: float = 1.0
+
+  @classmethod
+  def plan(cls, branch, channels, shapes):
+    """Zhang et al.'s scale L^(-1/(2m-2)): L blocks, m convs per branch."""
+    m = len(branch(1, 1))
+    return [{'scale': len(shapes) ** (-1 / (2 * m - 2))} for _ in shapes]
+
+  @staticmethod
+  def head(module, x, classes, dtype):
+    """A scalar bias before the head, and the head initialized to 0."""
+    x = x + module.param('head_bias_in', nn.initializers.zeros, ())
+    return nn.Dense(classes, dtype=dtype, kernel_init=nn.initializers.zeros, name='head')(x)
+
+  def _bias(self, name):
+    return self.param(name, nn.initializers.zeros, ())
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    if self.fixup_scale:
-      return self._fixup_convs(x, [(self.filters, (3, 3), self.strides),
-                                   (self.filters, (3, 3), 1)])
-    if self.nf:
-      return self._nf_block(x, [(self.filters, (3, 3), self.strides), (self.filters, (3, 3), 1)])
-    y = self.conv(self.filters, (3, 3), strides=self.strides)(x)
-    y = nn.relu(self.norm()(y, train=train))
-    y = self.conv(self.filters, (3, 3))(y)
-    return self._finish_block(x, y, train=train)
+    del train
+    specs = self.branch(self.filters, self.strides)
+    bias_in = self._bias('bias_in')
+    y = x + bias_in
+    for k, (features, kernel, strides) in enumerate(specs):
+      last = k == len(specs) - 1
+      init = (nn.initializers.zeros if last else
+              nn.initializers.variance_scaling(2.0 * self.scale ** 2, 'fan_out', 'normal'))
+      y = self.conv(features, kernel, strides=strides, kernel_init=init)(y)
+      if not last:
+        y = nn.relu(y + self._bias(f'bias_{k}b')) + self._bias(f'bias_{k + 1}a')
+    y = y * self.param('fixup_scale', nn.initializers.ones, ()) + self._bias('bias_out')
+    return nn.relu(y + self._skip(x, y.shape[-1], lambda n: self._projection(x + bias_in, n)))
 
 
-class BottleneckBlock(_Block):
-  """conv1x1 -> norm -> relu -> conv3x3 (stride) -> norm -> relu -> conv1x1 (4x) -> norm -> (+ skip) -> relu."""
+class NFBlock(_Block):
+  """Brock, De & Smith 2021: h_next = skip + alpha * f(h / beta), beta the expected std of h at
+  init (Var h_next = Var h + alpha^2; a transition block, whose skip changes shape, takes the
+  skip from the normalized input, so the variance restarts at 1 + alpha^2). f is
+  pre-activation: (gamma * relu -> scaled-WS conv) per conv, gamma = NF_RELU_GAIN."""
+  alpha: float = 0.2
+  beta: float = 1.0
+  stem_norm = False   # pre-activation blocks take the stem's output as it is
+
+  @classmethod
+  def plan(cls, branch, channels, shapes, alpha: float = 0.2):
+    """beta per block: the expected std of the stream at init (scaled WS keeps the input's
+    variance, 1; each block adds alpha^2; a transition restarts at 1 + alpha^2)."""
+    out, var = [], 1.0
+    for filters, strides, _ in shapes:
+      width = branch(filters, strides)[-1][0]
+      out.append({'alpha': alpha, 'beta': var ** 0.5})
+      transition = strides > 1 or width != channels   # the skip changes shape
+      var = (1.0 if transition else var) + alpha ** 2
+      channels = width
+    return out
+
+  @staticmethod
+  def finish_stream(x):
+    """The pre-activation stream's last activation."""
+    return nn.relu(x) * NF_RELU_GAIN
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    specs = [(self.filters, (1, 1), 1), (self.filters, (3, 3), self.strides),
-             (self.filters * 4, (1, 1), 1)]
-    if self.fixup_scale:
-      return self._fixup_convs(x, specs)
-    if self.nf:
-      return self._nf_block(x, specs)
-    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x), train=train))
-    y = self.conv(self.filters, (3, 3), strides=self.strides)(y)
-    y = nn.relu(self.norm()(y, train=train))
-    y = self.conv(self.filters * 4, (1, 1))(y)
-    return self._finish_block(x, y, train=train)
+    del train
+    out = nn.relu(x / self.beta) * NF_RELU_GAIN
+    y = out
+    for k, (features, kernel, strides) in enumerate(self.branch(self.filters, self.strides)):
+      if k:
+        y = nn.relu(y) * NF_RELU_GAIN
+      y = self.conv(features, kernel, strides=strides)(y)
+    # transitions always project, as the paper's NF-ResNets (CIFAR's option A would zero-pad
+    # half the channels and halve the stream's variance: the beta bookkeeping would not hold)
+    skip = self._skip(x, y.shape[-1], lambda n: self._projection(out, n), option_a=False)
+    return skip + self.alpha * y
+
+
+BasicBlock = functools.partial(NormBlock, branch=basic)
+BottleneckBlock = functools.partial(NormBlock, branch=bottleneck)
 
 
 class ResNet(nn.Module):
   """Stem -> stages of blocks (the first block of every stage after the first halves the map
   and doubles the filters) -> global average pool -> linear head. The variants below fix the
-  stem, block and shortcut; `stage_sizes` the depth."""
+  stem, branch and shortcut; `stage_sizes` the depth; `block_cls` the kind of block (with a
+  norm, Fixup, NF), each of which says what it needs of the stem, the stream and the head."""
   stage_sizes: Sequence[int]
-  block: type[_Block] = BasicBlock
+  block_cls: type[_Block] = NormBlock
+  branch: Callable[[int, int], list] = basic
   shortcut: str = 'A'            # A: CIFAR's parameter-free shortcut; B: projections
   stem: str = 'cifar'            # cifar: 3x3 conv; imagenet: 7x7/2 conv + 3x3/2 max pool
   num_classes: int = 10
@@ -192,54 +229,38 @@ class ResNet(nn.Module):
   residual: bool = True
   norm: Callable[..., nn.Module] = norms.make_norm('batch')
   use_bias: bool = False  # biases are redundant after a norm with a shift (NormSpec.has_shift)
-  fusion_barriers: bool = True   # see `materialize`; the same function either way (tested)
+  fusion_barriers: bool = True   # backend.materialize after each block; the same function
   dtype: Any = jnp.float32       # compute dtype of convs and the head (params stay float32)
-  wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (models/conv.py)
+  wgrad_chunk_bytes: int = 0     # > 0: conv weight gradients summed over chunks (backend)
   skipinit: bool = False         # SkipInit: each residual branch times a learnable 0-init scalar
-  weight_std: bool = False       # weight-standardized convolutions (`StdConv`)
-  fixup: bool = False            # Fixup initialization (no norm): see `_Block._fixup_convs`
-  nf_alpha: float = 0.0          # > 0: a Normalizer-Free ResNet with this alpha (`_nf_block`)
+  weight_std: bool | str = False  # weight-standardized convolutions (`StdConv`; 'scaled': NF)
   reparam: str = ''              # every conv wrapped in flax's 'weight_norm' or 'spectral_norm'
+  block_args: dict = dataclasses.field(default_factory=dict)   # the block kind's own (NF alpha)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
     del mask  # images have no padding
-    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes,
-                 'scaled' if self.nf_alpha else self.weight_std, self.reparam, train)
+    kind = self.block_cls
+    conv = _conv(self.use_bias, self.dtype, self.wgrad_chunk_bytes, self.weight_std,
+                 self.reparam, train)
     x = x.astype(self.dtype)
     imagenet = self.stem == 'imagenet'
-    stem = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
-                name='stem_conv')
-    x = stem(x)
+    x = conv(self.width, (7, 7) if imagenet else (3, 3), strides=2 if imagenet else 1,
+             name='stem_conv')(x)
     token = self.variables['params']['stem_conv']['kernel'].reshape(-1)[0]   # for `materialize`
-    if not self.nf_alpha:   # NF-ResNets: pre-activation blocks take the stem's output as it is
+    if kind.stem_norm:
       x = nn.relu(self.norm(name='stem_norm')(x, train=train))
     if imagenet:
       x = stem_max_pool(x)
-    expected_var = 1.0   # NF-ResNets: Var h at init (scaled WS keeps the input's, 1)
-    blocks = sum(self.stage_sizes)
-    layers = 2 if self.block is BasicBlock else 3   # convs per branch: m in Zhang et al.
-    fixup_scale = blocks ** (-1 / (2 * layers - 2)) if self.fixup else 0.0
-    for stage, size in enumerate(self.stage_sizes):
-      for i in range(size):
-        nf = ()
-        if self.nf_alpha:
-          nf = (self.nf_alpha, expected_var ** 0.5)
-          out = self.width * 2**stage * (4 if self.block is BottleneckBlock else 1)
-          transition = i == 0 and (stage > 0 or out != x.shape[-1])   # the skip changes shape
-          expected_var = (1.0 if transition else expected_var) + self.nf_alpha ** 2
-        x = self.block(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1,
-                       self.residual, self.norm, conv, self.shortcut, self.skipinit,
-                       fixup_scale, nf, name=f'stage{stage + 1}_block{i + 1}')(x, train=train)
-        x = materialize(x, token) if self.fusion_barriers else x
-    if self.nf_alpha:   # the pre-activation stream's last activation
-      x = nn.relu(x) * NF_RELU_GAIN
-    x = jnp.mean(x, axis=(1, 2))
-    if self.fixup:   # Fixup: a scalar bias before the head, which starts at 0
-      x = x + self.param('head_bias_in', nn.initializers.zeros, ())
-    head_init = nn.initializers.zeros if self.fixup else nn.initializers.lecun_normal()
-    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=head_init,
-                    name='head')(x).astype(jnp.float32)
+    shapes = [(self.width * 2**stage, 2 if (stage > 0 and i == 0) else 1, f'stage{stage + 1}_block{i + 1}')
+              for stage, size in enumerate(self.stage_sizes) for i in range(size)]
+    extras = kind.plan(self.branch, x.shape[-1], shapes, **self.block_args)
+    for (filters, strides, name), extra in zip(shapes, extras):
+      x = kind(filters, strides, self.residual, self.norm, conv, self.shortcut, self.branch,
+               self.skipinit, **extra, name=name)(x, train=train)
+      x = backend.materialize(x, token) if self.fusion_barriers else x
+    x = jnp.mean(kind.finish_stream(x), axis=(1, 2))
+    return kind.head(self, x, self.num_classes, self.dtype).astype(jnp.float32)
 
 
 def CifarResNet(depth: int = 20, **kwargs) -> ResNet:   # noqa: N802 (a module variant)
@@ -249,10 +270,10 @@ def CifarResNet(depth: int = 20, **kwargs) -> ResNet:   # noqa: N802 (a module v
 
 ImageNetResNet = functools.partial(ResNet, shortcut='B', stem='imagenet', num_classes=1000,
                                    width=64)
-IMAGENET_VARIANTS = {   # depth -> (stage sizes, block), as torchvision
-    18: ((2, 2, 2, 2), BasicBlock), 34: ((3, 4, 6, 3), BasicBlock),
-    50: ((3, 4, 6, 3), BottleneckBlock), 101: ((3, 4, 23, 3), BottleneckBlock),
-    152: ((3, 8, 36, 3), BottleneckBlock)}
+IMAGENET_VARIANTS = {   # depth -> (stage sizes, branch), as torchvision
+    18: ((2, 2, 2, 2), basic), 34: ((3, 4, 6, 3), basic),
+    50: ((3, 4, 6, 3), bottleneck), 101: ((3, 4, 23, 3), bottleneck),
+    152: ((3, 8, 36, 3), bottleneck)}
 
 
 STD_EPSILON = 1e-8
@@ -320,7 +341,7 @@ def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0,
   He et al. and torchvision. (flax's 'SAME' pads a stride-2 conv over an even input 0 before
   and 1 after, so its outputs would sit one pixel off the option-A shortcut's (2i, 2j).)
   `reparam`, `train`: see `reparameterized`."""
-  impl = conv_lib.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
+  impl = backend.chunked_wgrad_conv(wgrad_chunk_bytes) if wgrad_chunk_bytes > 0 else None
   kind = {False: nn.Conv, True: StdConv, 'scaled': ScaledStdConv}[weight_std]
   base = functools.partial(kind, use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
                            conv_general_dilated=impl)
@@ -333,16 +354,9 @@ def _conv(use_bias: bool, dtype=jnp.float32, wgrad_chunk_bytes=0,
   return conv
 
 
-def _norm_from_config(cfg, devices: int) -> Callable[..., nn.Module]:
-  return norms.from_config(cfg, layout='image', devices=devices)
-
-
 def _check_images(name, dataset, cfg, downsampling: int, min_size: int):
-  """Images only, large enough for the net's downsampling, and no norm that the smallest
-  feature map turns into a constant."""
-  if dataset.kind != 'image':
-    raise ConfigError(f'model {name} needs an image dataset (digits, cifar10, mnist, '
-                      f'fashion_mnist); got {dataset.kind} data')
+  """Images large enough for the net's downsampling, and no norm that the smallest feature map
+  turns into a constant."""
   size = min(dataset.input_shape[:2])
   if size < min_size:
     raise ConfigError(f'model {name} downsamples by {downsampling} and needs images of at least '
@@ -355,35 +369,56 @@ def _check_images(name, dataset, cfg, downsampling: int, min_size: int):
                       'bias whatever the input; use larger images or another norm')
 
 
-def _speed_and_bias(cfg) -> dict:
-  """The module fields the resolved config sets: speed choices, and conv biases where the norm
-  adds no shift of its own (none, rms)."""
-  return dict(use_bias=not norms.NORMS[cfg.norm].has_shift, dtype=jnp.dtype(cfg.compute_dtype),
-              fusion_barriers=cfg.get('fusion_barriers', 'on') == 'on',
-              wgrad_chunk_bytes=conv_lib.CHUNK_BYTES if cfg.conv_wgrad == 'chunked' else 0,
-              skipinit=cfg.get('skipinit', False), weight_std=cfg.get('weight_std', False),
-              fixup=cfg.get('fixup', False), nf_alpha=cfg.get('nf_alpha', 0.0),
-              reparam=next((k for k in REPARAMS if cfg.get(k, False)), ''))
+def _fields(cfg, speed: dict, devices: int) -> dict:
+  """The module fields every ResNet reads from its config and resolved speed choices: the
+  norm, the block kind (a norm, Fixup or NF), conv biases where the norm adds no shift of its
+  own, and the kernel options."""
+  block_cls, args, std = NormBlock, {}, cfg.weight_std
+  if cfg.fixup:
+    block_cls = FixupBlock
+  elif cfg.nf_alpha:
+    block_cls, args, std = NFBlock, {'alpha': cfg.nf_alpha}, 'scaled'
+  return dict(norm=norms.make_norm(cfg.norm, layout='image', devices=devices, values=cfg),
+              residual=cfg.residual, width=cfg.width, block_cls=block_cls, block_args=args,
+              use_bias=not norms.NORMS[cfg.norm].has_shift, dtype=jnp.dtype(cfg.compute_dtype),
+              fusion_barriers=speed['fusion_barriers'] == 'on',
+              wgrad_chunk_bytes=backend.CHUNK_BYTES if speed['conv_wgrad'] == 'chunked' else 0,
+              skipinit=cfg.skipinit, weight_std=std,
+              reparam=next((k for k in REPARAMS if cfg[k]), ''))
 
 
-def build_cifar(cfg, dataset, *, devices: int = 1) -> ResNet:
+def build_cifar(cfg, dataset, *, devices: int = 1, speed: dict) -> ResNet:
   _check_images('resnet', dataset, cfg, downsampling=4, min_size=4)
   if cfg.depth < 8 or (cfg.depth - 2) % 6:
     raise ConfigError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...); '
                       f'got {cfg.depth}')
   norms.check_plain_gain(cfg, cfg.depth - 1)   # the stem's norm and two per block
-  return CifarResNet(cfg.depth, num_classes=dataset.num_classes, width=cfg.width,
-                     residual=cfg.residual, norm=_norm_from_config(cfg, devices),
-                     **_speed_and_bias(cfg))
+  return CifarResNet(cfg.depth, num_classes=dataset.num_classes, **_fields(cfg, speed, devices))
 
 
-def build_imagenet(cfg, dataset, *, devices: int = 1) -> ResNet:
+def build_imagenet(cfg, dataset, *, devices: int = 1, speed: dict) -> ResNet:
   _check_images('resnet_imagenet', dataset, cfg, downsampling=32, min_size=32)
   if cfg.depth not in IMAGENET_VARIANTS:
     raise ConfigError(f'ImageNet ResNet depth must be one of {sorted(IMAGENET_VARIANTS)}; '
                       f'got {cfg.depth}')
-  stages, block = IMAGENET_VARIANTS[cfg.depth]
-  norms.check_plain_gain(cfg, 1 + sum(stages) * (2 if block is BasicBlock else 3))
-  return ImageNetResNet(stage_sizes=stages, block=block, num_classes=dataset.num_classes,
-                        width=cfg.width, residual=cfg.residual,
-                        norm=_norm_from_config(cfg, devices), **_speed_and_bias(cfg))
+  stages, branch = IMAGENET_VARIANTS[cfg.depth]
+  norms.check_plain_gain(cfg, 1 + sum(stages) * len(branch(1, 1)))
+  return ImageNetResNet(stage_sizes=stages, branch=branch, num_classes=dataset.num_classes,
+                        **_fields(cfg, speed, devices))
+
+
+_OPTIONS = ('skipinit', 'weight_std', 'weight_norm', 'spectral_norm', 'fixup', 'nf_alpha')
+_BRANCHES = r'^stage\d+_block\d+/(?!proj_|skip_gain)'   # a block's own convs and norms
+FAMILIES = (
+    Family('resnet', 'CIFAR-style ResNet, depth 6n+2 (He et al. 2016), option-A shortcuts',
+           build_cifar, data=('image',), options=_OPTIONS,
+           keys=(Key('depth', 20, '6n+2: 8, 14, 20, 32, 44, 56, 110, ...', low=0, low_ok=False),),
+           speed={'conv_wgrad': True, 'fusion_barriers': True}, branches=_BRANCHES,
+           compute_dtypes=('float32', 'bfloat16')),
+    # conv_wgrad's chunks were measured to help on the CIFAR nets only: auto stays XLA's here
+    Family('resnet_imagenet', 'ResNet-18/34/50/101/152 (torchvision layout), 7x7 stem, '
+           'projection shortcuts', build_imagenet, data=('image',), options=_OPTIONS,
+           keys=(Key('depth', 18, '18, 34, 50, 101 or 152', low=0, low_ok=False),),
+           speed={'conv_wgrad': False, 'fusion_barriers': True}, branches=_BRANCHES,
+           compute_dtypes=('float32', 'bfloat16')),
+)

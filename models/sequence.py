@@ -25,12 +25,6 @@ def full_mask(x, mask):
   return jnp.ones(x.shape[:2], bool) if mask is None else mask.astype(bool)
 
 
-def check_sequence_dataset(model_name: str, dataset) -> None:
-  if dataset.kind == 'image':
-    raise ConfigError(f'model {model_name} needs a sequence dataset; got images '
-                      '(try data.name=mnist1d or digits_rows)')
-
-
 def check_length(length: int, max_length: int) -> None:
   if length > max_length:
     raise ConfigError(f'sequence length {length} exceeds the model\'s maximum length '

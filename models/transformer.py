@@ -26,10 +26,10 @@ import jax.numpy as jnp
 from errors import ConfigError
 from models import norms
 from models import residual as residual_lib
+from models.spec import Family, Key
 from models.sequence import (
   InputEmbedding,
   check_length,
-  check_sequence_dataset,
   full_mask,
   masked_mean,
 )
@@ -115,6 +115,19 @@ class Block(nn.Module):
     return self._sublayer(x, mlp, 'norm_mlp', train=train, norm_mask=norm_mask)
 
 
+def encode(model: nn.Module, h, attn_mask, norm_mask, *, train: bool):
+  """`model.num_layers` blocks of `model`'s settings, then (pre-LN) the final norm: the stack a
+  Transformer and a ViT share, its parameters in `model`'s own scope (block1, ..., final_norm)."""
+  constants = deepnorm_constants(model.num_layers) if model.deepnorm else ()
+  for layer in range(model.num_layers):
+    h = Block(model.num_heads, model.mlp_dim, model.norm, model.norm_position, model.residual,
+              model.activation, model.skipinit, model.qk_norm, constants,
+              parent=model, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
+  if model.norm_position == 'pre':
+    h = model.norm(parent=model, name='final_norm')(h, train=train, mask=norm_mask)
+  return h
+
+
 class Transformer(nn.Module):
   num_outputs: int
   d_model: int = 64
@@ -145,52 +158,69 @@ class Transformer(nn.Module):
     attn_mask = nn.make_attention_mask(mask, mask)            # padded keys are never attended
     if self.causal:
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
-    for layer in range(self.num_layers):
-      h = Block(self.num_heads, self.mlp_dim, self.norm, self.norm_position, self.residual,
-                self.activation, self.skipinit, self.qk_norm,
-                deepnorm_constants(self.num_layers) if self.deepnorm else (),
-                name=f'block{layer + 1}')(
-          h, attn_mask, norm_mask, train=train)
-    if self.norm_position == 'pre':
-      h = self.norm(name='final_norm')(h, train=train, mask=norm_mask)
+    h = encode(self, h, attn_mask, norm_mask, train=train)
     if not self.causal:
       h = masked_mean(h, mask)
     return nn.Dense(self.num_outputs, name='head')(h)
 
 
-def build(cfg, dataset, *, devices: int = 1) -> Transformer:
-  check_sequence_dataset('transformer', dataset)
-  if cfg.norm_position not in NORM_POSITIONS:
-    raise ConfigError(f'unknown norm_position {cfg.norm_position!r}; valid: '
-                      f'{", ".join(NORM_POSITIONS)}')
-  causal = dataset.task == 'language_model'
-  spec = norms.NORMS[cfg.norm]
-  if not causal and spec.erases_position_mean:
-    raise ConfigError(f'norm {cfg.norm} would make the transformer classifier ignore its input: '
+def check_blocks(cfg, *, classifier: bool) -> None:
+  """What the blocks need of a config, for every family built of them (Transformer, ViT)."""
+  if classifier and norms.NORMS[cfg.norm].erases_position_mean:
+    raise ConfigError(f'norm {cfg.norm} would make the {cfg.name} classifier ignore its input: '
                       'the last norm fixes each feature\'s mean over the sequence, and the head '
                       'mean-pools over the sequence, so every input gets the same logits; valid '
                       'norms: ' + ', '.join(n for n, s in norms.NORMS.items()
                                             if not s.erases_position_mean))
-  activation = cfg.get('activation', 'gelu_tanh')
-  if activation not in ACTIVATIONS:
-    raise ConfigError(f'unknown model.activation {activation!r}; valid: {", ".join(ACTIVATIONS)}')
   if cfg.width % cfg.num_heads:
     raise ConfigError(f'model.width {cfg.width} must be divisible by model.num_heads {cfg.num_heads}')
   norms.check_plain_gain(cfg, 2 * cfg.num_layers + (cfg.norm_position == 'pre'))
-  if cfg.get('deepnorm', False) and (cfg.norm_position != 'post' or not cfg.residual
-                                     or cfg.get('skipinit', False)):
+  if cfg.deepnorm and (cfg.norm_position != 'post' or not cfg.residual or cfg.skipinit):
     raise ConfigError('model.deepnorm is post-LN with an up-weighted residual (Wang et al. '
                       ' 2022): it needs norm_position=post, residual=True and no skipinit; got '
                       f'norm_position={cfg.norm_position}, residual={cfg.residual}, '
-                      f'skipinit={cfg.get("skipinit", False)}')
+                      f'skipinit={cfg.skipinit}')
+
+
+def block_fields(cfg, layout: str, devices: int, max_positions: int) -> dict:
+  """The module fields of the blocks, from the config (Transformer, ViT)."""
+  return dict(d_model=cfg.width, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+              mlp_dim=cfg.mlp_ratio * cfg.width, norm_position=cfg.norm_position,
+              residual=cfg.residual, activation=cfg.activation, skipinit=cfg.skipinit,
+              qk_norm=cfg.qk_norm, deepnorm=cfg.deepnorm,
+              norm=norms.make_norm(cfg.norm, layout=layout, devices=devices,
+                                   max_positions=max_positions, values=cfg))
+
+
+def build(cfg, dataset, *, devices: int = 1, speed: dict) -> Transformer:
+  del speed   # no speed fields
+  causal = dataset.task == 'language_model'
+  check_blocks(cfg, classifier=not causal)
   # a language model's norms never pool over time (make_norm refuses those that must)
-  norm = norms.from_config(cfg, layout='causal' if causal else 'sequence', devices=devices)
-  return Transformer(num_outputs=dataset.num_classes, d_model=cfg.width,
-                     num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                     mlp_dim=cfg.mlp_ratio * cfg.width, norm=norm,
-                     norm_position=cfg.norm_position, residual=cfg.residual,
+  return Transformer(num_outputs=dataset.num_classes,
+                     **block_fields(cfg, 'causal' if causal else 'sequence', devices,
+                                    cfg.max_length),
                      norm_uses_mask=cfg.norm_uses_mask, causal=causal,
-                     vocab_size=dataset.vocab_size, max_length=cfg.max_length,
-                     skipinit=cfg.get('skipinit', False), qk_norm=cfg.get('qk_norm', False),
-                     deepnorm=cfg.get('deepnorm', False),
-                     activation=activation)
+                     vocab_size=dataset.vocab_size, max_length=cfg.max_length)
+
+
+# the keys of every family built of these blocks
+BLOCK_KEYS = (
+    Key('num_layers', 2, 'blocks', low=0, low_ok=False),
+    Key('num_heads', 4, 'attention heads (dividing width)', low=0, low_ok=False),
+    Key('mlp_ratio', 2, 'MLP hidden size / width', low=0, low_ok=False),
+    Key('norm_position', 'pre', 'pre-LN x + f(N(x)) (Xiong et al. 2020) or post-LN N(x + f(x)) '
+        '(Vaswani et al. 2017)', choices=NORM_POSITIONS),
+    Key('activation', 'gelu_tanh', 'the MLP\'s: gelu_tanh (flax, GPT-2), gelu (exact, '
+        'PyTorch), relu', choices=tuple(ACTIVATIONS), before='gelu_tanh'),
+)
+BLOCK_OPTIONS = ('skipinit', 'qk_norm', 'deepnorm')
+BRANCHES = r'^block\d+/(attention|mlp)/'
+FAMILIES = (Family(
+    'transformer', 'encoder classifier or decoder-only LM, pre-/post-LN', build,
+    data=('sequence', 'tokens'),
+    keys=(*BLOCK_KEYS, Key('max_length', 512, 'the longest sequence (position embeddings; '
+                           'per-position BN)', low=0, low_ok=False),
+          Key('norm_uses_mask', True, 'False: padding enters the norms\' '
+                           'statistics (for comparison)')),
+    options=BLOCK_OPTIONS, branches=BRANCHES),)

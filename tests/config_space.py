@@ -20,7 +20,7 @@ import models
 from configs import common
 from data.base import Dataset
 from errors import ConfigError
-from models import norms, transformer
+from models import norms, options, transformer
 
 T, F = 12, 3          # time steps, features of a real-valued sequence
 IMAGE = (8, 8, 1)      # digits-sized
@@ -49,7 +49,7 @@ class Point:
   norm_position: str = 'pre'
   bn_scope: str = 'global'
   variable_length: bool = False
-  options: frozenset = frozenset()   # the models.OPTIONS switched on
+  options: frozenset = frozenset()   # the models.options.switches() switched on
 
   @property
   def id(self) -> str:
@@ -66,18 +66,25 @@ class Point:
     return DATA[self.data]
 
 
+# small values of the family keys, where a family declares them (the smallest allowed depth
+# of each ResNet: 6n+2 = 8 for CIFAR's, the shortest variant for ImageNet's)
+SMALL = dict(num_layers=2, num_heads=2, mlp_ratio=2, norm_uses_mask=True, max_length=32,
+             patch_size=2)
+DEPTHS = {'resnet': 8, 'resnet_imagenet': 18}
+
+
 def model_config(p: Point):
-  """A small model config with every key any family reads."""
-  depth = {'resnet': 8, 'resnet_imagenet': 18}.get(p.model, 8)
-  cfg = common.model(p.model, p.norm, p.residual, width=8, depth=depth, num_layers=2,
-                     num_heads=2, mlp_ratio=2, norm_position=p.norm_position,
-                     norm_uses_mask=True, max_length=32, activation='gelu_tanh')
+  """A small model config of `p`'s family: its declared keys at small values."""
+  own = {k.name for k in models.FAMILIES[p.model].keys}
+  small = {**SMALL, 'norm_position': p.norm_position, 'depth': DEPTHS.get(p.model, 8)}
+  cfg = common.model(p.model, p.norm, p.residual, width=8,
+                     **{k: v for k, v in small.items() if k in own})
   cfg.norm_groups = 2   # width 8: 4 features per group (the fewest allowed per token is 3)
   cfg.bn_scope = p.bn_scope
   cfg.bn_ghost_size = 4 if p.bn_scope == 'ghost' else 0   # 2 groups in a batch of 8
   cfg.conv_wgrad = 'xla'
   cfg.bn_momentum = 0.0   # one train-mode pass sets the running averages to its statistics
-  for option in models.OPTIONS:
+  for option in options.switches():
     cfg[option] = option in p.options
   return cfg
 
@@ -153,12 +160,12 @@ def covering(points: list[Point]) -> list[Point]:
 
 
 def variants(points: list[Point]) -> list[Point]:
-  """Each of models.OPTIONS switched on at, for each (model, data), one point with a norm that keeps
+  """Each of models.options.switches() switched on at, for each (model, data), one point with a norm that keeps
   batch statistics and one without (where it builds): the options change the model around the
   norm, so two norms per kind of model and data cover them within the test budget."""
   out, seen = [], set()
   for p in points:
-    for option in models.OPTIONS:
+    for option in options.switches():
       key = (p.model, p.data, option, norms.NORMS[p.norm].running_stats)
       if key in seen:
         continue
@@ -173,7 +180,8 @@ def variants(points: list[Point]) -> list[Point]:
 
 
 def _ignored(p: Point, switch: str) -> bool:
-  return ((switch == 'norm_position' and p.model != 'transformer') or
+  own = {k.name for k in models.FAMILIES[p.model].keys}
+  return ((switch == 'norm_position' and 'norm_position' not in own) or
           (switch == 'variable_length' and p.dataset.kind == 'image'))
 
 

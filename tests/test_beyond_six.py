@@ -270,9 +270,9 @@ def test_batch_renorm_is_batch_norm_corrected_by_clipped_r_and_d(layout):
   x = rng.normal(2.0, 3.0, shape).astype(np.float32)
   mask = None if layout == 'image' else np.arange(5)[None] < np.array([5, 2, 4, 5, 3, 1])[:, None]
   renorm = norms.Renorm(r_max=3.0, d_max=5.0, start=10, ramp=20)
-  module = norms.make_norm('batch_renorm', layout=layout, momentum=0.5, epsilon=EPS,
+  module = norms.make_norm('batch_renorm', layout=layout, bn_momentum=0.5, norm_epsilon=EPS,
                            renorm=renorm)()
-  plain = norms.make_norm('batch', layout=layout, momentum=0.5, epsilon=EPS)()
+  plain = norms.make_norm('batch', layout=layout, bn_momentum=0.5, norm_epsilon=EPS)()
   assert 'steps' in module.init(jax.random.key(0), x, train=False)['batch_stats']['bn']
   ra_mean = rng.normal(size=4).astype(np.float32)
   ra_var = np.array([0.1, 1.0, 9.0, 400.0], np.float32)   # r and d clipped for some features

@@ -1,11 +1,11 @@
-"""The chunked convolution weight gradient (models/conv.py) against the plain convolution."""
+"""The chunked convolution weight gradient (models/backend.py) against the plain convolution."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import conv as conv_lib
+from models import backend as conv_lib
 
 
 @pytest.mark.parametrize('strides,padding,n,dtype', [
@@ -14,7 +14,7 @@ from models import conv as conv_lib
     ((1, 1), 'VALID', 5, jnp.float32),
     ((1, 1), 'SAME', 8, jnp.bfloat16)])
 def test_chunked_weight_gradient_equals_the_plain_convolution(strides, padding, n, dtype):
-  """models/conv.py sums the weight gradient over chunks of images; against lax's own
+  """models/backend.py sums the weight gradient over chunks of images; against lax's own
   convolution: same output, same input gradient, same weight gradient (and a numpy one)."""
   x = jax.random.normal(jax.random.key(0), (n, 6, 6, 3)).astype(dtype)
   w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5)).astype(dtype)

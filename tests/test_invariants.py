@@ -5,7 +5,10 @@
 - every allowed combination's outputs depend on its inputs, and a few steps of the train loop's
   own step function on a tiny batch lower the loss;
 - one train step of several seeds vmapped (how the loop trains a population) equals each seed's
-  step alone, to float rounding, for every model family.
+  step alone, to float rounding, for every model family;
+- BatchNorm's statistics groups are kept apart: with ghost or per-device statistics, changing
+  one group's examples leaves every other group's outputs bit-identical in train mode, for
+  every family, kind of data and norm that keeps batch statistics.
 
 The fast run covers one point per (model, data, norm, scope); `-m slow` walks all of them.
 """
@@ -180,3 +183,61 @@ def test_a_vmapped_population_step_equals_each_seed_alone(p):
                                  err_msg=f'{p.id} seed {k} {jax.tree_util.keystr(path)}')
   # the seeds really differ
   assert any(not np.allclose(leaf[0], leaf[1]) for leaf in jax.tree.leaves(together.params))
+
+
+GROUP, GROUPS = 4, 4   # examples per statistics group, groups per batch
+
+
+def _group_points():
+  """Every family x kind of data it takes x norm with running statistics x scope that splits the
+  batch (ghost, per-device), where it builds; the fast run takes, per (family, scope), one point,
+  the data and norms rotating."""
+  points, fast, count = [], [], {}
+  stats = [n for n, spec in cs.norms.NORMS.items() if spec.running_stats]
+  scopes = [s for s in cs.norms.BN_SCOPES if s != 'global']
+  for model in cs.models.FAMILIES:
+    kinds = [d for d in cs.DATA if cs.DATA[d].kind in cs.models.FAMILIES[model].data]
+    for scope in scopes:
+      for data in kinds:
+        for norm in stats:
+          p = cs.Point(model, data, norm, bn_scope=scope)
+          try:
+            _group_model(p)
+          except cs.ConfigError:
+            continue
+          points.append(p)
+          n = count.get((model, scope), 0)
+          if (model, scope) not in {(q.model, q.bn_scope) for q in fast} and \
+             (kinds.index(data) + stats.index(norm)) % len(kinds) == scopes.index(scope) % len(kinds):
+            fast.append(p)
+          count[(model, scope)] = n + 1
+  return points, fast
+
+
+def _group_model(p):
+  cfg = cs.model_config(p)
+  cfg.bn_ghost_size = GROUP
+  return cs.models.build_model(cfg, p.dataset, devices=GROUPS)
+
+
+GROUP_POINTS, GROUP_FAST = _group_points()
+
+
+@pytest.mark.parametrize('p', _split(GROUP_POINTS, GROUP_FAST))
+def test_batch_statistics_groups_are_kept_apart(p):
+  """Train mode, a batch of 4 groups of 4: new inputs for the last group's examples leave the
+  other groups' outputs bit-identical (their statistics never saw them), and change the last
+  group's outputs (the test would notice a model that ignored its input)."""
+  model = _group_model(p)
+  size = GROUP * GROUPS
+  x, mask, _ = cs.batch(p, size=size, seed=0)
+  other, _, _ = cs.batch(p, size=size, seed=1)   # same lengths: the mask is unchanged
+  edited = x.copy()
+  edited[-GROUP:] = other[-GROUP:]
+  variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+  apply = jax.jit(lambda v, inputs: model.apply(v, inputs, train=True, mask=mask,
+                                                mutable=['batch_stats'])[0])
+  a, b = np.asarray(apply(variables, x)), np.asarray(apply(variables, edited))
+  np.testing.assert_array_equal(a[:-GROUP], b[:-GROUP],
+                                err_msg=f'{p.id}: another group\'s examples moved these outputs')
+  assert np.abs(a[-GROUP:] - b[-GROUP:]).max() > 0, p.id

@@ -22,13 +22,13 @@ def test_compute_dtype_is_checked():
   with cfg.unlocked():
     cfg.model.compute_dtype = 'float16'
   with pytest.raises(ConfigError, match='valid: float32, bfloat16'):
-    models.check_model_names(cfg.model)
+    models.check_model_config(cfg.model)
   from configs import lstm_mnist1d
   cfg = lstm_mnist1d.get_config()
   with cfg.unlocked():
     cfg.model.compute_dtype = 'bfloat16'
-  with pytest.raises(ConfigError, match='ResNets only'):
-    models.check_model_names(cfg.model)
+  with pytest.raises(ConfigError, match='not implemented by lstm'):
+    models.check_model_config(cfg.model)
 
 
 def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
@@ -38,7 +38,7 @@ def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
     with cfg.unlocked():
       cfg.model[key] = bad
     with pytest.raises(ConfigError, match=f'valid: {valid}'):
-      models.check_model_names(cfg.model)
+      models.check_model_config(cfg.model)
     cfg.model[key] = 'auto'
   # measured to help: chunks on one CPU device, barriers on CPU; elsewhere off until measured
   assert models.resolve_speed(cfg.model, 'cpu', 1) == {'conv_wgrad': 'chunked',
@@ -75,4 +75,4 @@ def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
     bad = lstm.model.copy_and_resolve_references()
     bad[key] = 'fast'
     with pytest.raises(ConfigError, match=f'valid: {valid}'):
-      models.check_model_names(bad)
+      models.check_model_config(bad)

@@ -16,8 +16,8 @@ RNG = np.random.default_rng(0)
 def apply(name, x, *, train=True, mask=None, pool_positions=True, groups=4, variables=None,
           params_like_random=True):
   """Initializes the registry's module, randomizes scale/bias, applies it."""
-  module = norms.make_norm(name, layout='image' if pool_positions else 'sequence', groups=groups,
-                           epsilon=EPS)()
+  module = norms.make_norm(name, layout='image' if pool_positions else 'sequence', norm_groups=groups,
+                           norm_epsilon=EPS)()
   if variables is None:
     variables = module.init(jax.random.key(0), x, train=False)
     if params_like_random:  # non-trivial affine parameters, so the test checks them too
@@ -120,7 +120,7 @@ def test_masked_pooled_norm_equals_unpadded_computation(name):
 def test_batch_norm_running_averages_and_eval_mode():
   x = images()
   momentum = 0.8
-  module = norms.make_norm('batch', momentum=momentum, epsilon=EPS)()
+  module = norms.make_norm('batch', bn_momentum=momentum, norm_epsilon=EPS)()
   variables = module.init(jax.random.key(0), x, train=False)
   _, updates = module.apply(variables, x, train=True, mutable=['batch_stats'])
   stats = updates['batch_stats']['bn']
@@ -142,7 +142,7 @@ def test_batch_norm_running_averages_and_eval_mode():
 
 def test_masked_batch_norm_running_averages_ignore_padding():
   x, mask, _ = sequences()
-  module = norms.make_norm('batch', momentum=0.0, epsilon=EPS)()  # momentum 0: ra = batch stat
+  module = norms.make_norm('batch', bn_momentum=0.0, norm_epsilon=EPS)()  # momentum 0: ra = batch stat
   variables = module.init(jax.random.key(0), x, train=False)
   _, updates = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
   np.testing.assert_allclose(updates['batch_stats']['bn']['mean'], x[mask].mean(0), rtol=1e-4)
@@ -179,8 +179,8 @@ def test_registry_has_exactly_the_documented_norms():
 
 def test_ghost_batch_norm_normalizes_each_group_with_its_own_statistics():
   x = images()   # batch of 4 -> 2 groups of 2
-  module = norms.make_norm('batch', bn_scope='ghost', bn_ghost_size=2, momentum=0.5,
-                           epsilon=EPS)()
+  module = norms.make_norm('batch', bn_scope='ghost', bn_ghost_size=2, bn_momentum=0.5,
+                           norm_epsilon=EPS)()
   variables = module.init(jax.random.key(0), x, train=False)
   out, updates = module.apply(variables, x, train=True, mutable=['batch_stats'])
   groups = [x[:2], x[2:]]
@@ -209,7 +209,7 @@ def test_causal_batch_norm_uses_each_positions_valid_examples_only():
   x, mask, _ = sequences()           # lengths 7, 3, 5, 1: position 6 has one valid example
   x[:, 6] += 5.0                      # the last position has its own statistics
   momentum = 0.25
-  module = norms.make_norm('batch', layout='causal', momentum=momentum, epsilon=EPS,
+  module = norms.make_norm('batch', layout='causal', bn_momentum=momentum, norm_epsilon=EPS,
                            max_positions=9)()
   variables = module.init(jax.random.key(0), x, train=False)
   out, updates = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
@@ -247,7 +247,7 @@ def test_causal_layout_refuses_norms_that_pool_over_time():
 def test_ghost_batch_norm_weights_groups_by_valid_positions():
   x, mask, _ = sequences()           # groups of 2 examples: 10 and 6 valid tokens
   module = norms.make_norm('batch', layout='sequence', bn_scope='ghost', bn_ghost_size=2,
-                           momentum=0.0, epsilon=EPS)()
+                           bn_momentum=0.0, norm_epsilon=EPS)()
   variables = module.init(jax.random.key(0), x, train=False)
   out, updates = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
   stats = [(x[i:i + 2][mask[i:i + 2]]) for i in (0, 2)]
@@ -288,6 +288,9 @@ def _reference(name, layout, x, mask, groups):
     gw = w if w is True else w.reshape(g.shape)
     gaxes = (tuple(range(1, x.ndim - 1)) if per_example else ()) + (g.ndim - 1,)
     return normalize(g, gaxes, gw).reshape(x.shape)
+  if name == 'scale':   # at init: g = sqrt(d), d the values normalized together
+    d = np.prod([x.shape[a] for a in axes])
+    return np.sqrt(d) * x / np.sqrt((np.where(w, x, 0.0) ** 2).sum(axes, keepdims=True))
   if name == 'dyt':   # at init: alpha 0.5, gamma 1, beta 0 (no statistics)
     return np.tanh(0.5 * x)
   if name == 'none':
@@ -310,7 +313,7 @@ def test_every_norm_is_exact_on_large_means_and_small_channel_groups(name, layou
   for x in (rng.normal(1000.0, 1.0, shape), rng.normal(2.0, 3.0, shape)):
     x = x.astype(np.float32)
     groups = 4 if layout == 'image' else 2
-    module = norms.make_norm(name, layout=layout, groups=groups, epsilon=EPS)()
+    module = norms.make_norm(name, layout=layout, norm_groups=groups, norm_epsilon=EPS)()
     variables = module.init(jax.random.key(0), x, train=False)
     out, _ = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
     expected = _reference(name, layout, x, mask, groups=groups)
@@ -323,10 +326,10 @@ def test_statistics_of_fewer_than_three_values_are_refused(layout):
   """Normalizing 1 value gives 0 and 2 values give -1/+1 whatever the input: per-token group
   norm with 2 features per group, and ghost BN in an LM (per position) with groups of 2."""
   x = np.random.default_rng(0).normal(size=(4, 5, 8)).astype(np.float32)
-  module = norms.make_norm('group', layout=layout, groups=4)()   # 2 features per group
+  module = norms.make_norm('group', layout=layout, norm_groups=4)()   # 2 features per group
   with pytest.raises(ConfigError, match='fewer than 3'):
     module.init(jax.random.key(0), x, train=False)
-  assert norms.make_norm('group', layout='image', groups=4)().init(   # pooled over positions
+  assert norms.make_norm('group', layout='image', norm_groups=4)().init(   # pooled over positions
       jax.random.key(0), x[:, :, None], train=False)
   with pytest.raises(ConfigError, match='bn_ghost_size >= 3'):
     norms.make_norm('batch', layout='causal', bn_scope='ghost', bn_ghost_size=2)

@@ -126,7 +126,10 @@ def test_fusion_barriers_change_neither_outputs_nor_gradients(model_fn):
       variables['params'])
   (l2, (o2, u2)), g2 = jax.jit(jax.value_and_grad(lambda p: loss(plain, p), has_aux=True))(
       variables['params'])
-  np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-6)
+  # float32 reordering: XLA fuses (and so sums) BN's statistics in another order across a
+  # barrier; on ImageNet's 7x7 stem the logits (scale ~1) differ by up to 2e-6 (measured)
+  scale = float(np.max(np.abs(o2)))
+  np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5 * scale)
   for a, b in zip(jax.tree.leaves((u1, g1)), jax.tree.leaves((u2, g2))):   # float32 reordering
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * float(np.max(np.abs(b))))
   # the barrier is really in the compiled program (as a conditional) when on, and absent when off
@@ -134,7 +137,7 @@ def test_fusion_barriers_change_neither_outputs_nor_gradients(model_fn):
   assert ' conditional(' in hlo(fast) and ' conditional(' not in hlo(plain)
   stacked = jax.tree.map(lambda a: jnp.stack([a, a]), variables['params'])
   v1 = jax.vmap(lambda p: loss(fast, p)[1][0])(stacked)
-  np.testing.assert_allclose(v1[0], o2, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(v1[0], o2, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_bfloat16_compute_keeps_float32_weights_and_matches_float32_closely():

@@ -191,7 +191,7 @@ def _resnet_options():
   """'' (fast) and every model option the CIFAR ResNet takes (slow; some rename or add
   variables: flax's WeightNorm and SpectralNorm put '/' in their variables' names)."""
   out = [pytest.param('', id='plain')]
-  for option in models.OPTIONS:
+  for option in models.options.switches():
     try:
       models.build_model(tiny_config(**{f'model.{option}': True}).model,
                          data.load_dataset(tiny_config().data))

@@ -27,8 +27,10 @@ from errors import ConfigError
 from training import optim, parallel, tasks
 from training import workdir as wd
 
-# The range of every numeric key a config may hold (a key a config lacks is skipped):
-# (lowest, highest, whether the lowest itself is allowed). Checked before anything is loaded.
+# The range of every numeric key outside the model a config may hold (a key a config lacks is
+# skipped): (lowest, highest, whether the lowest itself is allowed). The model's keys are
+# checked against their declarations (models.check_model_config). Checked before anything is
+# loaded.
 RANGES = {
     'seed': (0, None, True),
     'num_train_steps': (0, None, False),
@@ -43,22 +45,6 @@ RANGES = {
     'data.seq_length': (0, None, False),
     'data.min_length': (0, None, False),
     'data.validation_examples': (0, None, True),     # 0: none held out
-    'model.width': (0, None, False),
-    'model.depth': (0, None, False),
-    'model.num_layers': (0, None, False),
-    'model.num_heads': (0, None, False),
-    'model.mlp_ratio': (0, None, False),
-    'model.max_length': (0, None, False),
-    'model.norm_groups': (0, None, False),
-    'model.bn_ghost_size': (0, None, True),          # 0: unused
-    'model.bn_momentum': (0, 1, True),
-    'model.norm_epsilon': (0, None, False),
-    'model.dyt_alpha': (0, None, False),
-    'model.nf_alpha': (0, None, True),               # 0: off
-    'model.renorm_rmax': (1, None, True),
-    'model.renorm_dmax': (0, None, True),
-    'model.renorm_start': (0, None, True),
-    'model.renorm_ramp': (0, None, True),
     'optimizer.agc': (0, None, True),                # 0: off
     'optimizer.b2': (0, 1, False),
     'optimizer.learning_rate': (0, None, True),
@@ -114,14 +100,14 @@ def check_config(config, mesh: Mesh) -> None:
   set to a negative number is refused for its range, not for what turning it on needs."""
   check_ranges(config)
   data_lib.check_dataset_name(config.data.name)
-  models.check_model_names(config.model)
+  models.check_model_config(config.model)
   optim.check_config(config.optimizer)
   if config.data.augment not in pipeline.AUGMENTATIONS:
     raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
                       f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
   parallel.check_batch(config.data.batch_size, mesh)
   m = config.model
-  if m.get('bn_scope') == 'ghost' and config.data.batch_size % max(m.bn_ghost_size, 1):
+  if m.bn_scope == 'ghost' and config.data.batch_size % max(m.bn_ghost_size, 1):
     raise ConfigError(f'model.bn_scope ghost with bn_ghost_size {m.bn_ghost_size} needs a '
                       f'data.batch_size divisible by it; got {config.data.batch_size}')
 
@@ -135,7 +121,7 @@ def build_experiment(config, mesh: Mesh | None = None,
   if dataset is None:
     dataset = data_lib.load_dataset(config.data, config.seed)
   resolved = models.resolve_speed(config.model, jax.default_backend(), mesh.size)
-  model = models.build_model(config.model, dataset, devices=mesh.size)   # resolves the same
+  model = models.build_model(config.model, dataset, devices=mesh.size, speed=resolved)
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
   where = {'backend': jax.default_backend(), 'devices': mesh.size}

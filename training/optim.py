@@ -25,7 +25,7 @@ def check_config(cfg) -> None:
   for key, valid in (('name', OPTIMIZERS), ('schedule', SCHEDULES)):
     if cfg[key] not in valid:
       raise ConfigError(f'unknown optimizer.{key} {cfg[key]!r}; valid: {", ".join(valid)}')
-  decay_on = cfg.get('weight_decay_on', 'kernels')
+  decay_on = cfg.weight_decay_on
   if decay_on not in DECAY_SETS:
     raise ConfigError(f'unknown optimizer.weight_decay_on {decay_on!r}; valid: '
                       f'{", ".join(DECAY_SETS)}')
@@ -60,18 +60,18 @@ def make_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformatio
   """The optimizer `cfg` names (names checked by `check_config`), after adaptive gradient
   clipping (`agc` > 0: optax.adaptive_grad_clip, Brock et al. 2021) of the raw gradient."""
   tx = _base_optimizer(cfg, schedule)
-  agc = cfg.get('agc', 0.0)
+  agc = cfg.agc
   return optax.chain(optax.adaptive_grad_clip(agc), tx) if agc else tx
 
 
 def _base_optimizer(cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  mask = functools.partial(decay_mask, decay_on=cfg.get('weight_decay_on', 'kernels'))
+  mask = functools.partial(decay_mask, decay_on=cfg.weight_decay_on)
   if cfg.name == 'adamw':  # decoupled weight decay (Loshchilov & Hutter)
-    return optax.adamw(schedule, b2=cfg.get('b2', 0.999), weight_decay=cfg.weight_decay,
+    return optax.adamw(schedule, b2=cfg.b2, weight_decay=cfg.weight_decay,
                        mask=mask)
   if cfg.name == 'sgd':
     base = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
   else:
-    base = optax.adam(schedule, b2=cfg.get('b2', 0.999))
+    base = optax.adam(schedule, b2=cfg.b2)
   # L2 regularization added to the gradient, as in He et al.'s SGD recipe.
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask), base)

@@ -40,24 +40,21 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 
 # Keys added to the configs after runs may have been written, with the value that reproduces
-# what those runs did: an old workdir without the key reads as having this value.
-# (model.conv_wgrad, model.fusion_barriers, model.recurrence and model.fold_input only change
-# how XLA computes: every value computes the same function, up to rounding.)
-LATER_KEYS = {'model.compute_dtype': 'float32', 'model.conv_wgrad': 'auto',
-              'model.fusion_barriers': 'auto', 'model.recurrence': 'auto',
-              'model.fold_input': 'auto',
-              'optimizer.weight_decay_on': 'matrices', 'model.activation': 'gelu_tanh',
-              'model.dyt_alpha': 0.5, 'model.renorm_rmax': 3.0, 'model.renorm_dmax': 5.0,
-              'model.renorm_start': 5000, 'model.renorm_ramp': 35000, 'model.skipinit': False, 'model.weight_std': False, 'model.qk_norm': False, 'model.deepnorm': False, 'model.fixup': False, 'model.nf_alpha': 0.0,
-              'model.weight_norm': False, 'model.spectral_norm': False,
-              'optimizer.agc': 0.0, 'optimizer.b2': 0.999,
-              'data.validation_examples': 0}
+# what those runs did: an old workdir without the key reads as having this value. The model's
+# come from their declarations (`Key.before`); these are the rest.
+OTHER_LATER_KEYS = {'optimizer.weight_decay_on': 'matrices', 'optimizer.agc': 0.0,
+                    'optimizer.b2': 0.999, 'data.validation_examples': 0}
+
+
+def later_keys() -> dict[str, Any]:
+  import models   # noqa: PLC0415 (importing flax)
+  return {**models.later_keys(), **OTHER_LATER_KEYS}
 
 
 def with_later_keys(d: dict, only: set | None = None) -> dict:
-  """`d` with each of LATER_KEYS it lacks (those in `only`, when given) set to its old value."""
+  """`d` with each of `later_keys()` it lacks (those in `only`, when given) set to its old value."""
   d = json.loads(json.dumps(d))
-  for key, value in LATER_KEYS.items():
+  for key, value in later_keys().items():
     if only is not None and key not in only:
       continue
     *path, last = key.split('.')
@@ -71,7 +68,7 @@ def with_later_keys(d: dict, only: set | None = None) -> dict:
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """Keys whose values differ: {key: (old, new)}; a missing key shows as '<absent>' (unless it
-  is one of LATER_KEYS that the new config has: read as its old default)."""
+  is one of `later_keys()` that the new config has: read as its old default)."""
   new = flatten(new)
   old = flatten(with_later_keys(old, only=set(new)))
   return {k: (old.get(k, '<absent>'), new.get(k, '<absent>'))
