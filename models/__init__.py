@@ -23,6 +23,8 @@ from models.spec import ALWAYS, Family, Key
 
 FAMILIES: dict[str, Family] = {}
 for _info in pkgutil.iter_modules(__path__):
+  if _info.name.startswith('_'):
+    continue
   _module = importlib.import_module(f'{__name__}.{_info.name}')
   for _family in getattr(_module, 'FAMILIES', ()):
     FAMILIES[_family.name] = _family
@@ -117,3 +119,24 @@ def build_model(model_config, dataset, *, devices: int = 1, speed: dict | None =
     speed = resolve_speed(model_config, backend_name or jax.default_backend(), devices)
   return family.build(model_config, dataset, devices=devices, speed=speed)
 
+
+
+def tables() -> str:
+  """README's tables of norms, options and families, made from their declarations (README holds
+  this text verbatim between its `<!-- tables -->` markers; `python -m models` prints it)."""
+  def row(*cells):
+    return '| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |'
+
+  def keys(ks):
+    return ', '.join(f'`{k.name}`={k.default!r}' for k in ks) or '-'
+  out = ['| norm | paper | pools over (B batch, P positions, C features) | its keys |',
+         '|---|---|---|---|']
+  out += [row(f'`{n}`', s.paper, s.pools, keys(s.keys)) for n, s in norms.NORMS.items()]
+  out += ['', '| option | paper | what it does | families |', '|---|---|---|---|']
+  out += [row(f'`model.{o.name}`', o.paper, o.key.meaning,
+              ', '.join(f for f, fam in FAMILIES.items() if o.name in fam.options))
+          for o in options.OPTIONS.values()]
+  out += ['', '| family | what | data | its keys | speed fields |', '|---|---|---|---|---|']
+  out += [row(f'`{f.name}`', f.about, ', '.join(f.data), keys(f.keys),
+              ', '.join(f'`{s}`' for s in f.speed) or '-') for f in FAMILIES.values()]
+  return '\n'.join(out)

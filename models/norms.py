@@ -492,9 +492,9 @@ def check_plain_gain(cfg, layers: int) -> None:
     need = MIN_PLAIN_GAIN ** (1 / layers)
     knob = ', '.join(f'model.{k.name}' for k in spec.keys)
     raise ConfigError(f'{cfg.norm} in a plain net with {layers} norms in a row scales the input '
-                      f'by {gain:g} ** {layers} = {gain ** layers:.1e} at init: the outputs do '
-                      f'not depend on the input to float32 precision; use {knob} >= '
-                      f'{need:.2f}, residual=True or fewer layers')
+                      f'by {knob.removeprefix("model.")} ** {layers} = {gain ** layers:.1e} at '
+                      f'init: the outputs do not depend on the input to float32 precision; use '
+                      f'{knob} >= {need:.2f}, residual=True or fewer layers')
 
 
 def check_norm_name(name: str) -> None:

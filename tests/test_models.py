@@ -7,6 +7,11 @@ import models
 from configs import default, lstm_mnist1d
 from data.base import Dataset
 from errors import ConfigError
+import re
+import jax
+import numpy as np
+import config_space as cs
+from models import norms
 
 
 def test_unknown_model_lists_valid_models():
@@ -31,48 +36,128 @@ def test_compute_dtype_is_checked():
     models.check_model_config(cfg.model)
 
 
-def test_speed_fields_are_checked_and_auto_turns_on_only_where_measured():
-  cfg = default.get_config()
-  for key, bad, valid in (('conv_wgrad', 'fast', 'auto, xla, chunked'),
-                          ('fusion_barriers', 'sometimes', 'auto, on, off')):
-    with cfg.unlocked():
-      cfg.model[key] = bad
-    with pytest.raises(ConfigError, match=f'valid: {valid}'):
-      models.check_model_config(cfg.model)
-    cfg.model[key] = 'auto'
-  # measured to help: chunks on one CPU device, barriers on CPU; elsewhere off until measured
-  assert models.resolve_speed(cfg.model, 'cpu', 1) == {'conv_wgrad': 'chunked',
-                                                       'fusion_barriers': 'on'}
-  assert models.resolve_speed(cfg.model, 'cpu', 8)['conv_wgrad'] == 'xla'
-  assert models.resolve_speed(cfg.model, 'gpu', 1) == {'conv_wgrad': 'xla',
-                                                       'fusion_barriers': 'off'}
-  assert models.resolve_speed(cfg.model, 'tpu', 1)['fusion_barriers'] == 'off'
-  with cfg.unlocked():
-    cfg.model.name = 'resnet_imagenet'
-  assert models.resolve_speed(cfg.model, 'cpu', 1)['conv_wgrad'] == 'xla'
-  cfg.model.name = 'resnet'
-  ds = Dataset(None, None, 10, (8, 8, 3))
-  for wgrad, barriers in (('xla', 'on'), ('chunked', 'off')):   # a chosen value is kept
-    cfg.model.conv_wgrad, cfg.model.fusion_barriers = wgrad, barriers
-    assert models.resolve_speed(cfg.model, 'gpu', 4) == {'conv_wgrad': wgrad,
-                                                         'fusion_barriers': barriers}
-    module = models.build_model(cfg.model, ds)
-    assert (module.wgrad_chunk_bytes > 0) == (wgrad == 'chunked')
-    assert module.fusion_barriers == (barriers == 'on')
-  # the LSTM's: the custom-VJP loop and the folded input projection on CPU, measured there
-  lstm = lstm_mnist1d.get_config()
-  assert models.resolve_speed(lstm.model, 'cpu', 1) == {'recurrence': 'custom_vjp',
-                                                        'fold_input': 'on'}
-  assert models.resolve_speed(lstm.model, 'gpu', 1) == {'recurrence': 'scan', 'fold_input': 'off'}
-  seq = Dataset(None, None, 10, (40, 1), kind='sequence')
-  for recurrence, fold in (('scan', 'on'), ('custom_vjp', 'off')):
-    lstm.model.recurrence, lstm.model.fold_input = recurrence, fold
-    assert models.resolve_speed(lstm.model, 'tpu', 1) == {'recurrence': recurrence,
-                                                          'fold_input': fold}
-    module = models.build_model(lstm.model, seq)
-    assert (module.fused, module.fold_input) == (recurrence == 'custom_vjp', fold == 'on')
-  for key, valid in (('recurrence', 'auto, scan, custom_vjp'), ('fold_input', 'auto, on, off')):
-    bad = lstm.model.copy_and_resolve_references()
-    bad[key] = 'fast'
-    with pytest.raises(ConfigError, match=f'valid: {valid}'):
-      models.check_model_config(bad)
+def test_speed_fields_auto_is_portable_off_cpu_and_every_choice_is_honoured():
+  """For every family and each speed field it declares: `auto` is the portable choice on GPU
+  and TPU (nothing there was measured), a chosen value is kept on any backend, every choice
+  builds a different module (the field reaches the model), and a bad value lists the valid."""
+  from models import backend
+  for name, family in models.FAMILIES.items():
+    kind = next(q.data for q in cs.space()[0] if q.model == name)
+    cfg = cs.model_config(cs.Point(name, kind, 'layer'))
+    for field in family.speed:
+      spec = backend.SPEED[field]
+      cfg[field] = 'auto'
+      for platform in ('gpu', 'tpu'):
+        assert models.resolve_speed(cfg, platform, 1)[field] == spec.portable, (name, field)
+      built = set()
+      for choice in spec.key.choices[1:]:
+        cfg[field] = choice
+        assert models.resolve_speed(cfg, 'gpu', 4)[field] == choice
+        built.add(repr(models.build_model(cfg, cs.DATA[kind], backend_name='gpu')))
+      assert len(built) == len(spec.key.choices) - 1, (name, field)
+      cfg[field] = 'fast'
+      with pytest.raises(ConfigError, match='valid: ' + ', '.join(spec.key.choices)):
+        models.check_model_config(cfg)
+      cfg[field] = 'auto'
+
+
+def test_readme_tables_are_the_declarations():
+  """README's norm, option and family tables are `models.tables()` verbatim (regenerate them
+  with `python -m models`)."""
+  import os
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  assert models.tables() in readme
+
+
+def _residual_points():
+  """Every covering point with SkipInit; the fast run takes the CIFAR ResNet's first (the test
+  budget), `-m slow` every family."""
+  points = [p for p in cs.variants(cs.covering(cs.space()[0])) if 'skipinit' in p.options]
+  fast = next(p for p in points if p.model == 'resnet')
+  return [pytest.param(p, id=p.id, marks=() if p == fast else pytest.mark.slow) for p in points]
+
+
+@pytest.mark.parametrize('p', _residual_points())
+def test_skipinit_net_at_init_ignores_everything_inside_its_branches(p):
+  """Replacing every parameter inside the residual branches (with other random values) leaves
+  the outputs unchanged, in train and eval mode; the same change moves a net without SkipInit.
+  The gains themselves get a gradient (the branches can switch on)."""
+  model = cs.build(p)
+  x, mask, y = cs.batch(p)
+  variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+  flat = {'/'.join(k.key for k in path): v
+          for path, v in jax.tree_util.tree_leaves_with_path(variables['params'])}
+  branch = [k for k in flat if re.search(models.FAMILIES[p.model].branches, k)]
+  gains = [k for k in flat if k.endswith('_gain')]
+  assert branch and gains, sorted(flat)
+  rng = np.random.default_rng(3)
+
+  def perturbed(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, v: (v + rng.normal(size=v.shape).astype(v.dtype)
+                         if '/'.join(k.key for k in path) in branch else v), params)
+
+  def out(params, train, model=model, other=variables):
+    return np.asarray(model.apply({**other, 'params': params}, x, train=train, mask=mask,
+                                  mutable=['batch_stats'])[0])
+  for train in (True, False):
+    np.testing.assert_array_equal(out(perturbed(variables['params']), train),
+                                  out(variables['params'], train))
+  plain_model = cs.build(p.with_options())
+  plain = plain_model.init(jax.random.key(0), x, train=False, mask=mask)
+  assert not np.allclose(out(perturbed(plain['params']), True, plain_model, plain),
+                         out(plain['params'], True, plain_model, plain))
+  from training import tasks
+  task = tasks.get_task(p.dataset.task)
+  batch = {'inputs': x, 'targets': y, **({'mask': mask} if mask is not None else {})}
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True, mask=mask,
+                            mutable=['batch_stats'])
+    return task(logits, batch)[0]
+  grads = jax.grad(loss)(variables['params'])
+  flat_grads = {'/'.join(k.key for k in path): v
+                for path, v in jax.tree_util.tree_leaves_with_path(grads)}
+  assert max(abs(float(flat_grads[k])) for k in gains) > 0
+
+
+def test_options_that_do_not_apply_are_refused_with_the_reason():
+  """Every option on every family that does not declare it is refused, naming the families
+  that take it; options' own needs and exclusive groups are refused with their reasons."""
+  from errors import ConfigError
+  from models import options
+  for name, option in options.OPTIONS.items():
+    takes = [f for f, fam in models.FAMILIES.items() if name in fam.options]
+    for family in set(models.FAMILIES) - set(takes):
+      kind = next(d for d in cs.DATA if cs.DATA[d].kind in models.FAMILIES[family].data)
+      cfg = cs.model_config(cs.Point(family, kind, 'none'))
+      cfg[name] = True if isinstance(option.key.default, bool) else 0.2
+      with pytest.raises(ConfigError, match=f'not implemented by {family}; families that take '
+                                            f'it: {", ".join(takes)}'):
+        models.build_model(cfg, cs.DATA[kind])
+  p = cs.Point('resnet', 'image', 'batch', residual=False).with_options('skipinit')
+  with pytest.raises(ConfigError, match='residual=False has none'):
+    cs.build(p)
+  kernel = [n for n, o in options.OPTIONS.items() if o.exclusive == options.KERNEL]
+  with pytest.raises(ConfigError, match='choose one'):
+    cs.build(cs.Point('resnet', 'image', 'batch').with_options(*kernel[:2]))
+
+
+def test_dyt_in_a_plain_net_that_would_ignore_its_input_is_refused_with_the_alpha_that_works():
+  """Found by the invariants: a plain ResNet-18 with DyT (alpha 0.5, 17 norms in a row) changed
+  its logits by 5e-10 when its input changed (logit scale 1e-3). Refused, naming the alpha that
+  keeps the input visible; that alpha builds and its outputs depend on the input."""
+  from errors import ConfigError
+  p = cs.Point('resnet_imagenet', 'image32', 'dyt', residual=False)
+  with pytest.raises(ConfigError, match=r'dyt_alpha >= 0\.67') as e:
+    cs.build(p)
+  assert 'dyt_alpha ** 17' in str(e.value)
+  cfg = cs.model_config(p)
+  cfg.dyt_alpha = 0.7
+  model = models.build_model(cfg, p.dataset)
+  x, _, _ = cs.batch(p)
+  x2, _, _ = cs.batch(p, seed=1)
+  variables = model.init(jax.random.key(0), x, train=False)
+  a, b = (np.asarray(model.apply(variables, v, train=False)) for v in (x, x2))
+  assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+  assert cs.build(cs.dataclasses.replace(p, residual=True))   # with skips: no such limit

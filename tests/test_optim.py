@@ -11,6 +11,7 @@ import config_space as cs
 from configs import default
 from errors import ConfigError
 from training import optim
+import ml_collections
 
 # one point per (model, data) in the allowed space, with BatchNorm (it has params and stats)
 POINTS = {(p.model, p.data): p for p in cs.space()[0]
@@ -92,3 +93,30 @@ def test_adam_second_moment_decay_is_the_configured_b2(name):
     m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
     other -= 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
   assert abs(other - expected) > 1e-4   # 80x the tolerance above
+
+
+def test_adaptive_gradient_clipping_clips_each_unit_to_its_ratio_of_the_weight_norm():
+  rng = np.random.default_rng(2)
+  params = {'dense': {'kernel': rng.normal(size=(4, 3)).astype(np.float32),
+                      'bias': np.zeros(3, np.float32)},
+            'conv': {'kernel': 0.01 * rng.normal(size=(3, 3, 2, 5)).astype(np.float32)}}
+  grads = jax.tree.map(lambda v: (10 * rng.normal(size=v.shape)).astype(np.float32), params)
+  cfg = ml_collections.ConfigDict(dict(name='sgd', learning_rate=1.0, momentum=0.0,
+                                       nesterov=False, weight_decay=0.0, agc=0.05,
+                                       weight_decay_on='kernels', b2=0.999))
+  tx = optim.make_optimizer(cfg, optim.make_schedule(
+      ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=0, schedule='constant')),
+      10))
+  updates, _ = tx.update(grads, tx.init(params), params)
+
+  def unit_norm(v):   # per output unit: all axes but the last; a vector is one unit (NFNets)
+    v = np.asarray(v, np.float64)
+    axes = None if v.ndim <= 1 else tuple(range(v.ndim - 1))
+    return np.sqrt((v ** 2).sum(axis=axes, keepdims=v.ndim > 1))
+  for path in (('dense', 'kernel'), ('dense', 'bias'), ('conv', 'kernel')):
+    g, w = grads[path[0]][path[1]], params[path[0]][path[1]]
+    limit = 0.05 * np.maximum(unit_norm(w), 1e-3)
+    want = np.where(unit_norm(g) > limit, g * limit / np.maximum(unit_norm(g), 1e-6), g)
+    np.testing.assert_allclose(-np.asarray(updates[path[0]][path[1]]), want, rtol=1e-5,
+                               atol=1e-7)
+  assert not np.allclose(-np.asarray(updates['conv']['kernel']), grads['conv']['kernel'])

@@ -10,6 +10,9 @@ from configs import default
 from data.base import Dataset
 from errors import ConfigError
 from models import norms, resnet
+import flax.linen as nn
+from jax import lax
+import config_space as cs
 
 
 def info(num_classes):
@@ -243,3 +246,205 @@ def test_resnet20_forward_equals_an_independent_paper_network():
   theirs = _paper_resnet20(params, None, x)
   scale = float(jnp.abs(theirs).max())
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
+
+
+EPS = 1e-5
+
+
+def test_weight_standardized_conv_uses_the_standardized_kernel():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  conv = resnet._conv(use_bias=False, weight_std=True)(5, (3, 3), strides=2)
+  params = conv.init(jax.random.key(0), x)['params']
+  w = 0.3 + 2 * rng.normal(size=(3, 3, 3, 5))   # a mean and a scale the standardization removes
+  w64 = (w - w.mean(axis=(0, 1, 2))) / np.sqrt(w.var(axis=(0, 1, 2)) + resnet.STD_EPSILON)
+  want = lax.conv_general_dilated(x.astype(np.float64), w64, (2, 2), ((1, 1), (1, 1)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out = conv.apply({'params': {**params, 'kernel': w.astype(np.float32)}}, x)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-4, atol=1e-4)
+  # the stored kernel's own scale and mean no longer matter
+  out2 = conv.apply({'params': {'kernel': (5 * w - 1).astype(np.float32)}}, x)
+  np.testing.assert_allclose(np.asarray(out2), np.asarray(out), rtol=1e-4, atol=1e-4)
+
+
+class _Reparameterized(nn.Module):
+  reparam: str
+  train: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return resnet._conv(False, reparam=self.reparam, train=self.train)(5, (3, 3), strides=2,
+                                                                         name='conv')(x)
+
+
+def _conv64(x, w):
+  return np.asarray(lax.conv_general_dilated(x.astype(np.float64), w.astype(np.float64), (2, 2),
+                                             ((1, 1), (1, 1)),
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+
+
+def test_weight_norm_conv_uses_g_times_the_unit_direction_and_starts_at_he_scale():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  module = _Reparameterized('weight_norm', train=True)
+  variables = module.init(jax.random.key(0), x)
+  (scope, g0), = [(k, v) for k, v in variables['params'].items() if k != 'conv']
+  np.testing.assert_array_equal(g0['conv/kernel/scale'], np.full(5, resnet.WEIGHT_NORM_GAIN,
+                                                                 np.float32))
+  v = rng.normal(size=(3, 3, 3, 5))
+  g = rng.uniform(0.5, 2, size=5)
+  want = _conv64(x, g * v / np.sqrt((v ** 2).sum(axis=(0, 1, 2))))
+  params = {'conv': {'kernel': v.astype(np.float32)},
+            scope: {'conv/kernel/scale': g.astype(np.float32)}}
+  out = module.apply({'params': params}, x)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  # the direction's own norm no longer matters
+  params['conv']['kernel'] = (7 * v).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(module.apply({'params': params}, x)), want,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_spectral_norm_conv_divides_by_the_power_iteration_estimate_of_the_top_singular_value():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  train, evaluate = _Reparameterized('spectral_norm', True), _Reparameterized('spectral_norm', False)
+  variables = train.init(jax.random.key(0), x)
+  (scope, stats), = variables['batch_stats'].items()
+  w = rng.normal(size=(3, 3, 3, 5))
+  u = rng.normal(size=(1, 5))
+  params = {'conv': {'kernel': w.astype(np.float32)}}
+  stats = {'conv/kernel/u': u.astype(np.float32), 'conv/kernel/sigma': np.float32(1)}
+  unit = lambda a: a / np.sqrt((a ** 2).sum())
+  m = w.reshape(-1, 5)
+  v1 = unit(u @ m.T)
+  u1 = unit(v1 @ m)
+  sigma = (v1 @ m @ u1.T)[0, 0]
+  want = _conv64(x, w / sigma)
+  # eval mode: one step from the stored vector, nothing stored
+  out = evaluate.apply({'params': params, 'batch_stats': {scope: stats}}, x)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  # train mode: the same output, and the new vector and sigma are stored
+  out, updates = train.apply({'params': params, 'batch_stats': {scope: stats}}, x,
+                             mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/u'], u1, rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/sigma'], sigma, rtol=1e-5)
+  # over train steps sigma converges to the largest singular value (Miyato et al.'s estimate)
+  for _ in range(100):
+    _, updates = train.apply({'params': params, **updates}, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates['batch_stats'][scope]['conv/kernel/sigma'],
+                             np.linalg.svd(m, compute_uv=False)[0], rtol=1e-3)
+  assert abs(sigma / np.linalg.svd(m, compute_uv=False)[0] - 1) > 1e-2   # one step is not there
+
+
+# Where each family's residual branches live (parameter paths): a family added to the model
+# registry without an entry here fails test_every_family_declares_its_branches.
+@pytest.mark.parametrize('model_name,depth,layers', [
+    ('resnet', 20, 2), pytest.param('resnet_imagenet', 50, 3, marks=pytest.mark.slow)])
+def test_fixup_initialization_follows_zhang_et_al(model_name, depth, layers):
+  """Fixup (Zhang, Dauphin & Ma 2019): the last conv of every residual branch and the head start
+  at 0 (the net outputs 0 and each block is its skip path), the branch's other convs have He
+  init scaled by L^(-1/(2m-2)) (L blocks, m convs per branch), scalar biases and multipliers
+  are there; then SGD at BatchNorm's learning rate (0.1) trains it without any norm."""
+  p = cs.Point(model_name, 'image' if model_name == 'resnet' else 'image32', 'none')
+  cfg = cs.model_config(p)
+  cfg.depth, cfg.fixup = depth, True
+  model = models.build_model(cfg, p.dataset)
+  x, _, y = cs.batch(p, size=16)
+  variables = model.init(jax.random.key(0), x, train=False)
+  params = variables['params']
+  blocks = [k for k in params if k.startswith('stage')]
+  scale = len(blocks) ** (-1 / (2 * layers - 2))
+  assert not np.any(np.asarray(params['head']['kernel']))
+  np.testing.assert_array_equal(np.asarray(model.apply(variables, x, train=False)), 0.0)
+  for name in blocks:
+    block = params[name]
+    convs = sorted(k for k in block if k.startswith('Conv_'))
+    assert len(convs) == layers and 'fixup_scale' in block and 'bias_out' in block
+    assert not np.any(np.asarray(block[convs[-1]]['kernel']))
+    for conv in convs[:-1]:
+      w = np.asarray(block[conv]['kernel'])
+      fan_out = w.shape[0] * w.shape[1] * w.shape[3]
+      if w.size >= 2000:   # enough values to estimate the std to a few percent
+        np.testing.assert_allclose(w.std(), np.sqrt(2 / fan_out) * scale, rtol=0.1)
+  from training import experiment, step as step_lib, tasks
+  import optax
+  state = experiment.TrainState.create(apply_fn=model.apply, params=params, batch_stats={},
+                                       tx=optax.sgd(0.1, momentum=0.9))
+  step = jax.jit(step_lib.train_step_fn(model, tasks.get_task('classification')))
+  losses = []
+  for _ in range(40):
+    state, sums = step(state, {'inputs': x, 'targets': y})
+    losses.append(float(sums['loss'] / sums['count']))
+  # the zero-initialized head and last convs move first, then the loss falls steadily
+  assert np.isfinite(losses).all() and min(losses) < 0.75 * losses[0], losses
+  assert all(np.any(np.asarray(state.params[name][sorted(
+      k for k in state.params[name] if k.startswith('Conv_'))[-1]]['kernel'])) for name in blocks)
+  a, b = (np.asarray(model.apply({'params': state.params}, v, train=False))
+          for v in (x, cs.batch(p, size=16, seed=1)[0]))
+  assert np.abs(a - b).max() > 1e-3 * np.abs(a).max()
+
+
+def test_fixup_is_refused_where_it_does_not_apply():
+  from errors import ConfigError
+  for point, message in ((cs.Point('resnet', 'image', 'batch'), 'it needs model.norm=none'),
+                         (cs.Point('resnet', 'image', 'none', residual=False),
+                          'it needs model.norm=none and residual=True'),
+                         (cs.Point('transformer', 'lm', 'none'), 'not implemented by transformer')):
+    cfg = cs.model_config(point)
+    cfg.fixup = True
+    with pytest.raises(ConfigError, match=message):
+      models.build_model(cfg, point.dataset)
+
+
+@pytest.mark.parametrize('model_name,depth', [
+    ('resnet', 56), pytest.param('resnet_imagenet', 50, marks=pytest.mark.slow)])
+def test_nf_resnet_activations_follow_the_expected_variance_schedule(model_name, depth):
+  """Brock, De & Smith 2021's signal-propagation property at init, on unit Gaussian inputs: the
+  residual stream's variance after block i is beta_i^2 + alpha^2 (beta_0 = 1; reset to
+  1 + alpha^2 after each transition block) within 25 %, on maps of 8x8 and up (on a 2x2 map most
+  3x3 taps read zero padding and the variance falls below the schedule, which assumes every tap
+  sees signal: ResNet-50's last stages at 32x32, ResNet-56 on 8x8 digits); scaled WS keeps a conv's output second moment equal to its
+  input's."""
+  alpha = 0.2
+  p = cs.Point(model_name, 'image32', 'none')
+  cfg = cs.model_config(p)
+  cfg.depth, cfg.nf_alpha, cfg.width = depth, alpha, 16
+  model = models.build_model(cfg, p.dataset)
+  x = np.random.default_rng(0).normal(size=(32, *p.dataset.input_shape)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, inter = model.apply(variables, x, train=False, capture_intermediates=True,
+                         mutable=['intermediates'])
+  blocks = sorted((k for k in inter['intermediates'] if k.startswith('stage')),
+                  key=lambda k: tuple(int(n) for n in re.findall(r'\d+', k)))
+  expected, measured = [], []
+  var = 1.0
+  for name in blocks:
+    out = np.asarray(inter['intermediates'][name]['__call__'][0])
+    stage, index = (int(n) for n in re.findall(r'\d+', name))
+    if index == 1 and (stage > 1 or out.shape[-1] != 16):
+      var = 1.0
+    var += alpha ** 2
+    if out.shape[1] >= 8:   # maps of 8x8 and up (the 3x3 taps of smaller ones read padding)
+      expected.append(var)
+      measured.append(float((out.astype(np.float64) ** 2).mean()))
+  assert len(measured) >= 3
+  np.testing.assert_allclose(measured, expected, rtol=0.25)
+  assert measured[-2] > measured[0] or model_name != 'resnet'   # the variance grows in a stage
+
+
+def test_scaled_weight_standardization_keeps_the_second_moment():
+  rng = np.random.default_rng(5)
+  x = rng.normal(0.5, 2.0, size=(64, 8, 8, 16)).astype(np.float32)
+  conv = resnet._conv(use_bias=False, weight_std='scaled')(32, (3, 3))
+  variables = conv.init(jax.random.key(1), x)
+  assert set(variables['params']) == {'kernel', 'gain'}
+  w = np.asarray(variables['params']['kernel'], np.float64)
+  w_used = (w - w.mean((0, 1, 2))) / np.sqrt(w.var((0, 1, 2)) * 3 * 3 * 16)
+  want = lax.conv_general_dilated(x.astype(np.float64), w_used, (1, 1), ((1, 1), (1, 1)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out = np.asarray(conv.apply(variables, x))
+  np.testing.assert_allclose(out, np.asarray(want), rtol=1e-4, atol=1e-4)
+  interior = out[:, 1:-1, 1:-1]   # away from the zero padding
+  np.testing.assert_allclose((interior ** 2).mean(), (x ** 2).mean(), rtol=0.1)

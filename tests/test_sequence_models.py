@@ -13,6 +13,7 @@ from configs import lstm_mnist1d, transformer_mnist1d
 from data.base import Dataset
 from errors import ConfigError
 from models import lstm, norms, transformer
+import config_space as cs
 
 T, F, C = 12, 3, 5   # time steps, input features, classes
 
@@ -213,3 +214,71 @@ def test_transformer_mlp_activation_against_its_formula(activation):
          'relu': lambda v: np.maximum(v, 0)}[activation]
   expected = act(h) @ np.asarray(params['Dense_0']['kernel']) + np.asarray(params['Dense_0']['bias'])
   np.testing.assert_allclose(mlp.apply({'params': params}, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+  """flax's normalize_qk (LayerNorm on each head's queries and keys): scaling the query and key
+  projections by 10 leaves the output unchanged with QK-norm (up to LayerNorm's epsilon), and
+  changes it without."""
+  for qk_norm, same in ((True, True), (False, False)):
+    p = cs.Point('transformer', 'lm', 'layer').with_options(*['qk_norm'] * qk_norm)
+    model = cs.build(p)
+    x, mask, _ = cs.batch(p)
+    variables = model.init(jax.random.key(0), x, train=False, mask=mask)
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, v: v * 10 if any(getattr(k, 'key', '') in ('query', 'key')
+                                      for k in path) else v, variables)
+    a, b = (np.asarray(model.apply(v, x, train=False, mask=mask)) for v in (variables, scaled))
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-4) == same, (qk_norm, np.abs(a - b).max())
+
+
+def test_the_lstm_refuses_batch_renorm_it_does_not_implement_in_its_recurrence():
+  from errors import ConfigError
+  with pytest.raises(ConfigError, match='not implemented inside the LSTM'):
+    cs.build(cs.Point('lstm', 'sequence', 'batch_renorm'))
+
+
+def test_deepnorm_up_weights_the_residual_and_scales_value_out_and_mlp_init_by_beta():
+  """Wang et al. 2022 (decoder-only and encoder-only, N layers): alpha = (2N)^(1/4),
+  beta = (8N)^(-1/4). Same seed: the value, output and MLP kernels are beta times those of plain
+  post-LN, the query and key kernels equal; and each sub-layer computes N(alpha x + f(x)):
+  checked by running a block's own sub-modules by hand."""
+  from models import transformer
+  p = cs.Point('transformer', 'lm', 'layer', norm_position='post')
+  plain, deep = cs.build(p), cs.build(p.with_options('deepnorm'))
+  x, mask, _ = cs.batch(p)
+  vp = plain.init(jax.random.key(0), x, train=False, mask=mask)['params']
+  vd = deep.init(jax.random.key(0), x, train=False, mask=mask)['params']
+  alpha, beta = transformer.deepnorm_constants(2)
+  assert (alpha, beta) == (4 ** 0.25, 16 ** -0.25)
+  for layer in ('block1', 'block2'):
+    for path, factor in ((('attention', 'value'), beta), (('attention', 'out'), beta),
+                         (('mlp', 'Dense_0'), beta), (('mlp', 'Dense_1'), beta),
+                         (('attention', 'query'), 1.0), (('attention', 'key'), 1.0)):
+      a, b = (np.asarray(v[layer][path[0]][path[1]]['kernel']) for v in (vp, vd))
+      np.testing.assert_allclose(b, factor * a, rtol=1e-6, atol=1e-7)
+  # one block by hand: h1 = LN(alpha h + attn(h)), out = LN(alpha h1 + mlp(h1))
+  block = transformer.Block(plain.num_heads, plain.mlp_dim, plain.norm, 'post', True,
+                            deepnorm=(alpha, beta))
+  h = np.random.default_rng(0).normal(size=(3, 5, plain.d_model)).astype(np.float32)
+  params = {'params': vd['block1']}
+  got = block.apply(params, h, None, None, train=False)
+  attn = nn_apply(params, 'attention', h)
+  ln = lambda v, name: norms.make_norm('layer', layout='causal')().apply(
+      {'params': vd['block1'][name]}, v, train=False)
+  h1 = ln(alpha * h + attn, 'norm_attention')
+  mlp = transformer.MLP(plain.mlp_dim).apply({'params': vd['block1']['mlp']}, h1)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ln(alpha * h1 + mlp, 'norm_mlp')),
+                             rtol=1e-5, atol=1e-5)
+
+
+def nn_apply(params, name, h):
+  import flax.linen as nn
+  att = nn.MultiHeadDotProductAttention(num_heads=2)
+  return att.apply({'params': params['params'][name]}, h, h)
+
+
+def test_deepnorm_needs_post_ln_with_a_residual():
+  from errors import ConfigError
+  with pytest.raises(ConfigError, match='needs norm_position=post'):
+    cs.build(cs.Point('transformer', 'lm', 'layer', norm_position='pre').with_options('deepnorm'))

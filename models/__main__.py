@@ -1,0 +1,5 @@
+"""`python -m models`: the norm, option and family tables, from their declarations."""
+
+import models
+
+print(models.tables())
