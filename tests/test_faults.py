@@ -231,6 +231,9 @@ def test_a_place_that_cannot_be_written_is_one_line_before_training(tmp_path, pl
   line = one_error_line(result.stderr)
   assert expect in line and 'step' not in result.stdout, (line, result.stdout[-500:])
   assert sorted(os.listdir(tmp_path)) == before
+  if place == 'read-only checkpoints directory':   # the killed run's status no longer says running
+    status = wd.read_status(str(workdir))
+    assert status['state'] == 'failed' and expect in status['error'], status
 
 
 def write_limit(kilobytes):

@@ -17,10 +17,11 @@ import numpy as np
 from data import pipeline
 from training import parallel, peers
 from training.clock import TrainClock
-from training.evaluation import evaluate_test
 from training.experiment import build_experiment, create_train_state
 from training.population import Population, check_population
-from training.run import Preemption, Run, already_done, peer_lost
+from training.evaluation import evaluate_test
+from training.run import (Preemption, Run, already_done, diagnose_all, evaluate_and_save, live,
+                          log_all, open_all, peer_lost)
 from training.step import compile_steps
 
 
@@ -43,14 +44,7 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
   fresh = [create_train_state(exps[0], r.root_key) for r in runs]   # one model, one tx
   layers = list(fresh[0].params)   # in the order the model defines them (input first)
   with Preemption() as preemption:   # from the first write on, Ctrl-C / SIGTERM save and stop
-    states = []
-    try:
-      for r, e, f in zip(runs, exps, fresh):
-        states.append(r.open(e, f))
-    except BaseException:
-      for r in runs[:len(states)]:
-        r.abandon()
-      raise
+    states = open_all(runs, exps, fresh)
     if len({int(s.step) for s in states}) > 1:   # one program needs one step counter
       for r in runs:
         r.abandon()
@@ -73,35 +67,22 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
       with watchdog:
         for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
           if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
-            with clock.paused(state):
-              stats = jax.device_get(steps.diagnose(state, batch))   # of the state before
-              for k, r in _live(runs):
-                r.log_diagnostics(step, pop.member(stats, k), layers)
+            diagnose_all(runs, steps, pop, state, batch, step, layers, clock)
           state, sums = steps.train(state, batch)
           done = step + 1
           clock.tick(state, first=step == start)
           pending.append(sums)
           if done % config.log_every_steps == 0 or done == config.num_train_steps:
-            totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-            speed = clock.rate(state)
-            for k, r in _live(runs):
-              r.log_train(done, pop.member(totals, k), float(exp.schedule(step)), speed)
+            log_all(runs, pop, pending, done, float(exp.schedule(step)), clock.rate(state))
             pending = []
-          evaluating = done % config.eval_every_steps == 0 and done < config.num_train_steps
           stopping = preemption.stop_at(done)
-          saving = done % config.checkpoint_every_steps == 0 or stopping
-          with clock.paused(state) if evaluating or saving else contextlib.nullcontext():
-            for k, r in _live(runs):
-              if evaluating:
-                r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)))
-              if saving:
-                r.save(pop.member(state, k), done)
-          for _, r in _live(runs) if stopping else []:
+          evaluate_and_save(runs, exp, steps, pop, state, done, clock, stopping)
+          for _, r in live(runs) if stopping else []:
             r.interrupt(done, preemption.signal)
           if not any(r.live for r in runs):
             break
         done = int(np.max(jax.device_get(state.step)))
-        for k, r in _live(runs):
+        for k, r in live(runs):
           r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)), final=True)
           r.save(pop.member(state, k), done)
     except BaseException as e:   # Ctrl-C twice included: the status says failed, and why
@@ -109,7 +90,3 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
         r.close(done, error=e)
       raise
   return [r.close(done) for r in runs]
-
-
-def _live(runs):
-  return [(k, r) for k, r in enumerate(runs) if r.live]

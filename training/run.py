@@ -9,6 +9,7 @@ is written).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from errors import ConfigError
 from training import checkpoints as ckpt_lib
 from training import diagnostics, metric_writer, parallel, peers, tasks
 from training import workdir as wd
+from training.evaluation import evaluate_test
 from training.experiment import Experiment
 from training.metric_writer import MetricWriter
 
@@ -98,7 +100,11 @@ class Run:
     `auto` resolved to; restores the newest readable checkpoint (else keeps `fresh`). Returns
     the train state. Refuses (ConfigError) before writing anything else when another process
     holds the workdir or the run was started on a setup that computes another function."""
-    wd.check_writable(self.workdir)
+    try:
+      wd.check_writable(self.workdir)
+    except ConfigError as e:
+      self._record_unwritable(e)
+      raise
     self.lock = wd.WorkdirLock(self.workdir)
     self.lock.acquire()
     try:
@@ -124,6 +130,20 @@ class Run:
       return fresh
     print(f'{self.workdir}: resumed from the checkpoint at step {step}', flush=True)
     return ckpt_lib.restore_state(fresh, tree)
+
+  def _record_unwritable(self, error: ConfigError) -> None:
+    """A run left `running` by a process that is gone, whose workdir can no longer be written
+    below its top (a read-only checkpoints mount): its status says `failed`, and why, so that
+    nobody reads it as still training. Nothing is written when another live process holds the
+    workdir, or the status cannot be written either."""
+    status = wd.read_status(self.workdir)
+    if not status or status.get('state') != RUNNING or wd.lock_holder(self.workdir):
+      return
+    try:
+      wd.write_status(self.workdir, FAILED, step=status.get('step', 0),
+                      metrics=status.get('metrics', {}), error=str(error))
+    except OSError:
+      pass
 
   def _check_resolved(self, exp: Experiment) -> dict:
     """What to write to resolved.json: what resolved here, and (when resuming) what resolved
@@ -332,3 +352,50 @@ class Preemption:
   def __exit__(self, *exc):
     for s, previous in self._previous.items():
       signal.signal(s, previous)
+
+
+# ---- the loop's actions over its runs (training/loop.py)
+
+def open_all(runs, exps, fresh) -> list:
+  """Each run's workdir opened (claimed, resumed); if one refuses, the ones opened let go."""
+  states = []
+  try:
+    for r, e, f in zip(runs, exps, fresh):
+      states.append(r.open(e, f))
+  except BaseException:
+    for r in runs[:len(states)]:
+      r.abandon()
+    raise
+  return states
+
+
+def log_all(runs, pop, pending, done, learning_rate, speed) -> None:
+  totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+  for k, r in live(runs):
+    r.log_train(done, pop.member(totals, k), learning_rate, speed)
+
+
+def evaluate_and_save(runs, exp, steps, pop, state, done, clock, stopping) -> None:
+  """The periodic evaluation and checkpoint after step `done` (the clock paused for both)."""
+  config = exp.config
+  evaluating = done % config.eval_every_steps == 0 and done < config.num_train_steps
+  saving = done % config.checkpoint_every_steps == 0 or stopping
+  with clock.paused(state) if evaluating or saving else contextlib.nullcontext():
+    for k, r in live(runs):
+      if evaluating:
+        r.log_eval(done, evaluate_test(exp, steps, pop.member(state, k)))
+      if saving:
+        r.save(pop.member(state, k), done)
+
+
+def diagnose_all(runs, steps, pop, state, batch, step, layers, clock) -> None:
+  """Per-layer diagnostics of the state before step `step` (the clock paused)."""
+  with clock.paused(state):
+    stats = jax.device_get(steps.diagnose(state, batch))
+    for k, r in live(runs):
+      r.log_diagnostics(step, pop.member(stats, k), layers)
+
+
+def live(runs):
+  """(index, run) of the runs still training."""
+  return [(k, r) for k, r in enumerate(runs) if r.live]
