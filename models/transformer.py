@@ -115,7 +115,7 @@ class Block(nn.Module):
     return self._sublayer(x, mlp, 'norm_mlp', train=train, norm_mask=norm_mask)
 
 
-def encode(model: nn.Module, h, attn_mask, norm_mask, *, train: bool):
+def encode(model: 'Stack', h, attn_mask, norm_mask, *, train: bool):
   """`model.num_layers` blocks of `model`'s settings, then (pre-LN) the final norm: the stack a
   Transformer and a ViT share, its parameters in `model`'s own scope (block1, ..., final_norm)."""
   constants = deepnorm_constants(model.num_layers) if model.deepnorm else ()
@@ -128,8 +128,9 @@ def encode(model: nn.Module, h, attn_mask, norm_mask, *, train: bool):
   return h
 
 
-class Transformer(nn.Module):
-  num_outputs: int
+class Stack(nn.Module):
+  """The fields of a model made of these blocks (`encode` reads them): Transformer, ViT."""
+  num_outputs: int = 10
   d_model: int = 64
   num_layers: int = 2
   num_heads: int = 4
@@ -137,14 +138,17 @@ class Transformer(nn.Module):
   norm: Callable[..., nn.Module] = norms.make_norm('layer', layout='sequence')
   norm_position: str = 'pre'
   residual: bool = True
-  norm_uses_mask: bool = True
-  causal: bool = False          # True: a decoder-only language model, logits at every step
-  vocab_size: int = 0
-  max_length: int = 512
   activation: str = 'gelu_tanh'
   skipinit: bool = False
   qk_norm: bool = False
   deepnorm: bool = False
+
+
+class Transformer(Stack):
+  norm_uses_mask: bool = True
+  causal: bool = False          # True: a decoder-only language model, logits at every step
+  vocab_size: int = 0
+  max_length: int = 512
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):

@@ -10,8 +10,6 @@ Beyer, Zhai & Kolesnikov 2022) and a linear head. Images have no padding: every 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -20,20 +18,8 @@ from models import norms, transformer
 from models.spec import Family, Key
 
 
-class ViT(nn.Module):
-  num_outputs: int
+class ViT(transformer.Stack):
   patch_size: int = 2
-  d_model: int = 64
-  num_layers: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 128
-  norm: Callable[..., nn.Module] = norms.make_norm('layer', layout='sequence')
-  norm_position: str = 'pre'
-  residual: bool = True
-  activation: str = 'gelu_tanh'
-  skipinit: bool = False
-  qk_norm: bool = False
-  deepnorm: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):

@@ -78,11 +78,29 @@ MOMENTS = {   # name: (target, call, when, flushed)
 }
 
 
+RANDOM_KILLS = int(os.environ.get('NORMLAB_KILLS', '3'))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('moment', list(MOMENTS))
+@pytest.mark.parametrize('moment', [*MOMENTS, *(f'random {k}' for k in range(RANDOM_KILLS))])
 def test_killed_then_resumed_equals_an_unbroken_run(tmp_path, unbroken, moment):
+  """kill -9 at a chosen moment, or at a random one (uniform over the first 15 s of a run that
+  takes about 10-20 s here, so some land in start-up, some in training, checkpoints, evals or
+  after the end; NORMLAB_KILLS of them, NORMLAB_KILL_SEED), then the same command: the
+  metrics, curves and heat maps of an unbroken run, and no point twice in the event files."""
   workdir = str(tmp_path / 'run')
-  killed_at(workdir, *MOMENTS[moment])
+  if moment in MOMENTS:
+    killed_at(workdir, *MOMENTS[moment])
+  else:
+    import random
+    k = int(moment.split()[1])
+    delay = random.Random(int(os.environ.get('NORMLAB_KILL_SEED', '0')) * 1000 + k).uniform(0, 15)
+    proc = start_training(workdir)
+    try:
+      proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
   result = train(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   status, reference = unbroken
@@ -92,6 +110,10 @@ def test_killed_then_resumed_equals_an_unbroken_run(tmp_path, unbroken, moment):
   got = curves(workdir)
   for key in reference:
     assert got[key] == reference[key], (moment, key)
+  steps = sorted(e.step for path in glob.glob(f'{workdir}/events.out.tfevents.*')
+                 for e in EventFileLoader(path).Load() for v in e.summary.value
+                 if v.tag == 'train/loss')
+  assert steps == sorted(set(steps)), (moment, steps)
 
 
 # ---- one process per workdir -------------------------------------------------------------
@@ -356,28 +378,3 @@ def test_per_device_batch_norm_resumes_only_on_as_many_devices(tmp_path):
   resumed = subprocess.run([sys.executable, 'train.py', *flags], cwd=ROOT, capture_output=True,
                            text=True, env=two, timeout=600)
   assert resumed.returncode == 0 and 'resumed from the checkpoint at step 50' in resumed.stdout
-
-
-@pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume(tmp_path, unbroken):
-  """SIGKILL at random moments (NORMLAB_KILLS of them, 3 by default; uniform over the first 15 s
-  of a run that takes about 10-20 s here, so some land in start-up, some in training, checkpoints,
-  evals or after the end), then the same command: the curves, heat maps and metrics of an
-  unbroken run, every time."""
-  import random
-  rng = random.Random(int(os.environ.get('NORMLAB_KILL_SEED', '0')))
-  status, reference = unbroken
-  for k in range(int(os.environ.get('NORMLAB_KILLS', '3'))):
-    workdir = tmp_path / f'run{k}'
-    proc = start_training(workdir)
-    delay = rng.uniform(0, 15)
-    try:
-      proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-    result = train(workdir)
-    assert result.returncode == 0, (k, delay, result.stderr[-2000:])
-    final = wd.read_status(str(workdir))
-    assert final['metrics'] == status['metrics'], (k, delay)
-    assert curves(str(workdir)) == reference, (k, delay)

@@ -4,14 +4,13 @@ with padding, over every LSTM point of the configuration space (tests/config_spa
 the LSTM allows, residual or not, fixed or variable length, classifier on features or tokens and
 language model). The fast run takes one (the first with recurrent BatchNorm, whose cell body is
 the most involved, with padding where the covering has it) and checks each formulation alone
-and both together; `-m slow` takes one point per (data, norm, BatchNorm scope, fixed or
-variable length), residual and plain alternating, with both together (the test budget: a
-wrong formulation shows in the combination; the skip between stacked layers is outside the
-loop the formulations change).
+and both together; `-m slow` takes a pairwise covering of the LSTM points (every pair of data,
+norm, BatchNorm scope, residual and length values once), with both together (the test budget:
+a wrong formulation shows in the combination).
 
-LSTM formulations (models/lstm.py): `fused` (the loop over time with a hand-written backward,
-`recurrence`) and `fold_input` (the first layer's input projection re-associated with the
-embedding, `project_source`).
+LSTM formulations (models/backend.py): `fused` (the loop over time with a hand-written
+backward, `recurrence`) and `fold_input` (the first layer's input projection re-associated with
+the embedding, `project_source`).
 """
 
 import jax
@@ -26,11 +25,8 @@ ALLOWED = [p for p in cs.space()[0] if p.model == 'lstm']
 COVERING = [p for p in cs.covering(cs.space()[0]) if p.model == 'lstm']
 FAST = sorted((p for p in COVERING if cs.norms.NORMS[p.norm].running_stats),
               key=lambda p: not p.variable_length)[:1]
-_GROUPS: dict = {}
-for _p in ALLOWED:
-  if _p not in FAST:
-    _GROUPS.setdefault((_p.data, _p.norm, _p.bn_scope, _p.variable_length), []).append(_p)
-SLOW = [members[i % len(members)] for i, members in enumerate(_GROUPS.values())]
+SLOW = cs.pairwise(ALLOWED, FAST)[len(FAST):]   # every pair of (data, norm, scope, residual,
+#                                                length) values once
 PARAMS = ([pytest.param(p, id=p.id) for p in FAST] +
           [pytest.param(p, id=p.id, marks=pytest.mark.slow) for p in SLOW])
 PLAIN = dict(fused=False, fold_input=False)

@@ -202,19 +202,6 @@ def test_report_groups_and_numbers_match_the_event_files(tmp_path):
       assert cell == f'{np.mean(v):.4f} [{np.mean(v) - half:.4f}, {np.mean(v) + half:.4f}]'
 
 
-@pytest.mark.slow
-def test_sweep_with_seeds_in_one_program_matches_one_by_one(tmp_path):
-  s = Sweep(tiny_config(), [product('model.norm', ['batch', 'rms']), product('seed', [0, 1])])
-  sweep.run_sweep(s, str(tmp_path / 'vmap'), seeds_in_one_program='true')
-  sweep.run_sweep(s, str(tmp_path / 'loop'), seeds_in_one_program='false')
-  a, b = final_metrics(tmp_path / 'vmap'), final_metrics(tmp_path / 'loop')
-  assert a.keys() == b.keys() and len(a) == 4
-  for name in a:
-    assert a[name][0] == b[name][0] == 'finished'
-    # vmapped convolutions sum in another order: float drift grows over 20 SGD steps
-    np.testing.assert_allclose(a[name][1]["loss"], b[name][1]["loss"], rtol=5e-3)
-
-
 def test_seed_groups_gather_runs_that_differ_only_in_seed():
   runs = Sweep(tiny_config(), [product('model.norm', ['batch', 'rms']),
                                product('seed', [0, 1, 2])]).runs()
