@@ -24,7 +24,7 @@ import data as data_lib
 import models
 from data import pipeline
 from errors import ConfigError
-from training import optim, parallel, tasks
+from training import optim, parallel, platform, tasks
 from training import workdir as wd
 
 # The range of every numeric key outside the model a config may hold (a key a config lacks is
@@ -90,7 +90,8 @@ class Experiment:
     return (f'{c.model.name} norm={c.model.norm} residual={c.model.residual} | '
             f'{n_params / 1e6:.3f}M parameters | {c.data.name}: {len(self.dataset.train)} '
             f'train / {len(self.dataset.test)} test | seeds {seeds} | steps {start} -> '
-            f'{c.num_train_steps}')
+            f'{c.num_train_steps} | {self.resolved["devices"]} x {self.resolved["backend"]} '
+            f'({self.resolved["device_kind"]})')
 
 
 def check_config(config, mesh: Mesh) -> None:
@@ -116,15 +117,16 @@ def build_experiment(config, mesh: Mesh | None = None,
                      dataset: data_lib.Dataset | None = None) -> Experiment:
   """Everything `config` describes on `mesh` (all devices when None); `dataset` replaces
   loading config.data (benchmarks)."""
-  mesh = mesh if mesh is not None else parallel.data_mesh()
+  platform.check(config.platform, jax.default_backend())
+  mesh = mesh if mesh is not None else parallel.data_mesh(platform.devices(config.platform))
   check_config(config, mesh)
   if dataset is None:
     dataset = data_lib.load_dataset(config.data, config.seed)
-  resolved = models.resolve_speed(config.model, jax.default_backend(), mesh.size)
+  where = platform.describe(mesh)
+  resolved = models.resolve_speed(config.model, where['backend'], mesh.size)
   model = models.build_model(config.model, dataset, devices=mesh.size, speed=resolved)
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  where = {'backend': jax.default_backend(), 'devices': mesh.size}
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
                     {**{f'model.{k}': v for k, v in resolved.items()}, **where},
                     ('devices',) if models.depends_on_devices(config.model) else ())
