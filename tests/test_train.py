@@ -5,9 +5,13 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+import data
+import models
 from conftest import tiny_config
+from errors import ConfigError
 from data import pipeline
 from training import evaluation, experiment, loop, tasks
 from training.step import compile_steps
@@ -142,3 +146,61 @@ def test_ghost_batch_norm_step_is_the_mean_of_plain_steps_on_each_group(tmp_path
                                                   'model.bn_scope': 'ghost'}),
                                    str(tmp_path / 'run'))
   assert status['state'] == 'finished' and status['metrics']['accuracy'] > 0.3
+
+
+EMBEDDED = {'image': 'digits', 'sequence': 'mnist1d', 'tokens': 'tiny_text'}   # no download
+
+
+def _family_configs():
+  """Each family on an embedded dataset of a kind it takes, small (the fast run: the ResNet);
+  a family no embedded dataset fits (the ImageNet ResNet needs 32x32 images) is left out."""
+  import config_space as cs
+  out = []
+  for name, family in models.FAMILIES.items():
+    for kind in family.data:
+      config = tiny_config(**{'data.name': EMBEDDED[kind], 'data.seq_length': 16,
+                              'num_train_steps': 6, 'log_every_steps': 2,
+                              'eval_every_steps': 3, 'checkpoint_every_steps': 3,
+                              'diagnostics_every_steps': 3, 'data.eval_batch_size': 64})
+      with config.unlocked():
+        config.model = cs.model_config(cs.Point(name, 'image', 'batch'))
+        config.model.width, config.model.bn_momentum = 8, 0.9
+        if 'max_length' in config.model:   # mnist1d's 40 steps
+          config.model.max_length = 64
+        config.optimizer.learning_rate = 1e-3
+      try:
+        models.build_model(config.model, data.load_dataset(config.data))
+      except ConfigError:
+        continue
+      out.append(pytest.param(config, id=f'{name}-{EMBEDDED[kind]}',
+                              marks=() if name == 'resnet' else pytest.mark.slow))
+      break
+  return out
+
+
+@pytest.mark.parametrize('config', _family_configs())
+def test_every_family_trains_without_an_implicit_transfer(tmp_path, config):
+  """transfer_guard=disallow from the second step on, through log, eval, checkpoint and
+  diagnostics steps and the final evaluation: the loop moves data between host and devices
+  only explicitly (batches put, metrics fetched), so nothing waits on a hidden sync."""
+  with config.unlocked():
+    config.transfer_guard = 'disallow'
+  status = loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert status['state'] == 'finished' and status['step'] == 6, status
+
+
+def test_the_transfer_guard_is_on_in_the_loop(tmp_path, monkeypatch):
+  """An implicit transfer slipped into the loop's logging stops a disallow run (and only it)."""
+  from training import run as run_lib
+  log_train = run_lib.Run.log_train
+
+  def leaky(self, step, sums, learning_rate, speed):
+    jax.numpy.asarray(np.float32(step)) + 1   # an implicit host-to-device transfer
+    return log_train(self, step, sums, learning_rate, speed)
+  monkeypatch.setattr(run_lib.Run, 'log_train', leaky)
+  quick = dict(num_train_steps=4, log_every_steps=2, eval_every_steps=4,
+               checkpoint_every_steps=4)
+  assert loop.train_and_evaluate(tiny_config(**quick), str(tmp_path / 'a'))['state'] == 'finished'
+  with pytest.raises(Exception, match='Disallowed host-to-device transfer'):
+    loop.train_and_evaluate(tiny_config(transfer_guard='disallow', **quick), str(tmp_path / 'b'))
+  assert json.load(open(tmp_path / 'b' / 'status.json'))['state'] == 'failed'

@@ -55,6 +55,9 @@ RANGES = {
 }
 
 
+TRANSFER_GUARDS = ('allow', 'log', 'disallow')
+
+
 def check_ranges(config) -> None:
   """Every numeric key of RANGES that `config` holds, inside its range (one line if not)."""
   flat = wd.flatten(wd.config_to_dict(config))
@@ -103,6 +106,9 @@ def check_config(config, mesh: Mesh) -> None:
   data_lib.check_dataset_name(config.data.name)
   models.check_model_config(config.model)
   optim.check_config(config.optimizer)
+  if config.transfer_guard not in TRANSFER_GUARDS:
+    raise ConfigError(f'unknown transfer_guard {config.transfer_guard!r}; valid: '
+                      f'{", ".join(TRANSFER_GUARDS)}')
   if config.data.augment not in pipeline.AUGMENTATIONS:
     raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
                       f'valid: {", ".join(pipeline.AUGMENTATIONS)}')

@@ -56,7 +56,7 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
       r.start(start)
     steps, state, config = compile_steps(exp, pop.size), pop.stack(states), exp.config
     print(exp.describe(fresh[0].params, pop.seeds, start), flush=True)
-    pending, done, clock = [], start, TrainClock()   # done: steps completed
+    pending, done, clock = None, start, TrainClock()   # done: steps completed
 
     def lost(reason: str) -> None:   # a peer process is gone (several processes only)
       peer_lost(runs, done, reason)
@@ -64,17 +64,19 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
                      'command to resume from the last checkpoint')
     watchdog = peers.Watchdog(lost) if peers.several() else contextlib.nullcontext()
     try:
-      with watchdog:
+      with watchdog, contextlib.ExitStack() as guarded:
         for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
+          if step == start + 1:   # after the first step (it compiles), implicit transfers are
+            guarded.enter_context(jax.transfer_guard(config.transfer_guard))  # logged / refused
           if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
             diagnose_all(runs, steps, pop, state, batch, step, layers, clock)
           state, sums = steps.train(state, batch)
           done = step + 1
           clock.tick(state, first=step == start)
-          pending.append(sums)
+          pending = sums if pending is None else steps.accumulate(pending, sums)
           if done % config.log_every_steps == 0 or done == config.num_train_steps:
-            log_all(runs, pop, pending, done, float(exp.schedule(step)), clock.rate(state))
-            pending = []
+            log_all(runs, pop, pending, done, steps.learning_rate(state), clock.rate(state))
+            pending = None
           stopping = preemption.stop_at(done)
           evaluate_and_save(runs, exp, steps, pop, state, done, clock, stopping)
           for _, r in live(runs) if stopping else []:

@@ -369,10 +369,12 @@ def open_all(runs, exps, fresh) -> list:
   return states
 
 
-def log_all(runs, pop, pending, done, learning_rate, speed) -> None:
-  totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+def log_all(runs, pop, totals, done, learning_rate, speed) -> None:
+  """The train metrics summed on the devices since the last log line, fetched in one explicit
+  transfer with the learning rate, written for every live run."""
+  totals, learning_rate = jax.device_get((totals, learning_rate))
   for k, r in live(runs):
-    r.log_train(done, pop.member(totals, k), learning_rate, speed)
+    r.log_train(done, pop.member(totals, k), float(learning_rate), speed)
 
 
 def evaluate_and_save(runs, exp, steps, pop, state, done, clock, stopping) -> None:

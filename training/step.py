@@ -15,6 +15,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from training import diagnostics
 from jax.sharding import Mesh
@@ -86,6 +87,8 @@ class Steps:
   diagnose: Callable   # (state, batch) -> {stat: {layer: value}}; steps nothing
   _eval: dict          # (batch_stats_mode, sharded) -> jitted (variables, batch) -> sums
   mesh: Mesh
+  accumulate: Callable = None     # (sums, sums) -> sums, on the devices
+  learning_rate: Callable = None  # state -> the learning rate of the step it last took
 
   def eval(self, variables, split, indices, batch_stats_mode: bool = False):
     """Sums of the eval batch `split.get(indices)`. Split over the devices like training when
@@ -96,8 +99,8 @@ class Steps:
     if sharded:
       rows = share_rows(len(indices), (jax.process_index(), jax.process_count()))
       batch = shard_batch(split.get(indices[rows]), self.mesh, local=True)
-    else:
-      batch = split.get(indices)
+    else:   # an explicit transfer (a run under config.transfer_guard=disallow allows only those)
+      batch = jax.device_put(split.get(indices), replicated(self.mesh))
     return self._eval[batch_stats_mode, sharded](variables, batch)
 
 
@@ -118,5 +121,10 @@ def compile_steps(exp: Experiment, population: int = 1) -> Steps:
                                                   if sharded else rep),
                                     out_shardings=rep)
            for mode in (False, True) for sharded in (False, True)}
+  # metrics summed and the learning rate read on the devices: logging needs no transfer but
+  # its one explicit device_get (a run under transfer_guard=disallow checks this)
+  accumulate = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), out_shardings=rep)
+  learning_rate = jax.jit(lambda state: exp.schedule(jnp.max(state.step) - 1),
+                          out_shardings=rep)
   return Steps(sync(train), sync(diagnose), {k: sync(f) for k, f in evals.items()},
-               exp.mesh)
+               exp.mesh, accumulate, learning_rate)

@@ -43,7 +43,8 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 # what those runs did: an old workdir without the key reads as having this value. The model's
 # come from their declarations (`Key.before`); these are the rest.
 OTHER_LATER_KEYS = {'optimizer.weight_decay_on': 'matrices', 'optimizer.agc': 0.0,
-                    'optimizer.b2': 0.999, 'data.validation_examples': 0, 'platform': 'auto'}
+                    'optimizer.b2': 0.999, 'data.validation_examples': 0, 'platform': 'auto',
+                    'transfer_guard': 'allow'}
 
 
 def later_keys() -> dict[str, Any]:
