@@ -62,7 +62,8 @@ def test_workdir_holds_config_status_checkpoint_and_tensorboard_curves(tmp_path)
     resolved = json.load(f)
   assert resolved == {'model.conv_wgrad': 'chunked' if jax.default_backend() == 'cpu' else 'xla',
                       'model.fusion_barriers': 'on' if jax.default_backend() == 'cpu' else 'off',
-                      'backend': jax.default_backend(), 'devices': jax.device_count()}
+                      'backend': jax.default_backend(), 'devices': jax.device_count(),
+                      'device_kind': jax.devices()[0].device_kind}
   acc = event_accumulator.EventAccumulator(workdir)
   acc.Reload()
   tags = set(acc.Tags()['scalars'])

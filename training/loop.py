@@ -42,7 +42,6 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
   exps = [build_experiment(c, mesh) for c in configs]   # data loaded, nothing written yet
   pop = Population(exps)
   fresh = [create_train_state(exps[0], r.root_key) for r in runs]   # one model, one tx
-  layers = list(fresh[0].params)   # in the order the model defines them (input first)
   with Preemption() as preemption:   # from the first write on, Ctrl-C / SIGTERM save and stop
     states = open_all(runs, exps, fresh)
     if len({int(s.step) for s in states}) > 1:   # one program needs one step counter
@@ -62,14 +61,14 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
       peer_lost(runs, done, reason)
       peers.exit_now(f'{reason}; status.json: failed. Restart every process with the same '
                      'command to resume from the last checkpoint')
-    watchdog = peers.Watchdog(lost) if peers.several() else contextlib.nullcontext()
     try:
-      with watchdog, contextlib.ExitStack() as guarded:
+      with peers.Watchdog(lost) if peers.several() else contextlib.nullcontext(), \
+           contextlib.ExitStack() as guarded:
         for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
           if step == start + 1:   # after the first step (it compiles), implicit transfers are
             guarded.enter_context(jax.transfer_guard(config.transfer_guard))  # logged / refused
           if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:
-            diagnose_all(runs, steps, pop, state, batch, step, layers, clock)
+            diagnose_all(runs, steps, pop, state, batch, step, clock)
           state, sums = steps.train(state, batch)
           done = step + 1
           clock.tick(state, first=step == start)

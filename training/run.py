@@ -84,7 +84,7 @@ class Run:
     self.grad_history = []   # per diagnostic step: the gradient norm of each layer
     self.grad_steps = []     # ... and that step
     self.start_step = 0
-    self.writer = self.checkpoints = self.lock = None   # set by open / start
+    self.writer = self.checkpoints = self.lock = self.layers = None   # set by open / start
     self.signal = None   # the signal that interrupted the run
 
   @property
@@ -118,6 +118,7 @@ class Run:
     wd.write_json_atomic(os.path.join(self.workdir, wd.CONFIG_FILE),
                          wd.config_to_dict(self.config))
     wd.write_json_atomic(os.path.join(self.workdir, wd.RESOLVED_FILE), resolved)
+    self.layers = list(fresh.params)   # in the order the model defines them (input first)
     self.checkpoints = ckpt_lib.Checkpoints(self.workdir, self.config.keep_checkpoints)
     step, tree = self.checkpoints.restore_latest(ckpt_lib.state_tree(fresh, self.root_key),
                                                  parallel.replicated(exp.mesh))
@@ -202,9 +203,11 @@ class Run:
       print(f'{self.tag}final test accuracy {metrics["accuracy"]:.4f} '
             f'(loss {metrics["loss"]:.4f}) at step {step}', flush=True)
 
-  def log_diagnostics(self, step: int, stats: dict, layers: list[str]) -> None:
-    """Per-layer statistics {stat: {layer: value}} (`layers` from the input down), and the
-    gradient-norm heat map of every diagnostic step so far (rows: layers; columns: steps)."""
+  def log_diagnostics(self, step: int, stats: dict) -> None:
+    """Per-layer statistics {stat: {layer: value}} (layers from the input down, in the order
+    the model defines them), and the gradient-norm heat map of every diagnostic step so far
+    (rows: layers; columns: steps)."""
+    layers = self.layers
     for stat, per_layer in stats.items():
       self.writer.scalars(step, stat, {name: float(per_layer[name]) for name in layers
                                        if name in per_layer})
@@ -390,12 +393,12 @@ def evaluate_and_save(runs, exp, steps, pop, state, done, clock, stopping) -> No
         r.save(pop.member(state, k), done)
 
 
-def diagnose_all(runs, steps, pop, state, batch, step, layers, clock) -> None:
+def diagnose_all(runs, steps, pop, state, batch, step, clock) -> None:
   """Per-layer diagnostics of the state before step `step` (the clock paused)."""
   with clock.paused(state):
     stats = jax.device_get(steps.diagnose(state, batch))
     for k, r in live(runs):
-      r.log_diagnostics(step, pop.member(stats, k), layers)
+      r.log_diagnostics(step, pop.member(stats, k))
 
 
 def live(runs):
