@@ -381,8 +381,10 @@ class ScaleNorm(nn.Module):
     g = self.param('g', nn.initializers.constant(math.sqrt(d)), (), jnp.float32)
     v = x.astype(jnp.float32)
     w = _weights(v, mask if self.pool_positions else None)
-    norm = jnp.sqrt((jnp.square(v) * w).sum(axes, keepdims=True))
-    return (g * v / jnp.maximum(norm, self.epsilon)).astype(x.dtype)
+    # clamped as a square, so that an all-zero input (an LSTM's first W_h h_0) has a finite
+    # gradient: d sqrt(s) / ds at s = 0 is inf, and inf * 0 is NaN
+    squares = jnp.maximum((jnp.square(v) * w).sum(axes, keepdims=True), self.epsilon ** 2)
+    return (g * v * jax.lax.rsqrt(squares)).astype(x.dtype)
 
 
 # ------------------------------------------------------------------------- the norms' own keys

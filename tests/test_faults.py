@@ -72,7 +72,7 @@ MOMENTS = {   # name: (target, call, when, flushed)
     'after the diagnostics of a checkpointed step':
         ('training.run:Run.log_diagnostics', 3, 'after', True),
     'during an evaluation':
-        ('training.loop:evaluate_test', 1, 'before', True),
+        ('training.run:evaluate_test', 1, 'before', True),
     'after the last checkpoint, before the run is closed':
         ('training.run:Run.close', 1, 'before', True),
 }

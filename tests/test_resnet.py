@@ -1,5 +1,7 @@
 """The ResNet's skip switch against a hand-built block, and its size against He et al."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -80,15 +80,15 @@ def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_crashing_run_is_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
   """A run that crashes inside (its evaluation raises, for eval batch size 63) ends `failed`
   with the error and the step it had completed; the sweep goes on to the next run."""
-  from training import loop
-  evaluate = loop.evaluate_test
+  from training import run as run_lib
+  evaluate = run_lib.evaluate_test
 
   def crashing(exp, steps, state):
     if exp.config.data.eval_batch_size == 63:
       raise RuntimeError('a bug in the evaluation')
     return evaluate(exp, steps, state)
 
-  monkeypatch.setattr(loop, 'evaluate_test', crashing)
+  monkeypatch.setattr(run_lib, 'evaluate_test', crashing)   # the loop's periodic evaluations
   s = Sweep(tiny_config(), [product('data.eval_batch_size', [63, 64])])
   states = sweep.run_sweep(s, str(tmp_path))
   assert states == {'eval_batch_size=63': 'failed', 'eval_batch_size=64': 'finished'}
