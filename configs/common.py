@@ -75,6 +75,7 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.distributed = False          # multi-host: jax.distributed.initialize() at start
   config.transfer_guard = 'allow'     # after the first step: allow | log | disallow implicit
   #                                     host<->device transfers (jax.transfer_guard)
+  config.compilation_cache = ''       # JAX's persistent cache: '' user cache dir | a dir | off
   config.platform = 'auto'            # auto: JAX's default backend; cpu: the CPU even where an
   #                                     accelerator is visible (training/platform.py)
   config.divergence_threshold = 100.0  # a train loss above this (or NaN/inf) stops the run

@@ -38,12 +38,12 @@ def load_dataset(data_config, seed: int = 0) -> Dataset:
   random lengths (a pure function of `seed` and the example index) and right-padded."""
   check_dataset_name(data_config.name)
   ds = DATASETS[data_config.name](data_config)
-  if data_config.get('variable_length', False):
+  if data_config.variable_length:
     if ds.kind == 'image':
       raise ConfigError(f'data.variable_length needs a sequence dataset; {data_config.name!r} '
                         'holds images')
     ds = sequences.variable_length(ds, data_config.min_length, seed)
-  if data_config.get('validation_examples', 0):
+  if data_config.validation_examples:
     ds = hold_out(ds, data_config.validation_examples)
   return ds
 

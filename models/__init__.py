@@ -102,23 +102,30 @@ def depends_on_devices(model_config) -> bool:
           and model_config.bn_scope == 'per_device')
 
 
-def build_model(model_config, dataset, *, devices: int = 1, speed: dict | None = None,
-                backend_name: str | None = None) -> nn.Module:
-  """The module (no parameters yet) for a model config, checked first. `devices`: how many the
-  batch is split over (per-device BatchNorm's number of groups). `speed`: the resolved speed
-  choices (None: resolved here for `backend_name`, by default JAX's)."""
-  family = check_model_config(model_config)
+def build(model_config, dataset, *, devices: int, speed: dict) -> nn.Module:
+  """The module (no parameters yet) of a model config that `check_model_config` passed, with
+  the resolved speed choices: what training.experiment builds after its one validation pass.
+  Refuses here only what depends on the dataset (its kind, then the family's own checks)."""
+  family = family_of(model_config)
   if dataset.kind not in family.data:
     kinds = ' or '.join(dict.fromkeys('an image' if k == 'image' else 'a sequence'
                                       for k in family.data))
     hint = 'digits, cifar10, mnist' if 'image' in family.data else 'mnist1d, digits_rows'
     raise ConfigError(f'model {family.name} needs {kinds} dataset; got {dataset.kind} data '
                       f'(try data.name={hint})')
-  if speed is None:
-    import jax   # noqa: PLC0415 (asking for the backend starts it)
-    speed = resolve_speed(model_config, backend_name or jax.default_backend(), devices)
   return family.build(model_config, dataset, devices=devices, speed=speed)
 
+
+def build_model(model_config, dataset, *, devices: int = 1,
+                backend_name: str | None = None) -> nn.Module:
+  """`check_model_config`, `resolve_speed` for `backend_name` (by default JAX's), `build`: a
+  model from a config on its own (tests, benchmarks)."""
+  check_model_config(model_config)
+  if backend_name is None:
+    import jax   # noqa: PLC0415 (asking for the backend starts it)
+    backend_name = jax.default_backend()
+  speed = resolve_speed(model_config, backend_name, devices)
+  return build(model_config, dataset, devices=devices, speed=speed)
 
 
 def tables() -> str:

@@ -60,6 +60,7 @@ def test_bad_input_exits_nonzero_with_choices_and_writes_nothing(tmp_path, overr
   assert not workdir.exists()
 
 
+@pytest.mark.slow   # three subprocess runs (140 s); CI runs it
 def test_end_to_end_then_different_config_refused_and_eval_table(tmp_path):
   workdir = tmp_path / 'run'
   first = train(workdir)

@@ -50,6 +50,7 @@ def test_activation_stats_are_those_of_each_layer_output():
   assert set(stats['act_rms']) == set(state.params)  # every layer
 
 
+@pytest.mark.slow   # CI runs it
 def test_the_loops_train_step_is_the_same_program_with_diagnostics_on_or_off(tmp_path,
                                                                            monkeypatch):
   """Diagnostics cost nothing when off and change nothing when on: the train step the loop

@@ -25,11 +25,12 @@ import config_space as cs
 from training import experiment, step as step_lib, tasks
 
 ALLOWED, REFUSED = cs.space()
-FAST = cs.covering(ALLOWED)
+# the fast run: every value of every factor once (README's test budget); -m slow: every pair
+FAST = cs.once_each(cs.covering(ALLOWED))
 # causality, fast: every norm in each language-model family once (residual, full length; the
 # norm position rotating); -m slow: a pairwise covering of the LM points
-LM_FAST = list({(p.model, p.norm): p for p in ALLOWED[::-1]
-                if p.data == 'lm' and p.residual and not p.variable_length}.values())
+LM_FAST = cs.once_each(list({(p.model, p.norm): p for p in ALLOWED[::-1]
+                             if p.data == 'lm' and p.residual and not p.variable_length}.values()))
 # the model options (SkipInit/ReZero, weight standardization, QK-norm) on every covering point;
 # the fast run takes the first point of each option
 VARIANTS = cs.variants(FAST)
@@ -148,9 +149,10 @@ def _population_points():
   return out
 
 
-@pytest.mark.parametrize('p', [
-    pytest.param(p, id=p.id, marks=() if cs.norms.NORMS[p.norm].running_stats else pytest.mark.slow)
-    for p in _population_points()])
+@pytest.mark.parametrize('p', [   # fast: the first family's point with batch statistics
+    pytest.param(p, id=p.id, marks=() if k == 0 else pytest.mark.slow)
+    for k, p in enumerate(sorted(_population_points(),
+                                 key=lambda q: not cs.norms.NORMS[q.norm].running_stats))])
 def test_a_vmapped_population_step_equals_each_seed_alone(p):
   """The loop trains seeds as one program: `jax.vmap` of the step over stacked states and
   batches. Each seed's result must be its own step's, to float rounding: no statistic pooled

@@ -111,6 +111,7 @@ def test_bad_cifar_depth_is_refused(depth):
     models.build_model(model_config(depth=depth), info(10))
 
 
+@pytest.mark.slow   # a speed formulation (70 s); CI runs it
 @pytest.mark.parametrize('model_fn', [
     lambda fb: resnet.CifarResNet(depth=14, fusion_barriers=fb),
     lambda fb: resnet.ImageNetResNet(stage_sizes=(1, 1), width=8, fusion_barriers=fb)],
@@ -165,6 +166,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_matches_float32_closely():
     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.slow   # a speed formulation (55 s); CI runs it
 def test_chunked_weight_gradients_in_the_resnet_match_and_work_under_vmap():
   x = jax.random.normal(jax.random.key(1), (24, 8, 8, 3))
   # chunks of 16 KiB: 4 images in the first stage, 8 in the second, 16 in the third

@@ -58,7 +58,8 @@ DAMAGE = {   # what is damaged: (files of the checkpoint at 20, how, keep our ch
 }
 
 
-@pytest.mark.parametrize('damage', list(DAMAGE))
+@pytest.mark.parametrize('damage', [   # fast: the first kind; CI: every kind
+    pytest.param(d, marks=() if k == 0 else pytest.mark.slow) for k, d in enumerate(DAMAGE)])
 def test_a_damaged_checkpoint_is_one_line_naming_it_and_the_run_falls_back(
     tmp_path, short_run, capfd, damage):
   """Damage of every kind: one warning line (the step, the directory, the file or the reason),

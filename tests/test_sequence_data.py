@@ -101,11 +101,12 @@ TINY = {'model.width': 16, 'model.num_layers': 1, 'data.batch_size': 16}
 @pytest.mark.parametrize('module,arg,overrides', [
     (lstm_mnist1d, 'layer', {'data.name': 'digits_rows', 'data.variable_length': True,
                              'data.min_length': 4}),
-    (lstm_mnist1d, 'batch', {'data.name': 'digits_rows'}),
+    pytest.param(lstm_mnist1d, 'batch', {'data.name': 'digits_rows'}, marks=pytest.mark.slow),
     (transformer_mnist1d, 'post', {'data.name': 'digits_rows', 'data.variable_length': True,
                                    'data.min_length': 4, 'optimizer.warmup_steps': 0}),
-    (lstm_lm, None, {'data.seq_length': 16}),
-    (transformer_lm, None, {'data.seq_length': 16, 'optimizer.warmup_steps': 0}),
+    pytest.param(lstm_lm, None, {'data.seq_length': 16}, marks=pytest.mark.slow),
+    pytest.param(transformer_lm, None, {'data.seq_length': 16, 'optimizer.warmup_steps': 0},
+                 marks=pytest.mark.slow),   # the language models: CI
 ])
 def test_each_sequence_config_learns_on_tiny_data(module, arg, overrides):
   config = module.get_config(arg)

@@ -18,14 +18,13 @@ import config_space as cs
 T, F, C = 12, 3, 5   # time steps, input features, classes
 
 
+SEQUENCE_FAMILIES = [f for f, fam in models.FAMILIES.items()
+                     if {'sequence', 'tokens'} & set(fam.data)]
+
+
 def model_for(family, norm, *, task='classification', kind='sequence', uses_mask=True, **kw):
-  cfg = (lstm_mnist1d if family == 'lstm' else transformer_mnist1d).get_config()
-  cfg = cfg.model
-  cfg.unlock()
-  cfg.update(dict(norm=norm, width=16, num_layers=2, norm_groups=4, norm_uses_mask=uses_mask,
-                  residual=True, **kw))
-  if family == 'transformer':
-    cfg.num_heads = 2
+  cfg = cs.model_config(cs.Point(family, 'sequence', norm))
+  cfg.update(dict(width=16, norm_groups=4, norm_uses_mask=uses_mask, bn_momentum=0.9, **kw))
   vocab = 11 if kind == 'tokens' else 0
   ds = Dataset(None, None, vocab or C, (T,) if kind == 'tokens' else (T, F), task=task,
                kind=kind, vocab_size=vocab)
@@ -78,12 +77,14 @@ def _accepted(family, task, kind):
   return out
 
 
-CASES = [(family, n, task, kind) for family in ('lstm', 'transformer')
+CASES = [(family, n, task, kind) for family in SEQUENCE_FAMILIES
          for task, kind in (('classification', 'sequence'), ('language_model', 'tokens'))
          for n in _accepted(family, task, kind)]
+FAST_CASES = cs.once_each(CASES, factors=(0, 1, 2))   # every family, norm and task once
 
 
-@pytest.mark.parametrize('family,norm,task,kind', CASES)
+@pytest.mark.parametrize('family,norm,task,kind', [
+    pytest.param(*c, marks=() if c in FAST_CASES else pytest.mark.slow) for c in CASES])
 def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kind):
   model = model_for(family, norm, task=task, kind=kind)
   x, mask, lengths = example_batch(kind)
@@ -107,7 +108,8 @@ def test_padding_never_changes_outputs_at_real_positions(family, norm, task, kin
         np.testing.assert_allclose(real(batch_out[i], n), real(alone, n), rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize('family', ['lstm', 'transformer'])
+@pytest.mark.parametrize('family', [pytest.param(f, marks=() if k == 0 else pytest.mark.slow)
+                                    for k, f in enumerate(SEQUENCE_FAMILIES)])
 def test_batch_norm_without_the_mask_is_changed_by_padding(family):
   """The seeds' point: BatchNorm whose statistics see the padding gives different outputs when
   only the padding changes; with the mask, nothing changes."""

@@ -176,6 +176,7 @@ def test_a_signalled_sweep_saves_the_current_run_starts_no_other_and_resumes(
   assert len(final_metrics(directory)) == 4
 
 
+@pytest.mark.slow   # 90 s of training; CI runs it
 def test_report_groups_and_numbers_match_the_event_files(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   s = sweeps.load_sweep('experiments/smoke.py')

@@ -40,6 +40,7 @@ def test_train_step_updates_batch_norm_running_averages():
   assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow   # CI runs it (and the resume tests compare runs bit for bit)
 def test_same_seed_gives_bit_identical_metrics(tmp_path):
   a = loop.train_and_evaluate(tiny_config(), str(tmp_path / 'a'))
   b = loop.train_and_evaluate(tiny_config(), str(tmp_path / 'b'))
@@ -98,6 +99,7 @@ def test_eval_modes_identical_for_layer_norm_and_batch_dependent_for_batch_norm(
   assert len({round(v, 4) for v in bn_losses}) == len(bn_losses)  # every mode/batch differs
 
 
+@pytest.mark.slow   # CI runs it
 def test_steps_per_sec_counts_train_steps_only(tmp_path, monkeypatch):
   """An eval (made to take 3 s) and the compiling first step are not train time: the window
   holding the eval reports about the steps/s of the window before it (counted, the eval would
@@ -190,6 +192,7 @@ def test_every_family_trains_without_an_implicit_transfer(tmp_path, config):
   assert status['state'] == 'finished' and status['step'] == 6, status
 
 
+@pytest.mark.slow   # CI runs it
 def test_the_transfer_guard_is_on_in_the_loop(tmp_path, monkeypatch):
   """An implicit transfer slipped into the loop's logging stops a disallow run (and only it)."""
   from training import run as run_lib

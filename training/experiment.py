@@ -124,13 +124,14 @@ def build_experiment(config, mesh: Mesh | None = None,
   """Everything `config` describes on `mesh` (all devices when None); `dataset` replaces
   loading config.data (benchmarks)."""
   platform.check(config.platform, jax.default_backend())
+  platform.compilation_cache(config.compilation_cache)
   mesh = mesh if mesh is not None else parallel.data_mesh(platform.devices(config.platform))
   check_config(config, mesh)
   if dataset is None:
     dataset = data_lib.load_dataset(config.data, config.seed)
   where = platform.describe(mesh)
   resolved = models.resolve_speed(config.model, where['backend'], mesh.size)
-  model = models.build_model(config.model, dataset, devices=mesh.size, speed=resolved)
+  model = models.build(config.model, dataset, devices=mesh.size, speed=resolved)   # checked
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,

@@ -64,7 +64,7 @@ def maybe_initialize_distributed(config, num_processes: int | None = None,
   `peer_timeout`: seconds without a heartbeat from a peer before the others stop
   (training/peers.py; JAX's own heartbeat time-out is set longer).
   """
-  if not config.get('distributed', False):
+  if not config.distributed:
     return
   from training import peers
   peers.timeout_seconds = peer_timeout

@@ -45,3 +45,21 @@ def describe(mesh) -> dict:
   """What the run trains on, for resolved.json and the first line of its log."""
   device = mesh.devices.flat[0]
   return {'backend': device.platform, 'devices': mesh.size, 'device_kind': device.device_kind}
+
+
+def compilation_cache(setting: str) -> str | None:
+  """JAX's persistent compilation cache, so that a second identical run (a sweep's next seed, a
+  resumed run) loads its compiled steps instead of compiling them again. `setting`
+  (config.compilation_cache): '' for the user cache directory ($XDG_CACHE_HOME or ~/.cache,
+  then normlab/jax), a directory, or 'off'. Returns the directory in use (None: off). Set
+  before the first compile of the process; later settings in the same process are ignored."""
+  import os   # noqa: PLC0415
+  import jax   # noqa: PLC0415
+  if setting == 'off':
+    return None
+  directory = setting or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'normlab', 'jax')
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update('jax_compilation_cache_dir', directory)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  return jax.config.jax_compilation_cache_dir
