@@ -8,7 +8,7 @@ from training import experiment
 from training.step import compile_steps
 
 
-@pytest.mark.parametrize('depth', [8, 20])
+@pytest.mark.parametrize('depth', [8, pytest.param(20, marks=pytest.mark.slow)])
 def test_analytic_resnet_flops_agree_with_xla_cost_analysis(depth):
   """3 x forward conv+head FLOPs (run.resnet_analytic_flops) vs XLA's count of the compiled
   train step, which also counts norms, ReLUs and the optimizer: within 15 %."""

@@ -64,8 +64,8 @@ def test_each_process_reads_only_its_share_of_the_global_batch(augment, transfor
 
 
 def test_digits_hard_transforms_every_step_afresh_and_tests_on_fixed_copies():
-  ds = data_lib.load_dataset(ml_collections.ConfigDict({"name": "digits_hard"}))
-  clean = data_lib.load_dataset(ml_collections.ConfigDict({"name": "digits"}))
+  ds = data_lib.load_dataset(tiny_config(**{"data.name": "digits_hard"}).data)
+  clean = data_lib.load_dataset(tiny_config().data)
   assert ds.input_shape == (12, 12, 1) and len(ds.train) == len(clean.train)
   # the test set: TEST_COPIES transformed copies of each of the 360 test digits, labels kept
   assert len(ds.test) == digits.TEST_COPIES * len(clean.test) >= 3600

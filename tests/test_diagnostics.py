@@ -75,6 +75,7 @@ def test_the_loops_train_step_is_the_same_program_with_diagnostics_on_or_off(tmp
   assert len(compiled) == 2 and texts[0] == texts[1]
 
 
+@pytest.mark.slow   # CI runs it (30 s)
 def test_plain_deep_net_without_norm_shows_gradients_shrinking_toward_the_input(tmp_path):
   """What the heat map is for: plain, no norm -> the stem gets a far smaller gradient than the
   last block; residual + BatchNorm -> no such collapse."""

@@ -45,7 +45,12 @@ def _conv_and_dense_kernels(model, x, mask):
   return variables['params'], kernels
 
 
-@pytest.mark.parametrize('key', sorted(POINTS), ids=lambda k: f'{k[0]}-{k[1]}')
+_FAST_KEYS = cs.once_each(sorted(POINTS), factors=(0, 1))   # every family and data kind once
+
+
+@pytest.mark.parametrize('key', [pytest.param(k, id=f'{k[0]}-{k[1]}',
+                                              marks=() if k in _FAST_KEYS else pytest.mark.slow)
+                                 for k in sorted(POINTS)])
 @pytest.mark.parametrize('name', ['sgd', 'adamw'])
 def test_weight_decay_touches_exactly_conv_and_dense_kernels(key, name):
   p = POINTS[key]
