@@ -127,4 +127,4 @@ def compile_steps(exp: Experiment, population: int = 1) -> Steps:
   learning_rate = jax.jit(lambda state: exp.schedule(jnp.max(state.step) - 1),
                           out_shardings=rep)
   return Steps(sync(train), sync(diagnose), {k: sync(f) for k, f in evals.items()},
-               exp.mesh, accumulate, learning_rate)
+               exp.mesh, sync(accumulate), sync(learning_rate))
