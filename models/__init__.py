@@ -28,7 +28,6 @@ for _info in pkgutil.iter_modules(__path__):
   _module = importlib.import_module(f'{__name__}.{_info.name}')
   for _family in getattr(_module, 'FAMILIES', ()):
     FAMILIES[_family.name] = _family
-MODELS = FAMILIES   # the family names (kept for readers of older code)
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 # the keys every model config has, whatever its family (name, norm, residual and width are set

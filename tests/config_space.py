@@ -101,7 +101,7 @@ def _axes():
   first = next(n for n, spec in norms.NORMS.items() if spec.running_stats)
   scopes = [(n, s) for n in norms.NORMS
             for s in (norms.BN_SCOPES if n == first else ('global',))]
-  return itertools.product(models.MODELS, DATA, scopes, (True, False),
+  return itertools.product(models.FAMILIES, DATA, scopes, (True, False),
                            transformer.NORM_POSITIONS, (False, True))
 
 

@@ -141,7 +141,7 @@ def _population_points():
   """Per model family, one allowed point with each norm that keeps running statistics (the norms
   whose statistics pool over the batch, which vmap must keep per seed) and one without."""
   out = []
-  for model in cs.models.MODELS:
+  for model in cs.models.FAMILIES:
     mine = [p for p in ALLOWED if p.model == model and p.bn_scope == 'global']
     for stats in (True, False):
       match = [p for p in mine if cs.norms.NORMS[p.norm].running_stats == stats]
