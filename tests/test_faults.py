@@ -268,12 +268,14 @@ def write_limit(kilobytes):
 @pytest.mark.slow
 def test_a_write_the_machine_refuses_fails_in_one_line_and_the_same_command_resumes(
     tmp_path, unbroken):
-  """Files may not grow past 60 kB: a checkpoint's data file outgrows it (TensorStore reports
-  the OS error inside a ValueError). One line, no traceback, status `failed` with a human reason;
+  """Files may not grow past 19 kB: the first checkpoint's tree metadata (23 kB, its size set
+  by the tree) outgrows it, so no checkpoint completes (a limit near the array data's size was
+  flaky: TensorStore splits the data over a varying number of files, so a checkpoint sometimes
+  fit). TensorStore reports the OS error inside a ValueError. One line, no traceback, status `failed` with a human reason;
   once writes work again, the same command resumes (here from 0: no checkpoint was complete,
   which it says) and ends as an unbroken run."""
   workdir = tmp_path / 'run'
-  result = subprocess.run([*write_limit(59), sys.executable, 'train.py', *FLAGS,
+  result = subprocess.run([*write_limit(19), sys.executable, 'train.py', *FLAGS,
                            f'--workdir={workdir}'], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 1
