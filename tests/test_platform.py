@@ -29,3 +29,64 @@ def test_visible_accelerator_with_a_cpu_backend_is_refused_naming_the_install(de
 def test_unknown_platform_lists_the_valid_ones():
   with pytest.raises(ConfigError, match='valid: auto, cpu'):
     platform.check('cuda', 'cpu', files())
+
+
+# ---- the persistent compilation cache survives runs that stop while writing it -------------
+
+COMPILE = '''
+import sys, jax, jax.numpy as jnp
+from training import platform
+platform.compilation_cache(sys.argv[1])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+print(float(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((8, 8))).sum()))
+'''
+
+
+def compile_once(directory):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, '-c', COMPILE, str(directory)], capture_output=True,
+                        text=True, cwd=platform.__file__.rsplit('/training/', 1)[0], check=True)
+
+
+def entries(directory):
+  return sorted(directory.glob('*-cache'))
+
+
+def test_a_truncated_cache_entry_is_compiled_again_without_a_warning_and_written_whole(tmp_path):
+  """A run killed while JAX wrote an entry left its first bytes: the next run says nothing on
+  stderr, gets the same result, and leaves the entry whole (as a fresh compile writes it)."""
+  from jax._src import compilation_cache as cache_lib
+  first = compile_once(tmp_path)
+  written = entries(tmp_path)
+  assert written
+  for entry in written:
+    whole = entry.read_bytes()
+    cache_lib.decompress_executable(whole)   # a whole entry decompresses
+    entry.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(Exception):
+      cache_lib.decompress_executable(entry.read_bytes())
+  again = compile_once(tmp_path)
+  assert again.stdout == first.stdout and 'cache' not in again.stderr, again.stderr
+  assert entries(tmp_path) == written
+  for entry in written:
+    cache_lib.decompress_executable(entry.read_bytes())
+  assert not list(tmp_path.glob('.*partial'))
+
+
+def test_a_cache_write_the_machine_refuses_leaves_no_entry_and_raises_nothing(
+    tmp_path, monkeypatch):
+  import errno
+  import os
+  from jax._src import lru_cache
+  platform._whole_cache_entries()
+  cache = lru_cache.LRUCache(str(tmp_path), max_size=-1)   # no eviction: JAX's default
+
+  def disk_full(*args):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'replace', disk_full)
+    cache.put('key', b'bytes')
+  assert list(tmp_path.iterdir()) == [] and cache.get('key') is None
+  cache.put('key', b'bytes')
+  assert cache.get('key') == b'bytes' and [e.name for e in entries(tmp_path)] == ['key-cache']

@@ -62,4 +62,55 @@ def compilation_cache(setting: str) -> str | None:
   if jax.config.jax_compilation_cache_dir is None:
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+    _whole_cache_entries()
   return jax.config.jax_compilation_cache_dir
+
+
+def _whole_cache_entries() -> None:
+  """JAX (0.10) writes a cache entry in place and never rewrites one that exists: a run killed
+  or refused (disk full, a file-size limit) during the write leaves a truncated entry that every
+  later run of the same step fails to read, with a warning on stderr, and compiles again. Here
+  an entry is written to a temporary file and renamed (a reader sees all of it or none), a
+  write the machine refuses costs the cache entry and nothing else, and an entry that cannot be
+  read is deleted so that the compile that follows writes it whole."""
+  import contextlib   # noqa: PLC0415
+  import os   # noqa: PLC0415
+  import jax   # noqa: PLC0415
+  from absl import logging   # noqa: PLC0415
+  from jax._src import compilation_cache as cache_lib, lru_cache   # noqa: PLC0415
+  if getattr(lru_cache.LRUCache.put, 'whole', False):
+    return
+  original_put, original_get = lru_cache.LRUCache.put, cache_lib.get_executable_and_time
+
+  def put(self, key: str, value: bytes) -> None:
+    if self.eviction_enabled or not lru_cache._is_local_filesystem(str(self.path)):
+      return original_put(self, key, value)   # under the cache's lock / on remote storage
+    path = self.path / f'{key}{lru_cache._CACHE_SUFFIX}'
+    if path.exists():
+      return
+    partial = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+    try:
+      partial.write_bytes(value)
+      os.replace(partial, path)
+    except OSError as error:
+      with contextlib.suppress(OSError):
+        partial.unlink()
+      logging.info('compilation cache entry %s not written: %s', key, error)
+
+  def get(cache_key, *args, **kwargs):
+    try:
+      return original_get(cache_key, *args, **kwargs)
+    except cache_lib.CacheVerificationError:
+      raise
+    except Exception as error:   # noqa: BLE001 (truncated or foreign bytes: compile again)
+      directory = jax.config.jax_compilation_cache_dir
+      if directory:
+        (lru_cache.pathlib.Path(directory) / f'{cache_key}{lru_cache._CACHE_SUFFIX}').unlink(
+            missing_ok=True)
+      logging.info('compilation cache entry %s unreadable (%s): compiling again', cache_key,
+                   error)
+      return None, None
+
+  put.whole = True
+  lru_cache.LRUCache.put = put
+  cache_lib.get_executable_and_time = get
