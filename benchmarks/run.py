@@ -13,8 +13,9 @@ Sections (each prints its rows; all rows go to one JSON file):
   norms        step time of every norm in the registry on ResNet-20 and on the Transformer LM.
   depth        compile time and step time of ResNet-20/56/110, and ResNet-110 without the
                fusion barriers (models/resnet.py `materialize`) to show what they buy.
-  data         the default experiment's step with its real input pipeline vs the same step on
-               one cached batch: the fraction of step time spent waiting for data.
+  data         the default experiment's step fed by each input pipeline (data.pipeline device
+               and host) vs the same step on one cached batch, and what making one batch
+               costs on the host and on the device (the default data; CIFAR-shaped crop_flip).
   seeds        8 seeds: one after another vs vmapped (ResNet-20 on digits), vs one seed.
 Every timed comparison interleaves its contenders (A B C A B C ...) over --repeats rounds, each
 contender's turn starting with --warmup untimed steps, and reports the median rate with its
@@ -50,7 +51,7 @@ import numpy as np
 
 from configs import default, lstm_mnist1d, transformer_lm
 from data.base import ArraySplit, Dataset
-from data.pipeline import TrainBatches, prefetch
+from data.pipeline import DeviceBatches, TrainBatches, prefetch
 from training import experiment
 from training.step import compile_steps
 
@@ -345,39 +346,61 @@ def section_depth(a, peak):
 
 
 def section_data(a, peak):
-  """The default experiment's train step fed as train.py feeds it (batch built and placed on the
-  device mesh in the prefetch thread) vs the same step fed one cached on-device batch."""
+  """The default experiment's train step fed as train.py feeds it, by each data.pipeline
+  (device: the batch made on the mesh in the step's thread; host: made on the host one batch
+  ahead in a thread, then transferred) vs the same step fed one cached on-device batch; and
+  what making one CIFAR-shaped batch costs each way (50,000 x 32x32x3 uint8, crop_flip,
+  batch 128)."""
   from training import parallel
   config = default.get_config()
   exp = experiment.build_experiment(config)
-  batches = TrainBatches(exp.dataset.train, config.data.batch_size, 0, config.data.augment)
   mesh = parallel.data_mesh(jax.devices())
+  b, augment = config.data.batch_size, config.data.augment
+  on_host = TrainBatches(exp.dataset.train, b, 0, augment, transform=exp.dataset.train_transform)
+  on_device = DeviceBatches([exp.dataset.train], b, [0], mesh, augment,
+                            exp.dataset.train_transform)
   state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
   step = compile_steps(exp).train
-  placed = lambda i: parallel.shard_batch(batches(i), mesh)
+  placed = lambda i: parallel.shard_batch(on_host(i), mesh)
   cached = placed(0)
   stepper, counter = Stepper(step, state), [0]
 
-  def with_pipeline(n):
-    start, counter[0] = counter[0], counter[0] + n
-    stepper.run(batch for _, batch in prefetch(placed, start, start + n))
+  def fed(prefetched):
+    def run(n):
+      start, counter[0] = counter[0], counter[0] + n
+      stepper.run(batch for _, batch in prefetched(start, start + n))
+    return run
 
   def cached_batch(n):
     stepper.run(itertools.repeat(cached, n))
 
-  t0 = time.perf_counter()
-  for i in range(1000, 1050):    # steps not seen yet (each epoch reshuffles once)
-    jax.block_until_ready(placed(i))
-  make_ms = (time.perf_counter() - t0) / 50 * 1e3
-  b = config.data.batch_size
-  out = interleave([Contender('default experiment, real input pipeline', with_pipeline, items=b),
-                    Contender('default experiment, one cached batch', cached_batch, items=b)],
-                   a.steps * 10, a.repeats, a.warmup)
-  # end to end (noisy: the difference of two rates) and an upper bound from the batch's cost
-  wait = 1 - out[1]['steps_per_s'] ** -1 / out[0]['steps_per_s'] ** -1
-  for r in out:
-    r.update(section='data', data_wait_fraction=wait, batch_build_ms=make_ms,
-             batch_build_fraction_of_step=make_ms / 1e3 * out[1]['steps_per_s'])
+  out = interleave([
+      Contender('default experiment, device pipeline', fed(on_device.prefetch), items=b),
+      Contender('default experiment, host pipeline', fed(lambda i, j: prefetch(placed, i, j)),
+                items=b),
+      Contender('default experiment, one cached batch', cached_batch, items=b)],
+      a.steps * 10, a.repeats, a.warmup)
+  cifar = ArraySplit({
+      'inputs': np.random.default_rng(0).integers(0, 256, (50_000, 32, 32, 3), np.uint8),
+      'targets': np.zeros(50_000, np.int32)})
+  make = {'default experiment': (lambda i: placed(i), on_device),
+          'CIFAR-shaped crop_flip 128': (
+              lambda i, h=TrainBatches(cifar, 128, 0, 'crop_flip'): parallel.shard_batch(
+                  h(i), mesh), DeviceBatches([cifar], 128, [0], mesh, 'crop_flip'))}
+  for name, (host_make, device_make) in make.items():
+    ms = {}
+    for where, fn in (('host', host_make), ('device', device_make)):
+      jax.block_until_ready(fn(999))   # compiled
+      t0 = time.perf_counter()
+      for i in range(1000, 1050):    # steps not seen yet
+        jax.block_until_ready(fn(i))
+      ms[where] = (time.perf_counter() - t0) / 50 * 1e3
+    out.append({'section': 'data', 'name': f'make one batch: {name}',
+                'host_ms': ms['host'], 'device_ms': ms['device'],
+                'host_over_device': ms['host'] / ms['device']})
+  cached_rate = out[2]['steps_per_s']
+  for r in out[:3]:
+    r.update(section='data', vs_cached_batch=r['steps_per_s'] / cached_rate)
   return out
 
 
@@ -393,7 +416,8 @@ def fmt_row(r) -> str:
   extra = {k: v for k, v in r.items() if k not in ('name', 'section', 'steps_per_s', 'min', 'max')
            and isinstance(v, (int, float)) and np.isfinite(v)}
   spread = f' ({r["min"]:.2f}-{r["max"]:.2f})' if 'min' in r else ''
-  return (f'  {r["name"]:<44} {r["steps_per_s"]:8.2f} steps/s{spread}  ' +
+  rate = f'{r["steps_per_s"]:8.2f} steps/s' if 'steps_per_s' in r else ' ' * 16
+  return (f'  {r["name"]:<44} {rate}{spread}  ' +
           '  '.join(f'{k}={v:.3g}' for k, v in extra.items()))
 
 
@@ -404,7 +428,7 @@ COLUMNS = {  # section -> extra columns shown in the markdown table
     'norms': ['time_vs_none', 'compile_s', 'memory_mb'],
     'depth': ['step_time_vs_resnet20', 'analytic_flops_vs_resnet20', 'gflops', 'compile_s',
               'memory_mb'],
-    'data': ['data_wait_fraction', 'batch_build_ms', 'batch_build_fraction_of_step'],
+    'data': ['vs_cached_batch', 'host_ms', 'device_ms', 'host_over_device'],
     'seeds': ['ms_per_step', 'vs_one_seed'],
 }
 
@@ -423,7 +447,8 @@ def markdown(info, rows) -> str:
               '|---|---|' + '---|' * len(cols)]
     for r in mine:
       spread = f' ({r["min"]:.2f}–{r["max"]:.2f})' if 'min' in r else ''
-      lines.append(f'| {r["name"]} | {r["steps_per_s"]:.2f}{spread} | ' + ' | '.join(
+      rate = f'{r["steps_per_s"]:.2f}' if 'steps_per_s' in r else '–'
+      lines.append(f'| {r["name"]} | {rate}{spread} | ' + ' | '.join(
           f'{r[c]:.3g}' if isinstance(r.get(c), (int, float)) and np.isfinite(r[c]) else '–'
           for c in cols) + ' |')
     lines.append('')

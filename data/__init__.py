@@ -14,7 +14,7 @@ import numpy as np
 
 from errors import ConfigError
 from data import digits, sequences, text, tfds_images
-from data.base import ArraySplit, Dataset, IndexedSplit, Split  # noqa: F401  (re-exported)
+from data.base import ArraySplit, Dataset, IndexedSplit, Split, on_the_host  # noqa: F401
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits.load,
@@ -64,9 +64,7 @@ def hold_out(ds: Dataset, n: int) -> Dataset:
   arrays = ds.train.get(held)
   if ds.train_transform is not None:
     arrays = {k: np.repeat(v, VALIDATION_COPIES, axis=0) for k, v in arrays.items()}
-    total = len(arrays['inputs'])
-    arrays['inputs'] = ds.train_transform(arrays['inputs'],
-                                          np.random.default_rng([VALIDATION_SEED, 1]),
-                                          slice(None), total)
+    arrays['inputs'] = on_the_host(ds.train_transform, arrays['inputs'],
+                                          (VALIDATION_SEED, 1))
   return dataclasses.replace(ds, train=IndexedSplit(ds.train, kept),
                              validation=ArraySplit(arrays))

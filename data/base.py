@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -14,6 +16,20 @@ class Split(Protocol):
   def __len__(self) -> int: ...
 
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+  # Optional, for splits stored more compactly than the model reads them (TFDS uint8 images):
+  # `stored(indices)` -> the examples as stored; `decode(examples)` -> what `get` returns,
+  # written with array methods and operators only, so that it runs on numpy and jax arrays.
+
+
+def stored(split: Split, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """The examples `indices` of `split` in its stored form (what data.pipeline places on the
+  devices)."""
+  return split.stored(indices) if hasattr(split, 'stored') else split.get(indices)
+
+
+def decoder(split: Split) -> Callable | None:
+  return getattr(split, 'decode', None)
 
 
 @dataclasses.dataclass
@@ -40,6 +56,13 @@ class IndexedSplit:
   def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     return self.base.get(self.indices[indices])
 
+  def stored(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return stored(self.base, self.indices[indices])
+
+  @property
+  def decode(self) -> Callable | None:
+    return decoder(self.base)
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -50,9 +73,23 @@ class Dataset:
   task: str = 'classification'   # training.tasks: classification | language_model
   kind: str = 'image'    # image (NHWC) | sequence (batch, time, features) | tokens (batch, time)
   vocab_size: int = 0    # tokens only
-  # train inputs transformed afresh at every step (digits_hard): (inputs, rng, rows, total) ->
-  # inputs, `rng` drawn from (seed, step) by data.pipeline, `rows` of a batch of `total`
+  # train inputs transformed afresh at every step (digits_hard): (inputs, key) -> inputs, in
+  # jax, `key` drawn from (seed, step) by data.pipeline
   train_transform: Callable | None = None
   # examples held out of `train` (data.validation_examples): for choosing hyperparameters
   # without looking at the test set
   validation: Split | None = None
+
+
+def on_the_host(transform, images, key_parts) -> np.ndarray:
+  """A fixed transformed copy made once at load (test and validation copies): computed on the
+  CPU whatever the backend, so every platform scores on the same images."""
+  with jax.default_device(jax.devices('cpu')[0]):
+    return np.asarray(jax.jit(transform)(jnp.asarray(images), fixed_key(*key_parts)))
+
+
+def fixed_key(*parts):
+  key = jax.random.key(parts[0])
+  for p in parts[1:]:
+    key = jax.random.fold_in(key, p)
+  return key

@@ -6,10 +6,13 @@ same 360 test images.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 from sklearn.datasets import load_digits
 
+from data import base
 from data.base import ArraySplit, Dataset
 
 NUM_TEST = 360
@@ -46,31 +49,45 @@ BAR_PROBABILITY = 0.5      # a 2-pixel bar across the image, horizontal or verti
 TEST_COPIES = 10
 
 
-def hard_transform(images: np.ndarray, rng: np.random.Generator, rows: slice = slice(None),
-                   total: int | None = None) -> np.ndarray:
+def rotate(image, degrees):
+  """`image` (h, w) rotated by `degrees` about its centre, bilinear, zero outside (as
+  scipy.ndimage.rotate(reshape=False, order=1, mode='grid-constant') computes it)."""
+  h, w = image.shape
+  theta = jnp.deg2rad(degrees)
+  y, x = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - (h - 1) / 2,
+                      jnp.arange(w, dtype=jnp.float32) - (w - 1) / 2, indexing='ij')
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  source = [cos * y + sin * x + (h - 1) / 2, -sin * y + cos * x + (w - 1) / 2]
+  return jax.scipy.ndimage.map_coordinates(image, source, order=1, mode='constant', cval=0.0)
+
+
+def move(image, dy, dx):
+  """`image` (h, w) moved by whole pixels (dy, dx), zero filling what it leaves."""
+  h, w = image.shape
+  rows, cols = jnp.arange(h) - dy, jnp.arange(w) - dx
+  inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+  return jnp.where(inside, image[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)], 0.0)
+
+
+def hard_transform(images, key):
   """Rotation, shift, occluding bar and noise of 12x12 images in [0, 1] (before
-  standardization). `images` are the `rows` of a batch of `total`; every draw is made for the
-  whole batch, so a process reading a share transforms it as one process would."""
+  standardization), in jax: every draw from `key`."""
   n, h, w, _ = images.shape
-  total = n if total is None else total
-  angle = rng.uniform(-ROTATE_DEGREES, ROTATE_DEGREES, total)[rows]
-  shift = rng.integers(-SHIFT_PIXELS, SHIFT_PIXELS + 1, size=(total, 2))[rows]
-  bar = (rng.random(total) < BAR_PROBABILITY)[rows]
-  vertical = (rng.random(total) < 0.5)[rows]
-  where = rng.integers(0, h - 1, total)[rows]
-  ink = rng.integers(0, 2, total).astype(np.float32)[rows]
-  noise = rng.normal(0.0, NOISE_STD, size=(total, h, w, 1)).astype(np.float32)[rows]
-  out = np.empty_like(images)
-  for i in range(n):
-    x = ndimage.rotate(images[i, ..., 0], angle[i], reshape=False, order=1, mode='constant')
-    x = ndimage.shift(x, shift[i], order=0, mode='constant')
-    if bar[i]:
-      if vertical[i]:
-        x[:, where[i]:where[i] + 2] = ink[i]
-      else:
-        x[where[i]:where[i] + 2, :] = ink[i]
-    out[i, ..., 0] = x
-  return np.clip(out + noise, -1.0, 2.0)
+  k = jax.random.split(key, 7)
+  angle = jax.random.uniform(k[0], (n,), minval=-ROTATE_DEGREES, maxval=ROTATE_DEGREES)
+  shift = jax.random.randint(k[1], (n, 2), -SHIFT_PIXELS, SHIFT_PIXELS + 1)
+  bar = jax.random.uniform(k[2], (n,)) < BAR_PROBABILITY
+  vertical = jax.random.uniform(k[3], (n,)) < 0.5
+  where = jax.random.randint(k[4], (n,), 0, h - 1)
+  ink = jax.random.randint(k[5], (n,), 0, 2).astype(jnp.float32)
+  noise = NOISE_STD * jax.random.normal(k[6], (n, h, w, 1))
+  x = jax.vmap(rotate)(images[..., 0].astype(jnp.float32), angle)
+  x = jax.vmap(move)(x, shift[:, 0], shift[:, 1])
+  line = lambda size: jnp.arange(size)[None, :] - where[:, None]
+  across = jnp.where(vertical[:, None, None], ((line(w) >= 0) & (line(w) < 2))[:, None, :],
+                     ((line(h) >= 0) & (line(h) < 2))[:, :, None])
+  x = jnp.where(bar[:, None, None] & across, ink[:, None, None], x)
+  return jnp.clip(x[..., None] + noise, -1.0, 2.0)
 
 
 def load_hard(data_config) -> Dataset:
@@ -85,7 +102,7 @@ def load_hard(data_config) -> Dataset:
   order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
   test, train = order[:NUM_TEST], order[NUM_TEST:]
   copies = np.repeat(images[test], TEST_COPIES, axis=0)
-  test_images = hard_transform(copies, np.random.default_rng([SPLIT_SEED, 1]))
+  test_images = base.on_the_host(hard_transform, copies, (SPLIT_SEED, 1))
   # shuffled, so that a test batch is a sample of the test set (train-mode evaluation
   # normalizes each batch with its own statistics; ten copies of one digit in a row would not)
   shuffle = np.random.default_rng([SPLIT_SEED, 2]).permutation(len(copies))
@@ -93,8 +110,8 @@ def load_hard(data_config) -> Dataset:
   mean, std = images[train].mean(), images[train].std()
   standardize = lambda x: ((x - mean) / std).astype(np.float32)
 
-  def transform(x, rng, rows, total):   # stored standardized (clean); transformed in [0, 1]
-    return standardize(hard_transform(x * std + mean, rng, rows, total))
+  def transform(x, key):   # stored standardized (clean); transformed in [0, 1]
+    return standardize(hard_transform(x * std + mean, key))
 
   return Dataset(
       train=ArraySplit({'inputs': standardize(images[train]), 'targets': labels[train]}),

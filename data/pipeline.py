@@ -1,97 +1,249 @@
-"""Batches as a pure function of (seed, step), so a resumed run sees exactly the same data.
+"""Training batches as a pure function of (seed, step), computed where the step runs.
 
-The order of examples in epoch e is `default_rng([seed, ORDER, e]).permutation(n)`; the
-augmentation of step s draws from `default_rng([seed, AUGMENT, s])`, a dataset's own train
-transform (digits_hard) from `default_rng([seed, TRANSFORM, s])`. Epochs drop the last
-partial batch. Nothing here depends on how many steps ran before in this process.
+The order of examples in epoch e is `jax.random.permutation(key(seed, ORDER, e), n)`; the
+dataset's own train transform (digits_hard) of step s draws from `key(seed, TRANSFORM, s)`, the
+augmentation from `key(seed, AUGMENT, s)`, with `key(seed, stream, i)` = `fold_in(fold_in(
+jax.random.key(seed), stream), i)` (threefry: the same numbers on every backend). Epochs drop the
+last partial batch. Nothing depends on how many steps ran before in this process, so a resumed
+run sees exactly the same data.
 
-With several processes (multi-host), each reads only its own contiguous share of every global
-batch (`share=(process_index, process_count)`): the indices and the augmentation's random draws
-are those of the whole batch, so the global batch is the same as one process would read.
+Two places compute the same batches (`data.pipeline`; `auto`: `AUTO` below):
+- `device`: the training split is placed on the devices once in its stored form (TFDS images as
+  uint8), and each step's gather, decode, transform and augmentation run in one jitted function
+  on the devices (`DeviceBatches`): the host only dispatches it, and an accelerator never waits
+  for the host's CPU.
+- `host`: the host gathers the step's examples (`TrainBatches`, in a background thread one batch
+  ahead) and the same jitted functions finish them on the host's CPU device; for data that does
+  not fit on the devices. With several processes, each makes the global batch and keeps its own
+  contiguous share (`share`), so the global batch is the one a single process reads.
+Both give bit-identical batches (tests/test_data.py).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Iterator
+import dataclasses
+import functools
+from typing import Callable, Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from data.base import Split
+from data.base import Split, decoder, stored
 from errors import ConfigError
 
 ORDER, AUGMENT, TRANSFORM = 0, 1, 2
-AUGMENTATIONS = ('none', 'crop_flip', 'shift1')
+PLACES = ('auto', 'device', 'host')
+# what `auto` is on each backend: the place measured to be faster there (python -m
+# benchmarks.run --only=data). CPU: host (a CIFAR-shaped crop_flip batch of 128 in 0.9 ms vs
+# 2.2 ms: XLA's CPU gather from the whole stored split is slower than numpy's). GPU and TPU:
+# not measured yet, so host until the suite has run there.
+AUTO = {'cpu': 'host'}
 
 
-def crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
-              rows: slice = slice(None), total: int | None = None) -> np.ndarray:
-  """Random crop from a zero-padded image and random horizontal flip (He et al. 2016).
-  `images` are the `rows` of a batch of `total` (the draws are made for the whole batch)."""
+def resolve(place: str, backend: str) -> str:
+  """Where the batches are made: `place`, or what `auto` is on `backend`."""
+  return AUTO.get(backend, 'host') if place == 'auto' else place
+
+
+def key_of(seed, stream: int, i):
+  """The random key of `stream` (ORDER / AUGMENT / TRANSFORM) at epoch or step `i`."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), i)
+
+
+def _offsets(key, pad: int, n: int):
+  """Per-image (dy, dx) in [0, 2 pad]."""
+  return jax.random.randint(key, (2, n), 0, 2 * pad + 1)
+
+
+def _crops(padded, dy, dx, h: int, w: int):
+  return jax.vmap(lambda x, y, z: jax.lax.dynamic_slice(x, (y, z, 0), (h, w, x.shape[-1])))(
+      padded, dy, dx)
+
+
+def crop_flip(images, key, pad: int = 4):
+  """Random crop from a zero-padded image and random horizontal flip (He et al. 2016)."""
   n, h, w, _ = images.shape
-  total = n if total is None else total
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, total))[:, rows]
-  flip = (rng.random(total) < 0.5)[rows]
-  out = np.empty_like(images)
-  for i in range(n):
-    crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-    out[i] = crop[:, ::-1] if flip[i] else crop
-  return out
+  offset_key, flip_key = jax.random.split(key)
+  dy, dx = _offsets(offset_key, pad, n)
+  flip = jax.random.uniform(flip_key, (n,)) < 0.5
+  out = _crops(jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0))), dy, dx, h, w)
+  return jnp.where(flip[:, None, None, None], out[:, :, ::-1], out)
 
 
-def shift(images: np.ndarray, rng: np.random.Generator, pad: int = 1,
-          rows: slice = slice(None), total: int | None = None) -> np.ndarray:
+def shift(images, key, pad: int = 1):
   """Each image moved by a random whole number of pixels in [-pad, pad] each way, the edge
   pixels repeated into the space it leaves (`shift1`: He et al.'s crop augmentation scaled to
   8x8 digits; no flip: a mirrored digit is another symbol, and the edge, not zero, fills in
-  because zero is the standardized mean, not the background). Draws as `crop_flip`'s."""
+  because zero is the standardized mean, not the background). Offsets as `crop_flip`'s."""
   n, h, w, _ = images.shape
-  total = n if total is None else total
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge')
-  dy, dx = rng.integers(0, 2 * pad + 1, size=(2, total))[:, rows]
-  return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+  dy, dx = _offsets(key, pad, n)
+  return _crops(jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge'),
+                dy, dx, h, w)
+
+
+AUGMENTATIONS: dict[str, Callable | None] = {'none': None, 'crop_flip': crop_flip,
+                                             'shift1': shift}
+
+
+def check(name: str, place: str) -> None:
+  if name not in AUGMENTATIONS:
+    raise ConfigError(f'unknown augmentation {name!r}; valid: {", ".join(AUGMENTATIONS)}')
+  if place not in PLACES:
+    raise ConfigError(f'unknown data.pipeline {place!r}; valid: {", ".join(PLACES)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How the batch of (seed, step) is made from the stored training examples (pure, jittable).
+  transform: the dataset's `train_transform` (before `augment`); decode: the split's stored
+  form to the model's inputs (TFDS uint8 images to standardized floats), or None."""
+  n: int
+  batch_size: int
+  augment: str = 'none'
+  transform: Callable | None = None
+  decode: Callable | None = None
+
+  def __post_init__(self):
+    check(self.augment, 'device')
+    if self.batch_size > self.n:
+      raise ConfigError(f'batch size {self.batch_size} exceeds the {self.n} training examples')
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.n // self.batch_size
+
+  def order(self, seed, epoch):
+    """The order of the training examples in `epoch` (a sort of n random keys: made once per
+    epoch, not per step; 50,000 examples take 50 ms on a 2-core CPU)."""
+    return jax.random.permutation(key_of(seed, ORDER, epoch), self.n)
+
+  def epoch(self, step: int) -> int:
+    return step // self.steps_per_epoch
+
+  def indices(self, order, step):
+    """The examples of `step`, from its epoch's `order`."""
+    i = step % self.steps_per_epoch
+    return jax.lax.dynamic_slice(order, (i * self.batch_size,), (self.batch_size,))
+
+  def finish(self, examples: dict, seed, step) -> dict:
+    """The step's batch from its stored examples: decoded, transformed and augmented."""
+    batch = dict(self.decode(examples) if self.decode is not None else examples)
+    if self.transform is not None:
+      batch['inputs'] = self.transform(batch['inputs'], key_of(seed, TRANSFORM, step))
+    augment = AUGMENTATIONS[self.augment]
+    if augment is not None:
+      batch['inputs'] = augment(batch['inputs'], key_of(seed, AUGMENT, step))
+    return batch
+
+  def make(self, examples: dict, order, seed, step) -> dict:
+    """The whole batch of (seed, step), from every stored training example and the order of
+    the step's epoch."""
+    picked = self.indices(order, step)
+    return self.finish({k: v[picked] for k, v in examples.items()}, seed, step)
+
+
+def recipe(split: Split, batch_size: int, augment: str = 'none', transform=None) -> Recipe:
+  return Recipe(len(split), batch_size, augment, transform, decoder(split))
+
+
+def host_device():
+  """Where the host path computes (the CPU, also on an accelerator machine)."""
+  return jax.devices('cpu')[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _host_functions(r: Recipe):
+  """The host path's jitted order and finish of a recipe, shared by equal recipes (the seeds
+  of a population, the processes' shares in the tests): compiled once."""
+  return jax.jit(r.order), jax.jit(r.finish)
 
 
 class TrainBatches:
-  """`batches(step)` -> the training batch of that step; `batches.prefetch(start, stop)` iterates."""
+  """The host path: `batches(step)` -> this process's share of the step's batch, as numpy;
+  `batches.prefetch(start, stop)` iterates, one batch ahead in a background thread. Every
+  process makes the whole global batch and keeps its rows: a share computed alone can round
+  differently (XLA vectorizes another shape differently), and the global batch must not depend
+  on how many processes read it."""
 
   def __init__(self, split: Split, batch_size: int, seed: int, augment: str = 'none',
                share: tuple[int, int] = (0, 1), transform=None):
     """transform: the dataset's `train_transform` (applied to every batch, before `augment`)."""
-    if augment not in AUGMENTATIONS:
-      raise ConfigError(f'unknown augmentation {augment!r}; valid: {", ".join(AUGMENTATIONS)}')
-    if batch_size > len(split):
-      raise ConfigError(f'batch size {batch_size} exceeds the {len(split)} training examples')
-    self.split, self.batch_size, self.seed, self.augment = split, batch_size, seed, augment
-    self.transform = transform
+    self.recipe = recipe(split, batch_size, augment, transform)
+    self.split, self.batch_size, self.seed = split, batch_size, seed
     self.rows = share_rows(batch_size, share)   # of each global batch, what this process reads
-    self.steps_per_epoch = len(split) // batch_size
-    self._epoch, self._order = None, None
+    self.steps_per_epoch = self.recipe.steps_per_epoch
+    self._order, self._make = _host_functions(self.recipe)
+    self._orders: dict[int, np.ndarray] = {}   # the epochs in use
 
   def indices(self, step: int) -> np.ndarray:
-    epoch, i = divmod(step, self.steps_per_epoch)
-    if epoch != self._epoch:
-      self._order = np.random.default_rng([self.seed, ORDER, epoch]).permutation(len(self.split))
-      self._epoch = epoch
-    return self._order[i * self.batch_size:(i + 1) * self.batch_size]
+    epoch = self.recipe.epoch(step)
+    if epoch not in self._orders:
+      with jax.default_device(host_device()):
+        order = np.asarray(self._order(np.uint32(self.seed), np.int32(epoch)))
+      self._orders = {e: o for e, o in self._orders.items() if abs(e - epoch) <= 1}
+      self._orders[epoch] = order
+    i = step % self.steps_per_epoch
+    return self._orders[epoch][i * self.batch_size:(i + 1) * self.batch_size]
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    """This process's share of the step's batch (all of it with one process)."""
-    batch = self.split.get(self.indices(step)[self.rows])
-    if self.transform is not None:
-      rng = np.random.default_rng([self.seed, TRANSFORM, step])
-      batch['inputs'] = self.transform(batch['inputs'], rng, self.rows, self.batch_size)
-    if self.augment == 'crop_flip':
-      rng = np.random.default_rng([self.seed, AUGMENT, step])
-      batch['inputs'] = crop_flip(batch['inputs'], rng, rows=self.rows, total=self.batch_size)
-    elif self.augment == 'shift1':
-      rng = np.random.default_rng([self.seed, AUGMENT, step])
-      batch['inputs'] = shift(batch['inputs'], rng, rows=self.rows, total=self.batch_size)
-    return batch
+    examples = stored(self.split, self.indices(step))
+    with jax.default_device(host_device()):
+      batch = self._make(examples, np.uint32(self.seed), np.int32(step))
+      return jax.device_get({k: v[self.rows] for k, v in batch.items()})
 
   def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     return prefetch(self, start, stop)
+
+
+class DeviceBatches:
+  """The device path: the stored training split on the devices (replicated over the mesh); the
+  batch of each seed at `step` gathered and finished there by one jitted function, split over
+  the mesh like every batch (a leading axis of seeds when there are several). `splits`: each
+  seed's training split; stored once when they are the same examples (variable-length data
+  differs per seed: then one copy per seed)."""
+
+  def __init__(self, splits: list[Split], batch_size: int, seeds: list[int], mesh,
+               augment='none', transform=None):
+    from training import parallel   # data/ does not import training/ at module level
+    self.recipe = recipe(splits[0], batch_size, augment, transform)
+    rep = parallel.replicated(mesh)
+    every = [stored(s, np.arange(len(s))) for s in splits]
+    shared = all(_same(every[0], e) for e in every[1:])
+    examples = every[0] if shared else jax.tree.map(lambda *x: np.stack(x), *every)
+    self.examples = parallel.replicate(examples, mesh)
+    self.seeds = jax.device_put(np.asarray(seeds if len(seeds) > 1 else seeds[0], np.uint32),
+                                rep)
+    self._rep = rep
+    several = len(seeds) > 1
+    order = jax.vmap(self.recipe.order, (0, None)) if several else self.recipe.order
+    self._order = jax.jit(order, out_shardings=rep)
+    self._orders: dict = {}   # epoch -> its order on the devices (made there, asynchronously)
+    make = (jax.vmap(self.recipe.make, (None if shared else 0, 0, 0, None)) if several
+            else self.recipe.make)
+    self._make = jax.jit(make, out_shardings=parallel.data_sharding(mesh, len(seeds)))
+
+  def __call__(self, step: int) -> dict:
+    epoch = self.recipe.epoch(step)
+    if epoch not in self._orders:
+      self._orders = {epoch: self._order(self.seeds, self._scalar(epoch))}
+    return self._make(self.examples, self._orders[epoch], self.seeds, self._scalar(step))
+
+  def _scalar(self, i: int):
+    return jax.device_put(np.int32(i), self._rep)
+
+  def prefetch(self, start: int, stop: int) -> Iterator[tuple[int, dict]]:
+    """Dispatched in this thread (asynchronously: the host does not wait for the batch)."""
+    return ((step, self(step)) for step in range(start, stop))
+
+  def stored_bytes(self) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(self.examples))
+
+
+def _same(a: dict, b: dict) -> bool:
+  return a.keys() == b.keys() and all(
+      a[k] is b[k] or (a[k].shape == b[k].shape and np.array_equal(a[k], b[k])) for k in a)
 
 
 def share_rows(batch_size: int, share: tuple[int, int]) -> slice:

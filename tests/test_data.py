@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -41,10 +42,11 @@ class CountingSplit(data_lib.ArraySplit):
 
 @pytest.mark.parametrize('augment,transform', [('none', False), ('crop_flip', False),
                                                ('shift1', False), ('none', True)])
-def test_each_process_reads_only_its_share_of_the_global_batch(augment, transform):
-  """Multi-host: process i of n reads b/n examples per step, and the shares put together are
-  exactly the batch one process reads (same examples, same augmentation and dataset transform
-  (digits_hard's), same order)."""
+def test_the_shares_of_the_processes_put_together_are_the_batch_one_process_reads(
+    augment, transform):
+  """Multi-host, host path: process i of n keeps rows [i b/n, (i + 1) b/n) of each step's batch,
+  and the shares put together are bit for bit the batch one process reads (same examples, same
+  augmentation and dataset transform (digits_hard's), same order)."""
   rng = np.random.default_rng(0)
   arrays = {'inputs': rng.uniform(size=(200, 12, 12, 1)).astype(np.float32),
             'targets': np.arange(200)}
@@ -57,8 +59,7 @@ def test_each_process_reads_only_its_share_of_the_global_batch(augment, transfor
     parts = [s(step) for s in shares]
     for key in want:
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
-  assert whole.split.read == 3 * 32
-  assert [s.split.read for s in shares] == [3 * 8] * 4
+  assert [s.rows for s in shares] == [slice(0, 8), slice(8, 16), slice(16, 24), slice(24, 32)]
   with pytest.raises(ConfigError, match='does not split evenly over 3 processes'):
     pipeline.TrainBatches(CountingSplit(arrays), 32, seed=5, share=(0, 3))
 
@@ -83,8 +84,8 @@ def test_digits_hard_transforms_every_step_afresh_and_tests_on_fixed_copies():
   np.testing.assert_array_equal(batches(3)['inputs'], again(3)['inputs'])
   stored = ds.train.get(batches.indices(3))['inputs']
   assert np.abs(batches(3)['inputs'] - stored).mean() > 0.3
-  rng = lambda s: np.random.default_rng([0, pipeline.TRANSFORM, s])
-  one, other = (ds.train_transform(stored, rng(s), slice(None), 64) for s in (3, 4))
+  key = lambda s: pipeline.key_of(0, pipeline.TRANSFORM, s)
+  one, other = (np.asarray(jax.jit(ds.train_transform)(stored, key(s))) for s in (3, 4))
   np.testing.assert_array_equal(one, batches(3)['inputs'])
   assert not np.allclose(one, other)
   # with every strength at 0 the transform is the identity (the clean upsampled digit)
@@ -92,13 +93,78 @@ def test_digits_hard_transforms_every_step_afresh_and_tests_on_fixed_copies():
     for name in ('ROTATE_DEGREES', 'NOISE_STD', 'BAR_PROBABILITY'):
       m.setattr(digits, name, 0.0)
     m.setattr(digits, 'SHIFT_PIXELS', 0)
-    np.testing.assert_allclose(ds.train_transform(stored, rng(3), slice(None), 64), stored,
-                               atol=1e-5)
+    np.testing.assert_allclose(ds.train_transform(stored, key(3)), stored, atol=1e-5)
+
+
+def test_digits_hard_rotation_is_scipys_bilinear_rotation():
+  """jax's rotation of the hard digits against scipy.ndimage.rotate (order 1, zero outside the
+  image, interpolated toward it at the edge: scipy's 'grid-constant')."""
+  from scipy import ndimage
+  images = np.random.default_rng(0).uniform(size=(6, 12, 12)).astype(np.float32)
+  for image, degrees in zip(images, (-20.0, -7.5, 0.0, 3.3, 11.0, 20.0)):
+    want = ndimage.rotate(image, degrees, reshape=False, order=1, mode='grid-constant')
+    np.testing.assert_allclose(digits.rotate(image, degrees), want, atol=2e-6)
+  # and a whole-pixel move against numpy slicing
+  moved = np.asarray(digits.move(images[0], 2, -1))
+  want = np.zeros_like(images[0])
+  want[2:, :-1] = images[0][:-2, 1:]
+  np.testing.assert_array_equal(moved, want)
+
+
+POINTS = [('none', False), ('crop_flip', False), ('shift1', False), ('none', True)]
+
+
+@pytest.mark.parametrize('augment,transform', POINTS)
+def test_the_device_path_makes_bit_for_bit_the_host_paths_batches(augment, transform):
+  """data.pipeline=device (the split stored on the mesh, each step's batch made there) and
+  =host (made on the host's CPU device) give the same batches, for one seed and for several
+  vmapped seeds (each seed its own order and draws), uint8-stored images decoded included."""
+  from training import parallel
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, size=(150, 12, 12, 1)).astype(np.uint8)
+
+  class Stored(data_lib.ArraySplit):   # stored as uint8, decoded to floats (as TFDS images)
+    def stored(self, indices):
+      return super().get(indices)
+
+    @staticmethod
+    def decode(examples):
+      return {**examples, 'inputs': examples['inputs'].astype(np.float32) / 255.0}
+  split = Stored({'inputs': pixels, 'targets': np.arange(150)})
+  fn = digits.hard_transform if transform else None
+  mesh = parallel.data_mesh()
+  seeds = [3, 8]
+  host = [pipeline.TrainBatches(split, 16, seed=s, augment=augment, transform=fn) for s in seeds]
+  one = pipeline.DeviceBatches([split], 16, seeds[:1], mesh, augment, fn)
+  both = pipeline.DeviceBatches([split, split], 16, seeds, mesh, augment, fn)
+  assert one.stored_bytes() == both.stored_bytes() == pixels.nbytes + 150 * 4   # one copy (int32 labels)
+  for step in (0, 5, 9, 23):   # 9, 23: later epochs
+    want = [h(step) for h in host]
+    got, stacked = jax.device_get(one(step)), jax.device_get(both(step))
+    assert got['inputs'].dtype == np.float32
+    for key in want[0]:
+      np.testing.assert_array_equal(got[key], want[0][key])
+      for k in range(2):
+        np.testing.assert_array_equal(stacked[key][k], want[k][key])
+  assert not np.array_equal(want[0]['targets'], want[1]['targets'])
+
+
+def test_seeds_with_different_training_examples_each_get_their_own_copy():
+  """Variable-length data draws each seed's lengths: the device path stores one copy per seed
+  and each seed's batches come from its own copy."""
+  from training import parallel
+  a = data_lib.ArraySplit({'inputs': np.arange(40.0)[:, None], 'targets': np.arange(40)})
+  b = data_lib.ArraySplit({'inputs': -np.arange(40.0)[:, None], 'targets': np.arange(40)})
+  both = pipeline.DeviceBatches([a, b], 8, [1, 1], parallel.data_mesh())
+  assert both.stored_bytes() == 2 * (40 * 4 + 40 * 4)   # float32 inputs, int32 labels
+  got = jax.device_get(both(2))
+  np.testing.assert_array_equal(got['inputs'][1], -got['inputs'][0])
+  np.testing.assert_array_equal(got['inputs'][0], pipeline.TrainBatches(a, 8, 1)(2)['inputs'])
 
 
 def test_crop_flip_is_a_shifted_or_mirrored_crop_of_the_padded_image():
   images = np.random.default_rng(0).normal(size=(20, 6, 6, 2)).astype(np.float32)
-  out = pipeline.crop_flip(images, np.random.default_rng(1), pad=2)
+  out = np.asarray(pipeline.crop_flip(images, jax.random.key(1), pad=2))
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for i in range(len(images)):
     candidates = [padded[i, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
@@ -111,7 +177,7 @@ def test_shift1_moves_each_image_by_at_most_one_pixel_with_edge_fill():
   """Each output is the input moved by (dy, dx) in {-1, 0, 1}^2, computed here by indexing
   with clamped coordinates (an independent formulation of edge padding); every move occurs."""
   images = np.random.default_rng(0).normal(size=(200, 6, 6, 1)).astype(np.float32)
-  out = pipeline.shift(images, np.random.default_rng(1), pad=1)
+  out = np.asarray(pipeline.shift(images, jax.random.key(1), pad=1))
   idx = np.arange(6)
   moves = set()
   for i in range(len(images)):

@@ -109,9 +109,7 @@ def check_config(config, mesh: Mesh) -> None:
   if config.transfer_guard not in TRANSFER_GUARDS:
     raise ConfigError(f'unknown transfer_guard {config.transfer_guard!r}; valid: '
                       f'{", ".join(TRANSFER_GUARDS)}')
-  if config.data.augment not in pipeline.AUGMENTATIONS:
-    raise ConfigError(f'unknown augmentation {config.data.augment!r}; '
-                      f'valid: {", ".join(pipeline.AUGMENTATIONS)}')
+  pipeline.check(config.data.augment, config.data.pipeline)
   parallel.check_batch(config.data.batch_size, mesh)
   m = config.model
   if m.bn_scope == 'ghost' and config.data.batch_size % max(m.bn_ghost_size, 1):
@@ -135,7 +133,8 @@ def build_experiment(config, mesh: Mesh | None = None,
   schedule = optim.make_schedule(config.optimizer, config.num_train_steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
-                    {**{f'model.{k}': v for k, v in resolved.items()}, **where},
+                    {**{f'model.{k}': v for k, v in resolved.items()}, **where,
+                     'data.pipeline': pipeline.resolve(config.data.pipeline, where['backend'])},
                     ('devices',) if models.depends_on_devices(config.model) else ())
 
 

@@ -14,7 +14,6 @@ import contextlib
 import jax
 import numpy as np
 
-from data import pipeline
 from training import parallel, peers
 from training.clock import TrainClock
 from training.experiment import build_experiment, create_train_state
@@ -64,7 +63,7 @@ def train_seeds(configs: list, workdirs: list[str], hparams: list | None = None)
     try:
       with peers.Watchdog(lost) if peers.several() else contextlib.nullcontext(), \
            contextlib.ExitStack() as guarded:
-        for step, batch in pipeline.prefetch(pop.batch, start, config.num_train_steps):
+        for step, batch in pop.batches(start, config.num_train_steps):
           if step == start + 1:   # after the first step (it compiles), implicit transfers are
             guarded.enter_context(jax.transfer_guard(config.transfer_guard))  # logged / refused
           if config.diagnostics_every_steps and step % config.diagnostics_every_steps == 0:

@@ -33,12 +33,17 @@ class Population:
   def __init__(self, exps: list[Experiment]):
     self.size, self.mesh = len(exps), exps[0].mesh
     config = exps[0].config
-    share = (jax.process_index(), jax.process_count())   # each process reads its share
-    self._batches = [pipeline.TrainBatches(e.dataset.train, config.data.batch_size,
-                                           e.config.seed, config.data.augment, share,
-                                           e.dataset.train_transform)
-                     for e in exps]
     self.seeds = [e.config.seed for e in exps]
+    data, transform = config.data, exps[0].dataset.train_transform
+    if exps[0].resolved['data.pipeline'] == 'device':   # one jitted function, every seed
+      self._device = pipeline.DeviceBatches([e.dataset.train for e in exps], data.batch_size,
+                                            self.seeds, self.mesh, data.augment, transform)
+    else:   # each process reads its share on the host
+      self._device = None
+      share = (jax.process_index(), jax.process_count())
+      self._batches = [pipeline.TrainBatches(e.dataset.train, data.batch_size, e.config.seed,
+                                             data.augment, share, e.dataset.train_transform)
+                       for e in exps]
 
   def stack(self, trees):
     """One tree for all seeds, replicated over the mesh."""
@@ -46,15 +51,31 @@ class Population:
     return parallel.replicate(tree, self.mesh)
 
   def member(self, tree, k: int):
-    return tree if self.size == 1 else jax.tree.map(lambda x: x[k], tree)
+    """Seed k's part of a stacked tree (on the devices: a static slice, since indexing with a
+    Python int would move the index to the devices, a transfer the guard refuses)."""
+    if self.size == 1:
+      return tree
+    return jax.tree.map(lambda x: jax.lax.index_in_dim(x, k, keepdims=False)
+                        if isinstance(x, jax.Array) else x[k], tree)
 
   def batch(self, step: int):
-    """The step's batch for every seed, on the devices (stacked on the host: one transfer)."""
+    """The step's batch for every seed, on the devices (host path: stacked on the host, one
+    transfer)."""
+    if self._device is not None:
+      return self._device(step)
     if self.size == 1:
       batch = self._batches[0](step)
     else:
       batch = jax.tree.map(lambda *x: np.stack(x), *[b(step) for b in self._batches])
     return parallel.shard_batch(batch, self.mesh, self.size, local=True)
+
+  def batches(self, start: int, stop: int):
+    """(step, batch) for start <= step < stop. The device path dispatches each step's batch in
+    this thread (asynchronously, and under the loop's transfer guard, which is per thread); the
+    host path prepares the next batch in a background thread while a step runs."""
+    if self._device is not None:
+      return self._device.prefetch(start, stop)
+    return pipeline.prefetch(self.batch, start, stop)
 
   def tag(self, k: int) -> str:
     """How log lines name seed k ('' for a lone run)."""

@@ -29,11 +29,11 @@ RUNNING, FINISHED, DIVERGED, INTERRUPTED, FAILED = (
     'running', 'finished', 'diverged', 'interrupted', 'failed')
 DONE = (FINISHED, DIVERGED)   # a run in one of these states is not trained again
 
-# Keys that may differ when resuming a workdir: they change logging, checkpointing and the
-# checks on host transfers only.
+# Keys that may differ when resuming a workdir: they change logging, checkpointing, the checks
+# on host transfers and where the (same) batches are made only.
 RESUMABLE_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                   'keep_checkpoints', 'diagnostics_every_steps', 'transfer_guard',
-                  'compilation_cache')
+                  'compilation_cache', 'data.pipeline')
 
 # Config keys shown as hyperparameters in TensorBoard's HParams dashboard for a run outside a
 # sweep (a sweep shows its own axes instead).
