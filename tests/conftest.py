@@ -30,3 +30,15 @@ def tiny_config(**overrides):
 @pytest.fixture
 def tiny():
   return tiny_config
+
+
+# The files whose tests start processes and train runs end to end, longest first: xdist hands
+# tests out in this order, so the two workers end on short tests instead of one of them running
+# a two-minute test alone at the end (.ci/run's budget).
+LONG_FIRST = ('test_multiprocess.py', 'test_faults.py', 'test_sweeps.py', 'test_cli.py',
+              'test_parallel.py', 'test_claim_sweeps.py', 'test_seeds.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONG_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))   # stable: file order
