@@ -78,6 +78,10 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.distributed = False          # multi-host: jax.distributed.initialize() at start
   config.transfer_guard = 'allow'     # after the first step: allow | log | disallow implicit
   #                                     host<->device transfers (jax.transfer_guard)
+  config.matmul_precision = 'default'  # default | high | highest: float32 matmuls and convs
+  #                                     (jax_default_matmul_precision). GPUs from Ampere on and
+  #                                     TPUs compute `default` in TF32 / bfloat16 passes;
+  #                                     `highest`: full float32 (the CPU always is)
   config.compilation_cache = ''       # JAX's persistent cache: '' user cache dir | a dir | off
   config.platform = 'auto'            # auto: JAX's default backend; cpu: the CPU even where an
   #                                     accelerator is visible (training/platform.py)

@@ -90,3 +90,25 @@ def test_a_cache_write_the_machine_refuses_leaves_no_entry_and_raises_nothing(
   assert list(tmp_path.iterdir()) == [] and cache.get('key') is None
   cache.put('key', b'bytes')
   assert cache.get('key') == b'bytes' and [e.name for e in entries(tmp_path)] == ['key-cache']
+
+
+def test_matmul_precision_reaches_every_compiled_matmul_and_bad_values_are_refused():
+  """config.matmul_precision=highest: the float32 dots compiled after build_experiment ask XLA
+  for full precision (what GPUs' TF32 default would drop); `default` asks for none; an
+  unknown value is refused listing the valid ones."""
+  import jax
+  import jax.numpy as jnp
+  from conftest import tiny_config
+  from training import experiment
+  x = jnp.ones((4, 4))
+  lowered = lambda: jax.jit(lambda a: a @ a).lower(x).as_text()
+  try:
+    experiment.build_experiment(tiny_config(matmul_precision='highest'))
+    assert 'HIGHEST' in lowered()
+    experiment.build_experiment(tiny_config())
+    assert 'HIGHEST' not in lowered()
+  finally:
+    jax.config.update('jax_default_matmul_precision', None)
+  with pytest.raises(ConfigError, match="unknown matmul_precision 'tf32'; valid: default, high, "
+                                        "highest"):
+    experiment.build_experiment(tiny_config(matmul_precision='tf32'))

@@ -56,6 +56,7 @@ RANGES = {
 
 
 TRANSFER_GUARDS = ('allow', 'log', 'disallow')
+MATMUL_PRECISIONS = ('default', 'high', 'highest')
 
 
 def check_ranges(config) -> None:
@@ -106,6 +107,9 @@ def check_config(config, mesh: Mesh) -> None:
   data_lib.check_dataset_name(config.data.name)
   models.check_model_config(config.model)
   optim.check_config(config.optimizer)
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise ConfigError(f'unknown matmul_precision {config.matmul_precision!r}; valid: '
+                      f'{", ".join(MATMUL_PRECISIONS)}')
   if config.transfer_guard not in TRANSFER_GUARDS:
     raise ConfigError(f'unknown transfer_guard {config.transfer_guard!r}; valid: '
                       f'{", ".join(TRANSFER_GUARDS)}')
@@ -125,6 +129,9 @@ def build_experiment(config, mesh: Mesh | None = None,
   platform.compilation_cache(config.compilation_cache)
   mesh = mesh if mesh is not None else parallel.data_mesh(platform.devices(config.platform))
   check_config(config, mesh)
+  # every float32 matmul and conv compiled from here on (part of JAX's compile cache keys)
+  jax.config.update('jax_default_matmul_precision',
+                    None if config.matmul_precision == 'default' else config.matmul_precision)
   if dataset is None:
     dataset = data_lib.load_dataset(config.data, config.seed)
   where = platform.describe(mesh)
