@@ -82,6 +82,8 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   #                                     (jax_default_matmul_precision). GPUs from Ampere on and
   #                                     TPUs compute `default` in TF32 / bfloat16 passes;
   #                                     `highest`: full float32 (the CPU always is)
+  config.deterministic = False        # GPU: XLA's deterministic ops (training/platform.py);
+  #                                     the CPU and TPUs are deterministic already
   config.compilation_cache = ''       # JAX's persistent cache: '' user cache dir | a dir | off
   config.platform = 'auto'            # auto: JAX's default backend; cpu: the CPU even where an
   #                                     accelerator is visible (training/platform.py)

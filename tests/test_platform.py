@@ -3,6 +3,7 @@ the install, unless the config asks for the CPU (tested by forcing what the devi
 backend say)."""
 
 import fnmatch
+import os
 
 import pytest
 
@@ -112,3 +113,33 @@ def test_matmul_precision_reaches_every_compiled_matmul_and_bad_values_are_refus
   with pytest.raises(ConfigError, match="unknown matmul_precision 'tf32'; valid: default, high, "
                                         "highest"):
     experiment.build_experiment(tiny_config(matmul_precision='tf32'))
+
+
+DETERMINISTIC = '''
+import os, sys, jax
+from conftest import tiny_config
+from training import experiment, platform
+assert not jax._src.xla_bridge.backends_are_initialized()
+experiment.build_experiment(tiny_config(deterministic=True))
+print(os.environ['XLA_FLAGS'].split().count(platform.DETERMINISTIC_FLAG),
+      float(jax.jit(lambda x: x.sum())(jax.numpy.ones(3))))
+'''
+
+
+def test_deterministic_sets_xlas_flag_before_the_backend_starts_and_after_it_is_refused():
+  """config.deterministic=True puts XLA:GPU's deterministic flag in XLA_FLAGS before JAX starts
+  its backend (XLA parses every backend's flags: an unknown one would abort here too); in a
+  process whose backend started without it, one line refuses it."""
+  import subprocess
+  import sys
+  import jax
+  from conftest import ROOT, tiny_config
+  from training import experiment
+  result = subprocess.run([sys.executable, '-c', DETERMINISTIC], capture_output=True, text=True,
+                          cwd=os.path.join(ROOT, 'tests'), env={
+                              **os.environ, 'PYTHONPATH': ROOT, 'XLA_FLAGS': ''})
+  assert result.returncode == 0 and result.stdout.split() == ['1', '3.0'], result.stderr[-2000:]
+  jax.devices()   # this process: started without the flag
+  if platform.DETERMINISTIC_FLAG not in os.environ.get('XLA_FLAGS', ''):
+    with pytest.raises(ConfigError, match='deterministic=True after JAX started without it'):
+      experiment.build_experiment(tiny_config(deterministic=True))

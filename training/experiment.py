@@ -125,6 +125,7 @@ def build_experiment(config, mesh: Mesh | None = None,
                      dataset: data_lib.Dataset | None = None) -> Experiment:
   """Everything `config` describes on `mesh` (all devices when None); `dataset` replaces
   loading config.data (benchmarks)."""
+  platform.deterministic(config.deterministic)   # before the backend starts
   platform.check(config.platform, jax.default_backend())
   platform.compilation_cache(config.compilation_cache)
   mesh = mesh if mesh is not None else parallel.data_mesh(platform.devices(config.platform))

@@ -35,6 +35,27 @@ def check(platform: str, backend: str, find=glob.glob) -> None:
                         'the CPU')
 
 
+# XLA:GPU's deterministic mode: reductions, scatters and the autotuner's choices run the same way
+# every time (slower); the CPU and TPU backends are deterministic already and ignore it
+DETERMINISTIC_FLAG = '--xla_gpu_deterministic_ops=true'
+
+
+def deterministic(on: bool) -> None:
+  """config.deterministic: adds DETERMINISTIC_FLAG to XLA_FLAGS, which XLA reads when its
+  backend starts: so before that, or a one-line refusal (a process whose backend started
+  without it cannot turn it on)."""
+  import os   # noqa: PLC0415
+  from jax._src import xla_bridge   # noqa: PLC0415
+  flags = os.environ.get('XLA_FLAGS', '')
+  if not on or DETERMINISTIC_FLAG in flags.split():
+    return
+  if xla_bridge.backends_are_initialized():
+    raise ConfigError('config.deterministic=True after JAX started without it in this process '
+                      '(a sweep: give every run the same value, or set XLA_FLAGS='
+                      f'{DETERMINISTIC_FLAG})')
+  os.environ['XLA_FLAGS'] = f'{flags} {DETERMINISTIC_FLAG}'.strip()
+
+
 def devices(platform: str) -> list:
   """The devices a run's mesh spans: JAX's default backend's, or the CPU's when asked."""
   import jax   # noqa: PLC0415 (asking for devices starts the backend)
