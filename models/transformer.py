@@ -18,6 +18,7 @@ also masks attention keys, and the classifier mean-pools valid tokens only.
 from __future__ import annotations
 
 import functools
+from typing import Any
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -51,14 +52,16 @@ class MLP(nn.Module):
   hidden: int
   activation: str = 'gelu_tanh'
   init_scale: float = 1.0   # DeepNorm's beta on both kernels' (LeCun normal) initialization
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     init = lecun_normal(self.init_scale)
     # constructed output layer first, as always: Dense_0 is the output, Dense_1 the hidden layer
     # (parameter names of existing checkpoints)
-    out = nn.Dense(x.shape[-1], kernel_init=init)
-    return out(ACTIVATIONS[self.activation](nn.Dense(self.hidden, kernel_init=init)(x)))
+    out = nn.Dense(x.shape[-1], kernel_init=init, dtype=self.dtype)
+    hidden = nn.Dense(self.hidden, kernel_init=init, dtype=self.dtype)
+    return out(ACTIVATIONS[self.activation](hidden(x)))
 
 
 def deepnorm_constants(num_layers: int) -> tuple[float, float]:
@@ -90,6 +93,7 @@ class Block(nn.Module):
   skipinit: bool = False   # ReZero: each branch times a learnable 0-init scalar
   qk_norm: bool = False    # flax's normalize_qk: LayerNorm on each head's queries and keys
   deepnorm: tuple = ()     # (alpha, beta): post-LN N(alpha * x + f(x)), beta-scaled init
+  dtype: Any = jnp.float32   # of the matmuls (norms compute in float32, softmax too)
 
   def _sublayer(self, x, f, norm_name, *, train, norm_mask):
     norm = self.norm(name=norm_name)
@@ -108,10 +112,11 @@ class Block(nn.Module):
     beta = self.deepnorm[1] if self.deepnorm else 1.0
     attention = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, normalize_qk=self.qk_norm, out_kernel_init=lecun_normal(beta),
-        kernel_init=_qkv_init(beta) if self.deepnorm else lecun_normal(), name='attention')
+        kernel_init=_qkv_init(beta) if self.deepnorm else lecun_normal(), dtype=self.dtype,
+        force_fp32_for_softmax=True, name='attention')
     x = self._sublayer(x, lambda y: attention(y, y, mask=attn_mask), 'norm_attention',
                        train=train, norm_mask=norm_mask)
-    mlp = MLP(self.mlp_dim, self.activation, beta, name='mlp')
+    mlp = MLP(self.mlp_dim, self.activation, beta, self.dtype, name='mlp')
     return self._sublayer(x, mlp, 'norm_mlp', train=train, norm_mask=norm_mask)
 
 
@@ -121,7 +126,7 @@ def encode(model: 'Stack', h, attn_mask, norm_mask, *, train: bool):
   constants = deepnorm_constants(model.num_layers) if model.deepnorm else ()
   for layer in range(model.num_layers):
     h = Block(model.num_heads, model.mlp_dim, model.norm, model.norm_position, model.residual,
-              model.activation, model.skipinit, model.qk_norm, constants,
+              model.activation, model.skipinit, model.qk_norm, constants, model.dtype,
               parent=model, name=f'block{layer + 1}')(h, attn_mask, norm_mask, train=train)
   if model.norm_position == 'pre':
     h = model.norm(parent=model, name='final_norm')(h, train=train, mask=norm_mask)
@@ -142,6 +147,10 @@ class Stack(nn.Module):
   skipinit: bool = False
   qk_norm: bool = False
   deepnorm: bool = False
+  dtype: Any = jnp.float32   # compute dtype of the blocks and the head (params stay float32)
+
+  def head(self, h):
+    return nn.Dense(self.num_outputs, dtype=self.dtype, name='head')(h).astype(jnp.float32)
 
 
 class Transformer(Stack):
@@ -158,14 +167,14 @@ class Transformer(Stack):
     norm_mask = mask if self.norm_uses_mask else None
     h = InputEmbedding(self.d_model, self.vocab_size)(x)
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), (self.max_length, self.d_model))
-    h = h + pos[:length]
+    h = (h + pos[:length]).astype(self.dtype)
     attn_mask = nn.make_attention_mask(mask, mask)            # padded keys are never attended
     if self.causal:
       attn_mask = nn.combine_masks(attn_mask, nn.make_causal_mask(mask))
     h = encode(self, h, attn_mask, norm_mask, train=train)
     if not self.causal:
       h = masked_mean(h, mask)
-    return nn.Dense(self.num_outputs, name='head')(h)
+    return self.head(h)
 
 
 def check_blocks(cfg, *, classifier: bool) -> None:
@@ -191,7 +200,7 @@ def block_fields(cfg, layout: str, devices: int, max_positions: int) -> dict:
   return dict(d_model=cfg.width, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               mlp_dim=cfg.mlp_ratio * cfg.width, norm_position=cfg.norm_position,
               residual=cfg.residual, activation=cfg.activation, skipinit=cfg.skipinit,
-              qk_norm=cfg.qk_norm, deepnorm=cfg.deepnorm,
+              qk_norm=cfg.qk_norm, deepnorm=cfg.deepnorm, dtype=jnp.dtype(cfg.compute_dtype),
               norm=norms.make_norm(cfg.norm, layout=layout, devices=devices,
                                    max_positions=max_positions, values=cfg))
 
@@ -227,4 +236,4 @@ FAMILIES = (Family(
                            'per-position BN)', low=0, low_ok=False),
           Key('norm_uses_mask', True, 'False: padding enters the norms\' '
                            'statistics (for comparison)')),
-    options=BLOCK_OPTIONS, branches=BRANCHES),)
+    options=BLOCK_OPTIONS, branches=BRANCHES, compute_dtypes=('float32', 'bfloat16')),)

@@ -28,10 +28,10 @@ class ViT(transformer.Stack):
     h = nn.Conv(self.d_model, (p, p), strides=(p, p), padding='VALID', name='patch_embed')(x)
     h = h.reshape(h.shape[0], -1, self.d_model)   # (batch, patches, d_model), row-major
     pos = self.param('pos_embedding', nn.initializers.normal(0.02), h.shape[1:])
-    h = h + pos
+    h = (h + pos).astype(self.dtype)
     every = jnp.ones(h.shape[:2], bool)
     h = transformer.encode(self, h, nn.make_attention_mask(every, every), every, train=train)
-    return nn.Dense(self.num_outputs, name='head')(h.mean(axis=1))
+    return self.head(h.mean(axis=1))
 
 
 def build(cfg, dataset, *, devices: int = 1, speed: dict) -> ViT:
@@ -51,4 +51,5 @@ FAMILIES = (Family(
     '(Dosovitskiy et al. 2021)', build, data=('image',),
     keys=(Key('patch_size', 2, 'pixels per patch side (dividing the image size)', low=0,
               low_ok=False), *transformer.BLOCK_KEYS),
-    options=transformer.BLOCK_OPTIONS, branches=transformer.BRANCHES),)
+    options=transformer.BLOCK_OPTIONS, branches=transformer.BRANCHES,
+    compute_dtypes=('float32', 'bfloat16')),)

@@ -9,6 +9,7 @@ from data.base import Dataset
 from errors import ConfigError
 import re
 import jax
+import jax.numpy as jnp
 import numpy as np
 import config_space as cs
 from models import norms
@@ -34,6 +35,37 @@ def test_compute_dtype_is_checked():
     cfg.model.compute_dtype = 'bfloat16'
   with pytest.raises(ConfigError, match='not implemented by lstm'):
     models.check_model_config(cfg.model)
+
+
+@pytest.mark.parametrize('family', [   # fast: the first such family; -m slow: every other
+    pytest.param(f, marks=() if k == 0 else pytest.mark.slow) for k, f in enumerate(
+        f for f in models.FAMILIES if 'bfloat16' in models.FAMILIES[f].compute_dtypes)])
+def test_every_family_that_takes_bfloat16_computes_in_it_with_float32_weights(family):
+  """compute_dtype=bfloat16, for each family declaring it: the same parameters (float32), float32
+  logits and statistics, the float32 function up to bfloat16 rounding, and bfloat16 matmuls or
+  convolutions in the compiled program (it really computes in bfloat16)."""
+  import config_space as cs
+  point = next(p for p in cs.space()[0] if p.model == family and not p.options
+               and p.norm == 'layer' and not p.variable_length)
+  cfg = cs.model_config(point)
+  with cfg.unlocked():
+    cfg.compute_dtype = 'bfloat16'
+  f32, bf16 = cs.build(point), models.build_model(cfg, point.dataset)
+  x, mask, _ = cs.batch(point, size=8)
+  variables = f32.init(jax.random.key(0), x, train=False, mask=mask)
+  assert jax.tree.map(lambda v: (v.shape, v.dtype), variables) == jax.tree.map(
+      lambda v: (v.shape, v.dtype), bf16.init(jax.random.key(0), x, train=False, mask=mask))
+  run = lambda m: jax.jit(lambda v: m.apply(v, x, train=True, mask=mask,
+                                             mutable=['batch_stats']))(variables)
+  (out32, _), (out16, upd16) = run(f32), run(bf16)
+  assert out16.dtype == jnp.float32
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(upd16))
+  scale = float(jnp.max(jnp.abs(out32)))
+  np.testing.assert_allclose(out16, out32, atol=0.05 * scale)
+  assert float(jnp.max(jnp.abs(out16 - out32))) > 0
+  hlo = jax.jit(lambda v: bf16.apply(v, x, train=False, mask=mask)).lower(variables).as_text()
+  assert any(op in line and 'bf16' in line for line in hlo.splitlines()
+             for op in ('dot_general', 'convolution')), family
 
 
 def test_speed_fields_auto_is_portable_off_cpu_and_every_choice_is_honoured():
