@@ -84,7 +84,7 @@ class Dataset:
 def on_the_host(transform, images, key_parts) -> np.ndarray:
   """A fixed transformed copy made once at load (test and validation copies): computed on the
   CPU whatever the backend, so every platform scores on the same images."""
-  with jax.default_device(jax.devices('cpu')[0]):
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):   # this process's
     return np.asarray(jax.jit(transform)(jnp.asarray(images), fixed_key(*key_parts)))
 
 

@@ -150,7 +150,7 @@ def recipe(split: Split, batch_size: int, augment: str = 'none', transform=None)
 
 def host_device():
   """Where the host path computes (the CPU, also on an accelerator machine)."""
-  return jax.devices('cpu')[0]
+  return jax.local_devices(backend='cpu')[0]   # this process's (with several: its own)
 
 
 @functools.lru_cache(maxsize=16)
