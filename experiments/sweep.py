@@ -2,6 +2,7 @@
 
   python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth [--shard=i/n]
   python -m experiments.sweep --sweep=experiments/claims/depth.py --dir=sweeps/depth --dry_run
+  python -m experiments.sweep --sweep=... --dir=... --devices_per_run=1   # 8 GPUs: 8 runs at once
   python -m experiments.sweep --sweep=... --dir=... --launcher=submitit --partition=gpu \
       --gpus_per_task=1 --time_min=240 --array_parallelism=16
 
@@ -14,6 +15,10 @@ Re-running skips finished (and diverged) runs and resumes unfinished ones from t
 checkpoints. `--shard=i/n` (0 <= i < n) runs every n-th run starting at i, so a scheduler's
 array job spreads a sweep over machines with no coordinator. A run that crashes is recorded as
 `failed` and the sweep goes on; the exit status is non-zero if any run failed.
+
+`--devices_per_run=k` packs small runs onto one machine: instead of every run spread over all
+its devices in turn (a small ResNet on 8 GPUs spends its step in collectives), one process per
+k devices trains its slice of the shard, all at once (`packed`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ if __name__ == '__main__':   # first, before JAX loads (training/huge_pages.py)
   huge_pages.restart_with_huge_pages()
 
 import os
+import signal
+import subprocess
 import sys
 import traceback
 
@@ -34,7 +41,7 @@ import data as data_lib
 import models
 from errors import ConfigError
 from experiments import sweeps
-from training import experiment, loop, parallel, run as run_lib
+from training import experiment, loop, parallel, platform, run as run_lib
 from training import workdir as wd
 
 FLAGS = flags.FLAGS
@@ -51,6 +58,10 @@ def define_flags() -> None:
                     'Train runs that differ only in their seed as one vmapped program. auto: on '
                     'GPU/TPU yes; on CPU no (vmapped convolutions run slower there than a loop: '
                     'python -m benchmarks.seeds).')
+  flags.DEFINE_integer('devices_per_run', 0, 'Pack the runs onto this machine\'s devices: one '
+                       'process per group of this many devices (GPUs by CUDA_VISIBLE_DEVICES), '
+                       'each training its slice of the shard, all at once. 0: every run on '
+                       'every device, one run after another.')
   flags.DEFINE_enum('launcher', 'here', ['here', 'submitit'],
                     'here: run the shard in this process. submitit: submit every shard as a task '
                     'of a Slurm job array (or local processes with --cluster=local).')
@@ -205,6 +216,33 @@ def _run_groups(groups, directory: str, states: dict, stop: run_lib.Preemption) 
         states[name] = 'failed'
 
 
+def packed(flag_values, environ=os.environ) -> int:
+  """--devices_per_run=k: one process per k devices, process j of m running the j-th of m
+  slices of this shard (`--shard=i/n` becomes `--shard=i+j*n/n*m`: the same runs, split), all
+  at once; Ctrl-C, SIGTERM and SIGUSR2 are passed on to every one (each saves its run and
+  stops). JAX is never started here: it would hold every GPU. Returns the exit status: 143 if
+  a run was interrupted, else the worst of the processes'."""
+  i, n = parse_shard(flag_values.shard)
+  kind, ids = platform.local_devices(environ)
+  envs = platform.slot_environments(kind, ids, flag_values.devices_per_run, environ)
+  m = len(envs)
+  print(f'{m} processes at once, {flag_values.devices_per_run} {kind} device(s) each', flush=True)
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.sweep', f'--sweep={flag_values.sweep}',
+       f'--dir={flag_values.dir}', f'--shard={i + j * n}/{n * m}',
+       f'--seeds_in_one_program={flag_values.seeds_in_one_program}'],
+      env=env, start_new_session=True) for j, env in enumerate(envs)]   # signals: from here only
+
+  def pass_on(signum, frame):
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+  for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+    signal.signal(signum, pass_on)
+  codes = [p.wait() for p in procs]
+  return 143 if any(c in (130, 143) for c in codes) else max(c if c >= 0 else 1 for c in codes)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -212,6 +250,8 @@ def main(argv):
     if FLAGS.launcher == 'submitit' and not FLAGS.dry_run:
       from experiments import launch
       sys.exit(launch.submit_sweep(FLAGS, sys.modules[__name__]))
+    if FLAGS.devices_per_run and not FLAGS.dry_run:
+      sys.exit(packed(FLAGS))
     i, n = parse_shard(FLAGS.shard)
     states = run_sweep(sweeps.load_sweep(FLAGS.sweep), FLAGS.dir, i, n, FLAGS.dry_run,
                        FLAGS.seeds_in_one_program)

@@ -143,3 +143,33 @@ def test_deterministic_sets_xlas_flag_before_the_backend_starts_and_after_it_is_
   if platform.DETERMINISTIC_FLAG not in os.environ.get('XLA_FLAGS', ''):
     with pytest.raises(ConfigError, match='deterministic=True after JAX started without it'):
       experiment.build_experiment(tiny_config(deterministic=True))
+
+
+# ---- packed sweeps: which devices each process of `--devices_per_run` sees -----------------
+
+def test_packing_gives_each_process_its_own_gpus_read_without_starting_jax():
+  gpus = files(*(f'/dev/nvidia{i}' for i in range(8)), '/dev/nvidiactl')
+  kind, ids = platform.local_devices({}, gpus)
+  assert (kind, ids) == ('gpu', [str(i) for i in range(8)])
+  envs = platform.slot_environments(kind, ids, 2, {'PATH': '/bin'})
+  assert [e['CUDA_VISIBLE_DEVICES'] for e in envs] == ['0,1', '2,3', '4,5', '6,7']
+  assert all(e['PATH'] == '/bin' for e in envs)
+  # a scheduler that gave this job GPUs 4-6: two runs of one GPU... and one left over of two
+  kind, ids = platform.local_devices({'CUDA_VISIBLE_DEVICES': '4,5,6'}, gpus)
+  assert [e['CUDA_VISIBLE_DEVICES'] for e in platform.slot_environments(kind, ids, 2, {})] == \
+      ['4,5']
+  with pytest.raises(ConfigError, match=r'devices_per_run=4: this machine shows 3 gpu device\(s\) '
+                                        r'\(4, 5, 6\)'):
+    platform.slot_environments(kind, ids, 4, {})
+
+
+def test_packing_on_the_cpu_forces_each_process_host_device_count_and_refuses_tpus():
+  env = {'XLA_FLAGS': '--xla_cpu_foo=1 --xla_force_host_platform_device_count=4'}
+  kind, ids = platform.local_devices(env, files())
+  assert (kind, len(ids)) == ('cpu', 4)
+  envs = platform.slot_environments(kind, ids, 2, env)
+  assert [e['XLA_FLAGS'] for e in envs] == [
+      '--xla_cpu_foo=1 --xla_force_host_platform_device_count=2'] * 2
+  assert platform.local_devices({}, files()) == ('cpu', ['0'])
+  with pytest.raises(ConfigError, match='not built for TPUs yet'):
+    platform.slot_environments(*platform.local_devices({}, files('/dev/accel0')), 1, {})

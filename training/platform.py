@@ -8,6 +8,8 @@ installed) or `cpu` (the CPU, even where an accelerator is visible: asked for, n
 from __future__ import annotations
 
 import glob
+import os
+import re
 
 from errors import ConfigError
 
@@ -135,3 +137,45 @@ def _whole_cache_entries() -> None:
   put.whole = True
   lru_cache.LRUCache.put = put
   cache_lib.get_executable_and_time = get
+
+
+# ---- packing runs onto a machine's devices (experiments/sweep.py --devices_per_run) ----------
+
+FORCED_CPU_DEVICES = re.compile(r'--xla_force_host_platform_device_count=(\d+)')
+
+
+def local_devices(environ=os.environ, find=glob.glob) -> tuple[str, list[str]]:
+  """The kind and ids of this machine's devices, read without starting JAX (a process that
+  starts it on a GPU holds memory on every GPU): `gpu` (CUDA_VISIBLE_DEVICES where set, else the
+  /dev/nvidia<N> files), `tpu`, else `cpu` (as many as XLA_FLAGS forces, else 1)."""
+  gpus = sorted((p[len('/dev/nvidia'):] for p in find('/dev/nvidia[0-9]*')), key=int)
+  if gpus:
+    visible = environ.get('CUDA_VISIBLE_DEVICES')
+    return 'gpu', [v for v in visible.split(',') if v] if visible is not None else gpus
+  if find('/dev/accel[0-9]*') or find('/dev/vfio/[0-9]*'):
+    return 'tpu', []
+  forced = FORCED_CPU_DEVICES.search(environ.get('XLA_FLAGS', ''))
+  return 'cpu', [str(i) for i in range(int(forced.group(1)) if forced else 1)]
+
+
+def slot_environments(kind: str, ids: list[str], per_run: int, environ=os.environ) -> list[dict]:
+  """One environment per group of `per_run` devices, for a process that sees only those: GPUs
+  by CUDA_VISIBLE_DEVICES; the CPU (tests) by XLA's forced host device count. Devices left
+  over (fewer than `per_run`) stay idle."""
+  if kind == 'tpu':
+    raise ConfigError('--devices_per_run is not built for TPUs yet (a TPU host\'s chips are '
+                      'split by TPU_VISIBLE_CHIPS and its process bounds): run the sweep on all '
+                      'chips, or one shard per host with --shard')
+  if not 1 <= per_run <= len(ids):
+    raise ConfigError(f'--devices_per_run={per_run}: this machine shows {len(ids)} {kind} '
+                      f'device(s) ({", ".join(ids)})')
+  out = []
+  for start in range(0, len(ids) - per_run + 1, per_run):
+    env = dict(environ)
+    if kind == 'gpu':
+      env['CUDA_VISIBLE_DEVICES'] = ','.join(ids[start:start + per_run])
+    else:
+      rest = FORCED_CPU_DEVICES.sub('', env.get('XLA_FLAGS', '')).split()
+      env['XLA_FLAGS'] = ' '.join([*rest, f'--xla_force_host_platform_device_count={per_run}'])
+    out.append(env)
+  return out
