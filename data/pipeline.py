@@ -36,9 +36,11 @@ from errors import ConfigError
 ORDER, AUGMENT, TRANSFORM = 0, 1, 2
 PLACES = ('auto', 'device', 'host')
 # what `auto` is on each backend: the place measured to be faster there (python -m
-# benchmarks.run --only=data). CPU: host (a CIFAR-shaped crop_flip batch of 128 in 0.9 ms vs
-# 2.2 ms: XLA's CPU gather from the whole stored split is slower than numpy's). GPU and TPU:
-# not measured yet, so host until the suite has run there.
+# benchmarks.run --only=data). CPU: neither (the default experiment's step runs at the same
+# rate fed either way; a CIFAR-shaped crop_flip batch of 128 took 1.2-1.5 ms on the host vs
+# 0.7-1.0 ms as the device's jitted gather on a quiet 2-core machine, 0.9 vs 2.2 ms on a busy
+# one), so the host, as before. GPU and TPU: not measured yet, so host until the suite has run
+# there.
 AUTO = {'cpu': 'host'}
 
 

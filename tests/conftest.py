@@ -18,6 +18,8 @@ def tiny_config(**overrides):
   config.log_every_steps = 10
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 10
+  if _accelerator():   # the float32 references hold on GPUs and TPUs too (no TF32 passes)
+    config.matmul_precision = 'highest'
   for key, value in overrides.items():
     node = config
     *path, last = key.split('.')
@@ -42,3 +44,19 @@ LONG_FIRST = ('test_multiprocess.py', 'test_faults.py', 'test_sweeps.py', 'test_
 def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))   # stable: file order
+
+
+def _accelerator() -> bool:
+  import jax
+  return jax.default_backend() != 'cpu'
+
+
+@pytest.fixture(autouse=True)
+def _full_float32_matmuls_on_accelerators():
+  """Tests compare against float32 references: on a GPU or TPU every matmul and conv a test
+  compiles asks for full float32 (JAX's default there is TF32 / bfloat16 passes). The CPU
+  computes float32 in full either way: nothing is set there."""
+  if _accelerator():
+    import jax
+    jax.config.update('jax_default_matmul_precision', 'highest')
+  yield

@@ -149,6 +149,15 @@ def test_the_device_path_makes_bit_for_bit_the_host_paths_batches(augment, trans
   assert not np.array_equal(want[0]['targets'], want[1]['targets'])
 
 
+def test_what_auto_places_the_batches_on_each_backend():
+  """Forcing the backend's name: `auto` is the host on the CPU (measured faster there) and, until
+  the speed suite has run on them, on GPUs and TPUs; an asked-for place is kept."""
+  assert [pipeline.resolve('auto', b) for b in ('cpu', 'gpu', 'tpu')] == ['host'] * 3
+  assert [pipeline.resolve(p, 'gpu') for p in ('host', 'device')] == ['host', 'device']
+  with pytest.raises(ConfigError, match="unknown data.pipeline 'gpu'; valid: auto, device, host"):
+    pipeline.check('none', 'gpu')
+
+
 def test_seeds_with_different_training_examples_each_get_their_own_copy():
   """Variable-length data draws each seed's lengths: the device path stores one copy per seed
   and each seed's batches come from its own copy."""

@@ -65,7 +65,8 @@ def test_workdir_holds_config_status_checkpoint_and_tensorboard_curves(tmp_path)
                       'model.fusion_barriers': 'on' if jax.default_backend() == 'cpu' else 'off',
                       'backend': jax.default_backend(), 'devices': jax.device_count(),
                       'device_kind': jax.devices()[0].device_kind,
-                      'data.pipeline': pipeline.AUTO.get(jax.default_backend(), 'host')}
+                      'data.pipeline': pipeline.AUTO.get(jax.default_backend(), 'host'),
+                      'matmul_precision': 'default', 'deterministic': False}
   acc = event_accumulator.EventAccumulator(workdir)
   acc.Reload()
   tags = set(acc.Tags()['scalars'])

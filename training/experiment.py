@@ -142,7 +142,9 @@ def build_experiment(config, mesh: Mesh | None = None,
   tx = optim.make_optimizer(config.optimizer, schedule)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
                     {**{f'model.{k}': v for k, v in resolved.items()}, **where,
-                     'data.pipeline': pipeline.resolve(config.data.pipeline, where['backend'])},
+                     'data.pipeline': pipeline.resolve(config.data.pipeline, where['backend']),
+                     'matmul_precision': config.matmul_precision,
+                     'deterministic': config.deterministic},
                     ('devices',) if models.depends_on_devices(config.model) else ())
 
 
