@@ -117,10 +117,12 @@ def test_matmul_precision_reaches_every_compiled_matmul_and_bad_values_are_refus
 
 DETERMINISTIC = '''
 import os, sys, jax
-from conftest import tiny_config
+from configs import default
 from training import experiment, platform
+config = default.get_config('8')   # not conftest.tiny_config: it asks JAX for the backend
+config.deterministic = True
 assert not jax._src.xla_bridge.backends_are_initialized()
-experiment.build_experiment(tiny_config(deterministic=True))
+experiment.build_experiment(config)
 print(os.environ['XLA_FLAGS'].split().count(platform.DETERMINISTIC_FLAG),
       float(jax.jit(lambda x: x.sum())(jax.numpy.ones(3))))
 '''
