@@ -20,22 +20,29 @@ def test_vmapped_seeds_equal_sequential_seeds(tmp_path, overrides):
   alone = [loop.train_and_evaluate(c, str(tmp_path / f's{c.seed}')) for c in configs]
   for a, b in zip(together, alone):
     assert a['state'] == b['state'] == 'finished' and a['step'] == b['step'] == 20
-    np.testing.assert_allclose(a['metrics']['loss'], b['metrics']['loss'], rtol=1e-4)
-    assert abs(a['metrics']['accuracy'] - b['metrics']['accuracy']) <= 1 / 360 + 1e-9
+    np.testing.assert_allclose(a['metrics']['loss'], b['metrics']['loss'], rtol=1e-2)
+    assert abs(a['metrics']['accuracy'] - b['metrics']['accuracy']) <= 3 / 360 + 1e-9
   assert together[0]['metrics'] != together[1]['metrics']  # the seeds really differ
   # Each seed has its own complete workdir, as if trained alone, and its parameters moved as
-  # alone. One vmapped step equals one step alone to float rounding (test_invariants.py); over
-  # 20 steps a rounding-level difference can flip a pre-ReLU activation sitting at ~1e-7 (seed
-  # 2 at step 13: 2.2e-7 alone, -8.8e-9 vmapped), after which the runs drift apart by up to
-  # 0.23 % of a leaf's total update. Wrong wiring (another seed's data order or key) moves them
-  # by order 100 %: the bound is 2 % of each leaf's largest update.
+  # alone. One vmapped step equals one step alone to float rounding (test_invariants.py), and
+  # the batches are bit-identical; but over 20 steps a rounding-level difference can flip a
+  # ReLU (or a max) sitting at ~1e-7, after which the runs drift apart chaotically. Traced step
+  # by step (seeds 0, 1, 2 on the pipeline's batches): seeds 0 and 2 stay within 2.4e-7 for all
+  # 20 steps; seed 1 jumps from 1.2e-7 to 8.8e-5 at step 3 and ends 15 % of a leaf's update
+  # away. Wrong wiring (another seed's data order or key) makes a seed's update another seed's:
+  # so each vmapped seed's update must be far closer to its own run's than to any other's.
+  updates = {}
   for s in (0, 1, 2):
     exp, state_v, _ = evaluation.load_run(str(tmp_path / f'v{s}'))
     _, state_s, _ = evaluation.load_run(str(tmp_path / f's{s}'))
     init = experiment.create_train_state(exp, jax.random.key(s))
-    for a, b, i in zip(*(jax.tree.leaves(t.params) for t in (state_v, state_s, init))):
-      update = np.abs(b - i).max()
-      assert update > 0 and np.abs(a - b).max() <= 0.02 * update
+    updates[s] = [(np.asarray(v) - i, np.asarray(a) - i) for v, a, i in zip(
+        *(jax.tree.leaves(t.params) for t in (state_v, state_s, init)))]
+  for s in (0, 1, 2):
+    for leaf, (vmapped, own) in enumerate(updates[s]):
+      others = min(np.abs(vmapped - updates[t][leaf][1]).max() for t in (0, 1, 2) if t != s)
+      assert np.abs(own).max() > 0 and np.abs(vmapped - own).max() <= 0.5 * others, (s, leaf)
+  for s in (0, 1, 2):
     status = json.load(open(tmp_path / f'v{s}' / 'status.json'))
     assert status['state'] == 'finished'
     assert any(f.startswith('events.out') for f in os.listdir(tmp_path / f'v{s}'))
