@@ -78,7 +78,7 @@ MOMENTS = {   # name: (target, call, when, flushed)
 }
 
 
-RANDOM_KILLS = int(os.environ.get('NORMLAB_KILLS', '2'))   # more: NORMLAB_KILLS=n
+RANDOM_KILLS = int(os.environ.get('NORMLAB_KILLS', '1'))   # more: NORMLAB_KILLS=n
 
 
 @pytest.mark.slow

@@ -107,9 +107,9 @@ def get_sweep(arg=None):
 """
 
 
-def sweep_cmd(directory):
+def sweep_cmd(directory, text=FOUR_RUNS):
   sweep_file = directory.parent / 'four.py'
-  sweep_file.write_text(FOUR_RUNS)
+  sweep_file.write_text(text)
   return [sys.executable, '-m', 'experiments.sweep', f'--sweep={sweep_file}', f'--dir={directory}']
 
 
@@ -275,22 +275,21 @@ def test_submitit_launcher_runs_shards_as_tasks_and_requeues_a_signalled_one(tmp
 def test_a_packed_sweep_trains_its_runs_at_once_each_on_its_devices_with_the_same_results(
     tmp_path):
   """--devices_per_run=2 on a machine of 4 (simulated CPU) devices: two processes at once, each
-  training every other run on its own 2 devices; every run ends as it does in a sweep that
-  trains it alone on 2 devices."""
+  training its own run on its own 2 devices; every run ends as it does in a sweep that trains
+  it alone on 2 devices."""
+  two_runs = FOUR_RUNS.replace("product('seed', [0, 1])", "product('seed', [0])")
   on = lambda n: {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={n}'}
   reference, packed = tmp_path / 'ref', tmp_path / 'packed'
-  subprocess.run(sweep_cmd(reference), cwd=ROOT, check=True, capture_output=True, timeout=600,
-                 env=on(2))
-  result = subprocess.run([*sweep_cmd(packed), '--devices_per_run=2'], cwd=ROOT,
+  subprocess.run(sweep_cmd(reference, two_runs), cwd=ROOT, check=True, capture_output=True,
+                 timeout=600, env=on(2))
+  result = subprocess.run([*sweep_cmd(packed, two_runs), '--devices_per_run=2'], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=on(4))
   assert result.returncode == 0, result.stderr[-3000:]
   assert '2 processes at once, 2 cpu device(s) each' in result.stdout
-  assert final_metrics(packed) == final_metrics(reference)
-  names = sorted(final_metrics(packed))
-  pids = {}
-  for name in names:
+  assert len(final_metrics(packed)) == 2 and final_metrics(packed) == final_metrics(reference)
+  pids = set()
+  for name in final_metrics(packed):
     assert json.load(open(packed / name / 'resolved.json'))['devices'] == 2
     (event,) = glob.glob(str(packed / name / 'events.out.tfevents.*'))
-    pids[name] = int(event.split('.')[-2])
-  order = [r.name for r in sweeps.load_sweep(str(tmp_path / 'four.py')).runs()]
-  assert pids[order[0]] == pids[order[2]] != pids[order[1]] == pids[order[3]]
+    pids.add(int(event.split('.')[-2]))
+  assert len(pids) == 2   # one process each
