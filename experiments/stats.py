@@ -1,26 +1,55 @@
-"""Statistics the claims' verdicts share: a group's values over seeds, confidence intervals, and
-whether one group is above another by a stated minimum effect with a small-sample test.
+"""Statistics the claims' verdicts share: a group's values over seeds, whether one group beats
+another by more than a stated minimum effect, and the five outcomes a claim can have.
 
 A claim's verdict rule names, before its sweep runs (in the claim file's docstring): the metric,
-the minimum effect that counts, the test (`welch` or the exact `permutation` test) and alpha.
-`compare` computes everything such a rule needs and `Comparison.text` states all of it, so a
-verdict sentence carries every fact its rule used.
+the minimum effect that counts, the test (`welch` or the exact `permutation` test), alpha, and
+for a metric read on a grid (a logging interval) its grain. `compare` computes everything such a
+rule needs and `Comparison.text` states all of it, so a verdict sentence carries every fact its
+rule used.
 
-Why not "a − b > the larger seed std" (the rule before): with no real difference it fires
-one-sided ~10 % of the time at 3 seeds, and on a discrete metric the seed std is often exactly 0,
-so one test image decided it (tests/test_stats.py measures both).
+The rule (a shifted null). "a beats b by at least m" is shown when the one-sided test of
+H0: improvement ≤ m rejects at alpha, which is the same as the one-sided (1 − alpha) lower
+confidence bound of the improvement lying above m. The interval shown is the matching one: both
+one-sided (1 − alpha) bounds, the (1 − 2·alpha) two-sided interval (90 % for alpha 0.05). The
+effect is ruled out when the upper bound lies below m (the test of H0: improvement ≥ m rejects).
+Neither: the runs cannot tell (underpowered). Checking m on the point estimate beside an
+unshifted test (the rule before) passes at a true improvement of exactly m (no improvement beyond
+the minimum) 3-4 times as often as alpha: 17 % at 5 seeds (tests/test_stats.py measures it).
+
+Zero spread. Welch's t needs a spread; when either group has none (every seed logged the same
+step, or the same number of test images) it would return p = 0 and a point interval. The exact
+permutation test is used then instead, and always for a metric with a declared grain: its p
+is a count of group splits (with 5 seeds a side the smallest is 1/252 = 0.004; with 3 a side
+1/20 = 0.05, which can never be below 0.05: the reason for five seeds). A grain also widens
+both bounds by one grain: a value read at the first logging step past a threshold is known only
+to within one logging interval.
+
+Several cells. A rule that passes when any of k cells passes corrects the cells' p-values by
+Holm's step-down method (`holm`), so its false-positive rate stays at alpha.
+
+Outcomes (`outcome`): reproduced (every part shown), partly (some), not reproduced (no part
+shown and one ruled out: its interval lies below the minimum effect), inconclusive
+(underpowered: no part shown or ruled out), and inconclusive (regime not reached), which a
+claim's gate decides before any of these (findings.decide).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 TESTS = ('welch', 'permutation')
+REPRODUCED, PARTLY, NOT_REPRODUCED = 'reproduced', 'partly', 'not reproduced'
+UNDERPOWERED = 'inconclusive (underpowered)'
 INCONCLUSIVE = 'inconclusive (regime not reached)'
+OUTCOMES = (REPRODUCED, PARTLY, NOT_REPRODUCED, UNDERPOWERED, INCONCLUSIVE)
+SHOWN, RULED_OUT, OPEN = 'shown', 'ruled out', 'open'
+MAX_SPLITS = 200_000       # beyond this many group splits the permutation test samples them
 
 
 def values(members, key='train_loss') -> np.ndarray:
@@ -47,50 +76,116 @@ def mean_ci(v, level: float = 0.95) -> tuple[float, float, float]:
   return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def welch(a, b) -> tuple[float, tuple[float, float]]:
-  """(one-sided p for mean(a) > mean(b), 95 % Welch interval of mean(a) − mean(b)). With no
-  spread in either group the difference is exact: p is 0 or 1 and the interval a point."""
+def welch(a, b, shift: float = 0.0, alpha: float = 0.05) -> tuple[float, tuple[float, float]]:
+  """(one-sided p of H0: mean(a) − mean(b) ≤ shift, (lower, upper)): the one-sided (1 − alpha)
+  Welch bounds of mean(a) − mean(b), i.e. its (1 − 2·alpha) interval. Needs a spread in at
+  least one group (`Comparison` uses the permutation test when a group has none)."""
   a, b = np.asarray(a, float), np.asarray(b, float)
   diff = a.mean() - b.mean()
-  se2 = a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  se2 = va + vb
   if se2 == 0:
-    return (0.0 if diff > 0 else 1.0), (diff, diff)
-  se = np.sqrt(se2)
-  df = se2 ** 2 / ((a.var(ddof=1) / len(a)) ** 2 / (len(a) - 1) +
-                   (b.var(ddof=1) / len(b)) ** 2 / (len(b) - 1))
-  p = float(scipy_stats.t.sf(diff / se, df))
-  half = scipy_stats.t.ppf(0.975, df) * se
+    raise ValueError('Welch\'s test needs a spread in at least one group')
+  se = math.sqrt(se2)
+  df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  p = float(scipy_stats.t.sf((diff - shift) / se, df))
+  half = scipy_stats.t.ppf(1 - alpha, df) * se
   return p, (float(diff - half), float(diff + half))
 
 
-def permutation(a, b) -> float:
-  """Exact one-sided permutation p for mean(a) > mean(b): the share of all ways to split the
-  pooled values into groups of len(a) and len(b) whose difference of means is at least the
-  observed one (complete separation of 4 vs 4 is 1/70 = 0.014; of 3 vs 3, 1/20 = 0.05)."""
-  a, b = np.asarray(a, float), np.asarray(b, float)
-  pooled, n = np.concatenate([a, b]), len(a)
+@dataclasses.dataclass(frozen=True)
+class _Splits:
+  """Every way (or MAX_SPLITS sampled ways) to split n + m pooled values into groups of n and
+  m: for each split, the sum of the values it puts in the first group and how many of them
+  came from a."""
+  sums: np.ndarray
+  from_a: np.ndarray
+
+  @classmethod
+  def of(cls, a, b):
+    pooled, n = np.concatenate([a, b]), len(a)
+    total = len(pooled)
+    if math.comb(total, n) <= MAX_SPLITS:
+      idx = np.array(list(itertools.combinations(range(total), n)), np.int64)
+    else:   # a sample, the observed split first (so p >= 1 / splits, as it must)
+      rng = np.random.default_rng(0)
+      idx = np.argsort(rng.random((MAX_SPLITS, total)), axis=1)[:, :n]
+      idx[0] = np.arange(n)
+    return cls(pooled[idx].sum(1), (idx < n).sum(1))
+
+
+def permutation(a, b, shift: float = 0.0) -> float:
+  """Exact one-sided permutation p of H0: mean(a) − mean(b) ≤ shift (the shift model: a − shift
+  and b exchangeable): the share of all splits of the pooled values (a − shift, b) into groups
+  of len(a) and len(b) whose difference of means is at least the observed one (complete
+  separation of 4 vs 4 is 1/70 = 0.014; of 3 vs 3, 1/20 = 0.05; of 5 vs 5, 1/252)."""
+  a, b = np.asarray(a, float) - shift, np.asarray(b, float)
+  n, m = len(a), len(b)
+  splits = _Splits.of(a, b)
+  total = a.sum() + b.sum()
   observed = a.mean() - b.mean()
-  total = pooled.sum()
-  count = hits = 0
-  for idx in itertools.combinations(range(len(pooled)), n):
-    s = pooled[list(idx)].sum()
-    d = s / n - (total - s) / len(b)
-    hits += d >= observed - 1e-12 * max(1.0, abs(observed))
-    count += 1
-  return hits / count
+  d = splits.sums / n - (total - splits.sums) / m
+  return float(np.mean(d >= observed - 1e-12 * max(1.0, abs(observed))))
+
+
+def permutation_lower(a, b, alpha: float = 0.05) -> float:
+  """The one-sided (1 − alpha) lower bound of mean(a) − mean(b) that inverts `permutation`: the
+  largest shift the test still rejects (−inf when no split count can be below alpha).
+
+  Shifting a by δ moves each split's difference of means linearly in δ, so each split starts
+  counting against the observed one at its own threshold; the bound is the ⌈alpha·N⌉-th
+  smallest threshold."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  n, m = len(a), len(b)
+  splits = _Splits.of(a, b)
+  total = a.sum() + b.sum()
+  observed = a.mean() - b.mean()
+  d0 = splits.sums / n - (total - splits.sums) / m
+  k = splits.from_a
+  slope = (n - k) / n + (n - k) / m          # > 0 unless the split is the observed one
+  with np.errstate(divide='ignore', invalid='ignore'):
+    thresholds = np.where(k == n, -np.inf, (observed - d0) / np.where(k == n, 1, slope))
+  j = math.ceil(alpha * len(thresholds)) - 1
+  return float(np.sort(thresholds)[j]) if j >= 0 else -math.inf
+
+
+def holm(ps: Sequence[float], alpha: float = 0.05) -> list[bool]:
+  """Holm's step-down rejections of k hypotheses at family-wise error alpha: sorted p-values
+  p(1) ≤ ... ≤ p(k), reject while p(i) < alpha / (k − i + 1); nan p-values never reject."""
+  ps = [1.0 if not np.isfinite(p) else float(p) for p in ps]
+  reject = [False] * len(ps)
+  for rank, i in enumerate(sorted(range(len(ps)), key=lambda i: ps[i])):
+    if ps[i] >= alpha / (len(ps) - rank):
+      break
+    reject[i] = True
+  return reject
+
+
+def outcome(statuses: Sequence[str]) -> str:
+  """A claim's outcome from its parts' statuses (SHOWN, RULED_OUT, OPEN), every part needed for
+  'reproduced'."""
+  if statuses and all(s == SHOWN for s in statuses):
+    return REPRODUCED
+  if SHOWN in statuses:
+    return PARTLY
+  if RULED_OUT in statuses:
+    return NOT_REPRODUCED
+  return UNDERPOWERED
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-  """Whether `a` is better than `b` by at least `min_effect` with `test`'s one-sided p below
-  `alpha`; better is higher unless `higher_is_better` is False (a loss). `diff`, `ci` and `p`
-  are of the improvement of a over b (mean a − mean b, or mean b − mean a for a loss)."""
+  """Whether `a` is better than `b` by more than `min_effect` (see the module docstring); better
+  is higher unless `higher_is_better` is False (a loss). `diff`, `bounds` and `p` are of the
+  improvement of a over b (mean a − mean b, or mean b − mean a for a loss). `grain`: the
+  metric's reading grain (0: exact), which selects the permutation test and widens the bounds."""
   a: np.ndarray
   b: np.ndarray
   min_effect: float
   test: str = 'welch'
   alpha: float = 0.05
   higher_is_better: bool = True
+  grain: float = 0.0
 
   def __post_init__(self):
     if self.test not in TESTS:
@@ -107,32 +202,83 @@ class Comparison:
     return len(self.a) >= 2 and len(self.b) >= 2
 
   @property
+  def test_used(self) -> str:
+    """The declared test, or the permutation test where Welch's would have no spread to use
+    (a group with none) or the metric has a grain."""
+    a, b = self._oriented
+    if self.test == 'permutation' or self.grain > 0 or np.ptp(a) == 0 or np.ptp(b) == 0:
+      return 'permutation'
+    return 'welch'
+
+  @property
   def diff(self) -> float:
     a, b = self._oriented
     return float(a.mean() - b.mean()) if self.ok else float('nan')
 
   @property
-  def ci(self) -> tuple[float, float]:
-    return welch(*self._oriented)[1] if self.ok else (float('nan'),) * 2
+  def bounds(self) -> tuple[float, float]:
+    """The one-sided (1 − alpha) lower and upper bounds of the improvement (together the
+    (1 − 2·alpha) interval), widened by the grain."""
+    if not self.ok:
+      return (float('nan'),) * 2
+    a, b = self._oriented
+    if self.test_used == 'welch':
+      lo, hi = welch(a, b, alpha=self.alpha)[1]
+    else:
+      lo, hi = permutation_lower(a, b, self.alpha), -permutation_lower(b, a, self.alpha)
+    return lo - self.grain, hi + self.grain
+
+  ci = bounds
+
+  def _p(self, shift: float) -> float:
+    a, b = self._oriented
+    if self.test_used == 'welch':
+      return welch(a, b, shift)[0]
+    return permutation(a, b, shift)
 
   @property
   def p(self) -> float:
+    """One-sided p of H0: improvement ≤ min_effect (at min_effect + grain for a grained
+    metric)."""
+    return self._p(self.min_effect + self.grain) if self.ok else float('nan')
+
+  @property
+  def p_ruled_out(self) -> float:
+    """One-sided p of H0: improvement ≥ min_effect (at min_effect − grain)."""
     if not self.ok:
       return float('nan')
     a, b = self._oriented
-    return welch(a, b)[0] if self.test == 'welch' else permutation(a, b)
+    flipped = dataclasses.replace(self, a=b, b=a, higher_is_better=True,
+                                  min_effect=-self.min_effect)
+    return flipped._p(-self.min_effect + self.grain)
 
   @property
   def greater(self) -> bool:
-    """The rule: the improvement is at least the minimum effect and the test says it is not
-    chance (one-sided p < alpha)."""
-    return self.ok and self.diff >= self.min_effect and self.p < self.alpha
+    """The rule: the test of "improvement ≤ min_effect" rejects at alpha (equivalently, the
+    lower bound lies above min_effect)."""
+    return self.ok and self.p < self.alpha
+
+  @property
+  def ruled_out(self) -> bool:
+    """The minimum effect is excluded: the upper bound lies below it."""
+    return self.ok and self.p_ruled_out < self.alpha
+
+  @property
+  def status(self) -> str:
+    return SHOWN if self.greater else RULED_OUT if self.ruled_out else OPEN
 
   def within(self, margin: float) -> bool:
-    """Equivalence: the 95 % interval of the difference lies inside (−margin, margin) (two
-    one-sided tests at 2.5 % each: stricter than the usual 90 % interval)."""
-    lo, hi = self.ci
+    """Equivalence (two one-sided tests at alpha each): the (1 − 2·alpha) interval of the
+    difference lies inside (−margin, margin)."""
+    lo, hi = self.bounds
     return self.ok and -margin < lo and hi < margin
+
+  def equivalence(self, margin: float) -> str:
+    """SHOWN when `within(margin)`; RULED_OUT when the interval lies wholly outside it."""
+    lo, hi = self.bounds
+    if self.within(margin):
+      return SHOWN
+    return RULED_OUT if self.ok and (lo >= margin or hi <= -margin) else OPEN
 
   def text(self, a_name: str, b_name: str, digits: int = 4) -> str:
     """Every number the rule used, in one clause, in the metric's own sign."""
@@ -140,21 +286,33 @@ class Comparison:
       return (f'{a_name} vs {b_name}: too few finished seeds ({len(self.a)} and {len(self.b)}) '
               'to compare')
     f = lambda x: f'{x:.{digits}f}'
-    lo, hi = self.ci
+    lo, hi = self.bounds
     side = 'above' if self.higher_is_better else 'below'
-    return (f'{a_name} {side} {b_name} by {f(self.diff)} (95 % CI {f(lo)} to {f(hi)}; '
-            f'{a_name} {f(np.mean(self.a))}, {b_name} {f(np.mean(self.b))}, n = {len(self.a)}, '
-            f'{len(self.b)}); {self.test} p = {self.p:.3f} one-sided vs α = {self.alpha}; '
-            f'minimum effect {f(self.min_effect)}: '
-            f'{"shown" if self.greater else "not shown"}')
+    level = round(100 * (1 - 2 * self.alpha))
+    grain = f', grain {f(self.grain)}' if self.grain else ''
+    fallback = (' (no spread in a group: exact permutation test)'
+                if self.test_used != self.test and not self.grain else '')
+    said = {SHOWN: 'shown', RULED_OUT: 'ruled out (upper bound below it)',
+            OPEN: 'neither shown nor ruled out'}[self.status]
+    return (f'{a_name} {side} {b_name} by {f(self.diff)} ({level} % interval {f(lo)} to '
+            f'{f(hi)}{grain}; {a_name} {f(np.mean(self.a))}, {b_name} {f(np.mean(self.b))}, '
+            f'n = {len(self.a)}, {len(self.b)}); {self.test_used} p = {self.p:.3f}{fallback} '
+            f'for an improvement ≤ the minimum effect {f(self.min_effect)}, vs α = '
+            f'{self.alpha}: {said}')
 
 
 def compare(a_members, b_members, key, min_effect, test='welch', alpha=0.05,
-            higher_is_better=True) -> Comparison:
+            higher_is_better=True, grain=0.0) -> Comparison:
   """Whether group a is better than group b on `key` (each a list of runs): higher, or lower
   for a metric where lower is better (a loss)."""
   return Comparison(values(a_members, key), values(b_members, key), min_effect, test, alpha,
-                    higher_is_better)
+                    higher_is_better, grain)
+
+
+def any_cell(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[bool]:
+  """Which of several cells' comparisons are shown after Holm's correction (a rule that passes
+  when any cell passes)."""
+  return [c.ok and r for c, r in zip(comparisons, holm([c.p for c in comparisons], alpha))]
 
 
 def trend(xs, ys) -> tuple[float, float]:
