@@ -161,16 +161,56 @@ def holm(ps: Sequence[float], alpha: float = 0.05) -> list[bool]:
   return reject
 
 
-def outcome(statuses: Sequence[str]) -> str:
-  """A claim's outcome from its parts' statuses (SHOWN, RULED_OUT, OPEN), every part needed for
-  'reproduced'."""
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One part of a claim: its status (SHOWN, RULED_OUT, OPEN) and the p-value of its test (for
+  Holm's correction when some parts are shown and others not; 0 or 1 for an exact check)."""
+  status: str
+  p: float
+
+
+def exact(holds: bool, fails: bool = True) -> Part:
+  """A part decided without noise (a bit-identity, a count of compiled collectives): SHOWN when
+  it holds, RULED_OUT when it does not (or OPEN when `fails` is False)."""
+  return Part(SHOWN, 0.0) if holds else Part(RULED_OUT if fails else OPEN, 1.0)
+
+
+def outcome(parts: Sequence, needs=None, alpha: float = 0.05) -> str:
+  """A claim's outcome from its parts (Parts or Comparisons). Reproduced when every part is
+  shown; partly when some part is shown after Holm's correction over the parts (so "any part"
+  keeps its error rate at alpha); else not reproduced when a part is ruled out; else
+  inconclusive (underpowered). `needs`: a part without which nothing is shown (the effect the
+  rest qualifies): when it is not shown the outcome is not reproduced (it is ruled out) or
+  underpowered."""
+  if needs is not None:
+    if needs.status != SHOWN:
+      return NOT_REPRODUCED if needs.status == RULED_OUT else UNDERPOWERED
+    parts = [needs, *parts]
+  statuses = [part.status for part in parts]
   if statuses and all(s == SHOWN for s in statuses):
     return REPRODUCED
-  if SHOWN in statuses:
+  held = holm([part.p for part in parts], alpha)
+  if any(h and s == SHOWN for h, s in zip(held, statuses)):
     return PARTLY
   if RULED_OUT in statuses:
     return NOT_REPRODUCED
   return UNDERPOWERED
+
+
+def one_sample(v, level: float, alpha: float = 0.05, below: bool = True) -> Part:
+  """Whether the mean of `v` lies below `level` (above it when `below` is False): one-sample
+  one-sided t-test; SHOWN when it rejects, RULED_OUT when the opposite one does. With no spread
+  the values are exact, and so is the answer."""
+  v = np.asarray(v, float)
+  if len(v) < 2:
+    return Part(OPEN, float('nan'))
+  sign = 1.0 if below else -1.0
+  d = sign * (level - v)                      # > 0: on the claimed side
+  if np.ptp(d) == 0:
+    return exact(d[0] > 0)
+  t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+  p, p_against = scipy_stats.t.sf(t, len(d) - 1), scipy_stats.t.cdf(t, len(d) - 1)
+  return Part(SHOWN if p < alpha else RULED_OUT if p_against < alpha else OPEN, float(p))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,18 +307,34 @@ class Comparison:
   def status(self) -> str:
     return SHOWN if self.greater else RULED_OUT if self.ruled_out else OPEN
 
+  @property
+  def part(self) -> Part:
+    return Part(self.status, self.p)
+
+  @property
+  def absent(self) -> Part:
+    """The claim that there is no improvement of the minimum effect: SHOWN when it is ruled
+    out, RULED_OUT when it is shown."""
+    status = {SHOWN: RULED_OUT, RULED_OUT: SHOWN, OPEN: OPEN}[self.status]
+    return Part(status, self.p_ruled_out)
+
   def within(self, margin: float) -> bool:
     """Equivalence (two one-sided tests at alpha each): the (1 − 2·alpha) interval of the
     difference lies inside (−margin, margin)."""
     lo, hi = self.bounds
     return self.ok and -margin < lo and hi < margin
 
-  def equivalence(self, margin: float) -> str:
-    """SHOWN when `within(margin)`; RULED_OUT when the interval lies wholly outside it."""
+  def equivalence(self, margin: float) -> Part:
+    """Equivalence within ±margin: SHOWN when `within(margin)`; RULED_OUT when the interval lies
+    wholly outside it; p is the larger of the two one-sided tests' (TOST)."""
     lo, hi = self.bounds
-    if self.within(margin):
-      return SHOWN
-    return RULED_OUT if self.ok and (lo >= margin or hi <= -margin) else OPEN
+    if not self.ok:
+      return Part(OPEN, float('nan'))
+    low = dataclasses.replace(self, min_effect=-margin).p
+    high = dataclasses.replace(self, min_effect=margin).p_ruled_out
+    status = (SHOWN if self.within(margin) else
+              RULED_OUT if lo >= margin or hi <= -margin else OPEN)
+    return Part(status, max(low, high))
 
   def text(self, a_name: str, b_name: str, digits: int = 4) -> str:
     """Every number the rule used, in one clause, in the metric's own sign."""

@@ -146,7 +146,7 @@ def test_mean_ci_is_the_t_interval():
 def _claim(parts):
   """A claim whose verdict is the outcome of its comparisons' statuses."""
   return types.SimpleNamespace(
-      verdict=lambda keys, groups: (stats.outcome([c.status for c in parts]), 'constructed'))
+      verdict=lambda keys, groups: (stats.outcome(parts), 'constructed'))
 
 
 def test_five_outcomes_on_constructed_runs():
@@ -174,11 +174,48 @@ def test_equivalence_needs_the_whole_matching_interval_inside_the_margin():
   a = 1.0 + 0.01 * rng.normal(size=5)
   close = stats.Comparison(a, a + 0.005, 0.0)
   assert close.within(0.05) and not close.within(0.001)
-  assert close.equivalence(0.05) == stats.SHOWN
-  assert stats.Comparison(a + 1, a, 0.0).equivalence(0.05) == stats.RULED_OUT
+  assert close.equivalence(0.05).status == stats.SHOWN
+  assert stats.Comparison(a + 1, a, 0.0).equivalence(0.05).status == stats.RULED_OUT
   noisy = stats.Comparison(1 + rng.normal(size=3), 1 + rng.normal(size=3), 0.0)
   lo, hi = noisy.bounds
   two = scipy_stats.ttest_ind(noisy.a, noisy.b, equal_var=False).confidence_interval(0.90)
   assert (lo, hi) == (pytest.approx(two.low), pytest.approx(two.high))
   assert noisy.within(max(-lo, hi) + 1e-9) and not noisy.within(max(-lo, hi) - 1e-9)
-  assert noisy.equivalence(max(-lo, hi) - 1e-9) == stats.OPEN
+  assert noisy.equivalence(max(-lo, hi) - 1e-9).status == stats.OPEN
+  # TOST: p below alpha exactly when the interval lies inside the margin
+  for margin in (max(-lo, hi) - 1e-6, max(-lo, hi) + 1e-6):
+    assert (noisy.equivalence(margin).p < 0.05) == noisy.within(margin)
+
+
+def test_partly_needs_a_part_shown_after_holm_and_needs_names_the_effect_first():
+  shown_at = lambda p: stats.Part(stats.SHOWN, p)
+  open_ = stats.Part(stats.OPEN, 0.5)
+  assert stats.outcome([shown_at(0.03), open_]) == stats.UNDERPOWERED    # 0.03 > 0.05 / 2
+  assert stats.outcome([shown_at(0.02), open_]) == stats.PARTLY
+  assert stats.outcome([shown_at(0.03), shown_at(0.04)]) == stats.REPRODUCED   # all: no penalty
+  ruled = stats.Part(stats.RULED_OUT, 0.9)
+  assert stats.outcome([shown_at(0.001)], needs=ruled) == stats.NOT_REPRODUCED
+  assert stats.outcome([shown_at(0.001)], needs=open_) == stats.UNDERPOWERED
+  assert stats.outcome([ruled], needs=shown_at(0.001)) == stats.PARTLY
+  assert stats.exact(True).status == stats.SHOWN and stats.exact(False).status == stats.RULED_OUT
+
+
+def test_absence_of_an_effect_is_shown_only_when_the_effect_is_ruled_out():
+  rng = np.random.default_rng(7)
+  flat = stats.Comparison(0.5 + 0.01 * rng.normal(size=5), 0.5 + 0.01 * rng.normal(size=5), 0.1)
+  drop = stats.Comparison(0.9 + 0.01 * rng.normal(size=5), 0.5 + 0.01 * rng.normal(size=5), 0.1)
+  assert flat.absent.status == stats.SHOWN and drop.absent.status == stats.RULED_OUT
+  # its p is the test of "improvement >= min effect": scipy's Welch on the shifted groups
+  ref = scipy_stats.ttest_ind(flat.a - 0.1, flat.b, equal_var=False, alternative='less').pvalue
+  assert flat.absent.p == pytest.approx(ref, rel=1e-9)
+
+
+def test_one_sample_bound_is_scipys_t_test():
+  rng = np.random.default_rng(8)
+  v = 0.8 + 0.1 * rng.normal(size=5)
+  part = stats.one_sample(v, 1.0)
+  ref = scipy_stats.ttest_1samp(v, 1.0, alternative='less').pvalue
+  assert part.p == pytest.approx(ref, rel=1e-9) and part.status == stats.SHOWN
+  assert stats.one_sample(v, 0.5).status == stats.RULED_OUT
+  assert stats.one_sample(v, 0.5, below=False).status == stats.SHOWN
+  assert stats.one_sample(np.full(3, 0.2), 1.0).status == stats.SHOWN     # exact, no spread

@@ -4,16 +4,31 @@ import os
 
 from experiments.sweeps import Sweep, product
 
-SEEDS = [0, 1, 2]
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+SEEDS_ENV = 'NORMLAB_CLAIM_SEEDS'     # set by `python -m experiments.findings --seeds=...`
 
 
-def finish(config, axes, arg, smoke_axes):
-  """`arg == 'smoke'`: 2 runs of 4 steps (so the sweep cannot rot); otherwise the full sweep."""
+def seeds(count: int = len(DEFAULT_SEEDS)) -> list[int]:
+  """The seeds of a claim that asks for `count` of them: the first `count` of the list in
+  $NORMLAB_CLAIM_SEEDS (comma-separated; continued by consecutive integers when shorter), or
+  0, 1, ... by default. Five by default: with three a side the exact permutation test's smallest
+  p is 1/20, so no claim could pass at 0.05 without leaning on Welch's normality."""
+  given = [int(s) for s in os.environ.get(SEEDS_ENV, '').split(',') if s.strip()]
+  if not given:
+    return list(range(count))
+  while len(given) < count:
+    given.append(max(given) + 1)
+  return given[:count]
+
+
+def finish(config, axes, arg, smoke_axes, count: int = len(DEFAULT_SEEDS)):
+  """`arg == 'smoke'`: 2 runs of 4 steps (so the sweep cannot rot); otherwise the full sweep
+  over `count` seeds."""
   if arg == 'smoke':
     config.num_train_steps = 4
     config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
     return Sweep(config, smoke_axes)
-  return Sweep(config, axes + [product('seed', SEEDS)])
+  return Sweep(config, axes + [product('seed', seeds(count))])
 
 
 def subplots(*args, **kwargs):

@@ -23,12 +23,11 @@ import os
 
 import numpy as np
 
-from experiments.claims.common import save_figure, subplots
+from experiments.claims.common import save_figure, seeds as claim_seeds, subplots
 from experiments.stats import Comparison
 
 DEPTHS = [8, 20, 56]
 NORMS = ['batch', 'layer', 'group', 'rms', 'none']
-SEEDS = [0, 1, 2]
 MIN_DECADES = 0.5
 FILE = 'init_gradients.json'
 
@@ -60,7 +59,8 @@ def init_ratio(depth: int, residual: bool, norm: str, seed: int) -> dict:
           'log10_ratio': float(np.log10(norms[names[0]] / norms[names[-1]]))}
 
 
-def measure(directory, depths=DEPTHS, norms=NORMS, seeds=SEEDS):
+def measure(directory, depths=DEPTHS, norms=NORMS, seeds=None):
+  seeds = claim_seeds() if seeds is None else seeds
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, FILE)
   rows = json.load(open(path)) if os.path.exists(path) else []
@@ -74,7 +74,8 @@ def measure(directory, depths=DEPTHS, norms=NORMS, seeds=SEEDS):
             with open(path, 'w') as f:
               json.dump(rows, f)
   cell = lambda d, res, norm: np.array([r['log10_ratio'] for r in rows if
-                                        (r['depth'], r['residual'], r['norm']) == (d, res, norm)])
+                                        (r['depth'], r['residual'], r['norm']) == (d, res, norm)
+                                        and r['seed'] in seeds])
   lines = ['First-block / last-block gradient norm at initialization (10^mean of log10 over '
            'seeds, [lowest, highest] seed):', '',
            '| skips | norm | ' + ' | '.join(f'depth {d}' for d in depths) + ' |',
