@@ -175,6 +175,15 @@ def exact(holds: bool, fails: bool = True) -> Part:
   return Part(SHOWN, 0.0) if holds else Part(RULED_OUT if fails else OPEN, 1.0)
 
 
+def all_of(parts: Sequence) -> Part:
+  """A part that holds when all of `parts` do (an intersection: no correction needed): SHOWN
+  when every one is, RULED_OUT when any one is; its p the largest."""
+  statuses = [part.status for part in parts]
+  status = (SHOWN if all(s == SHOWN for s in statuses) else
+            RULED_OUT if RULED_OUT in statuses else OPEN)
+  return Part(status, max(part.p for part in parts))
+
+
 def outcome(parts: Sequence, needs=None, alpha: float = 0.05) -> str:
   """A claim's outcome from its parts (Parts or Comparisons). Reproduced when every part is
   shown; partly when some part is shown after Holm's correction over the parts (so "any part"
@@ -195,6 +204,14 @@ def outcome(parts: Sequence, needs=None, alpha: float = 0.05) -> str:
   if RULED_OUT in statuses:
     return NOT_REPRODUCED
   return UNDERPOWERED
+
+
+def with_trend(c: Comparison, rho: float, p: float, alpha: float = 0.05) -> Part:
+  """A change between the two ends (`c`) that a monotone trend over every run (Spearman's rho,
+  its one-sided p) confirms: SHOWN when both are; RULED_OUT when the change is."""
+  if c.greater and rho > 0 and p < alpha:
+    return Part(SHOWN, max(c.p, p))
+  return Part(RULED_OUT if c.ruled_out else OPEN, max(c.p, p))
 
 
 def one_sample(v, level: float, alpha: float = 0.05, below: bool = True) -> Part:

@@ -31,6 +31,31 @@ def finish(config, axes, arg, smoke_axes, count: int = len(DEFAULT_SEEDS)):
   return Sweep(config, axes + [product('seed', seeds(count))])
 
 
+PLATEAU = 0.1
+
+
+def at_grid_edge(best: dict, grid, what: str = 'lr') -> list[str]:
+  """The arms whose best value (by the claim's selection rule) lies at an end of the grid it
+  was chosen from: the optimum may lie beyond it, so the grid must be extended before a verdict
+  compares the arms at their best (a gate's unmet conditions)."""
+  grid = sorted(grid)
+  return [f'{arm}\'s best {what} {value:g} is at the edge of {{{", ".join(f"{g:g}" for g in grid)}}}'
+          f' (extend the grid past it)' for arm, value in best.items()
+          if value is not None and len(grid) > 1 and value in (grid[0], grid[-1])]
+
+
+def plateaued(run: dict, tag: str = 'train/loss', share: float = PLATEAU) -> bool:
+  """Whether a run's logged `tag` has stopped falling: its mean over the last `share` of the
+  logged steps is within `share` (relative) of its mean over the `share` before. A run with
+  fewer than 10 logged points cannot say, and has not."""
+  points = [v for _, v in run.get('scalars', {}).get(tag, [])]
+  k = int(len(points) * share)
+  if len(points) < 10 or k < 1:
+    return False
+  last, before = sum(points[-k:]) / k, sum(points[-2 * k:-k]) / k
+  return before - last <= share * abs(before)
+
+
 def subplots(*args, **kwargs):
   """matplotlib's `plt.subplots` on the headless Agg backend."""
   import matplotlib

@@ -2,18 +2,20 @@
 2010); skips keep them alive. And what each norm does to them at initialization.
 
 Measured at initialization, not trained: CIFAR ResNets of depth {8, 20, 56} on digits (the
-default experiment's data), plain and residual, norm {batch, layer, group, rms, none}, seeds
-{0, 1, 2} (parameters and the first training batch of 128 drawn from the seed). For each net,
+default experiment's data), plain and residual, norm {batch, layer, group, rms, none}, 5 seeds
+(parameters and the first training batch of 128 drawn from the seed). For each net,
 the gradient norm of every block of the loss on that batch (train mode), and the ratio of the
 first block's to the last block's (1: gradients reach the input undiminished; < 1: they vanish
 toward the input; > 1: they explode toward it). The training-time view is the depth sweep's
 `grad_norm/*` curves and heat map.
 
-Rule (written before the measurement ran): on log10(first / last) per seed, one-sided Welch,
-α 0.05. Plain without norm "vanishes" when its mean log10 ratio at depth 56 is at most -1 and
-is below its value at depth 8 by at least MIN_DECADES (0.5). Residual with BN is "healthy" when
-its mean |log10 ratio| at depth 56 is below 1. Reproduced if the plain net without norm
-vanishes and the residual BN net is healthy; partly if one holds; not reproduced otherwise.
+Rule (written before the measurement ran; experiments/stats.py): on log10(first / last) per
+seed, α 0.05. Plain without norm "vanishes" when its log10 ratio at depth 56 is shown below -1
+(one-sided one-sample t-test) and below its value at depth 8 by more than MIN_DECADES (0.5; the
+shifted one-sided Welch test); ruled out when either is. Residual with BN is "healthy" when its
+|log10 ratio| at depth 56 is shown below 1 (one-sample). Reproduced if the plain net without
+norm vanishes and the residual BN net is healthy; partly if one holds (Holm); not reproduced if
+neither and one is ruled out; else inconclusive (underpowered).
 Every other cell is stated beside (in particular whether BN without skips explodes toward the
 input: mean log10 ratio at 56 of at least 1), not part of the rule.
 """
@@ -24,7 +26,7 @@ import os
 import numpy as np
 
 from experiments.claims.common import save_figure, seeds as claim_seeds, subplots
-from experiments.stats import Comparison
+from experiments.stats import Comparison, all_of, one_sample, outcome
 
 DEPTHS = [8, 20, 56]
 NORMS = ['batch', 'layer', 'group', 'rms', 'none']
@@ -121,8 +123,8 @@ def verdict(analysis):
   if not (len(plain_lo) and len(plain_hi) and len(res_hi)):
     return 'not run', 'the measurement lacks the plain no-norm or the residual BN nets.'
   falls = Comparison(plain_lo, plain_hi, MIN_DECADES)
-  vanishes = plain_hi.mean() <= -1 and falls.greater
-  healthy = abs(res_hi.mean()) < 1
+  vanishes = all_of([one_sample(plain_hi, -1.0), falls])
+  healthy = one_sample(np.abs(res_hi), 1.0)
   bn_plain = cell(hi, False, 'batch')
   others = '; '.join(
       f'{"residual" if res else "plain"} {norm} {10 ** cell(hi, res, norm).mean():.3g}'
@@ -134,8 +136,5 @@ def verdict(analysis):
             f'{"explodes" if len(bn_plain) and bn_plain.mean() >= 1 else "does not explode"} '
             f'toward the input ({10 ** bn_plain.mean():.3g} at depth {hi}); at depth {hi}: '
             f'{others}')
-  if vanishes and healthy:
-    return 'reproduced', reason + '.'
-  if vanishes or healthy:
-    return 'partly', reason + '.'
-  return 'not reproduced', reason + '.'
+  reason += f'; plain without norm vanishes: {vanishes.status}; residual BN healthy: {healthy.status}'
+  return outcome([vanishes, healthy]), reason + '.'

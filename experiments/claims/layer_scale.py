@@ -2,20 +2,24 @@
 
 CPU scale: ResNet-56 (width 16, 27 blocks) on digits, plain and residual, norm {batch, layer,
 rms, none} (group left to `:full`: its step costs 1.6x), SGD 0.9, lr 0.02 cosine, batch 64,
-200 steps, 3 seeds (24 runs). The train loop's diagnostics measure each block's output RMS and
+200 steps, 5 seeds (40 runs). The train loop's diagnostics measure each block's output RMS and
 its parameters' gradient norm on a training batch at step 0 (init) and step 199 (after
 training). A net's SPREAD of a quantity is max minus min over its 27 blocks of log10 of it
 (decades: 1 = a factor of 10 between the largest and the smallest block). Full scale
 (`:full`): CIFAR-10, all the registry's norms, 20k steps.
 
-Rule (written before this sweep ran): 8 cells (activations, gradients) x (plain, residual) x
-(init, after training). LN "keeps the scale" in a cell when its mean SPREAD is below 1 decade;
-LN "stabilizes" a cell where no norm's mean SPREAD exceeds 1 decade when LN's SPREAD is lower
-by at least MIN_EFFECT (0.3 decades, a factor of 2) with a one-sided Welch p < 0.05.
-Reproduced if LN keeps the scale in all 8 cells and stabilizes every cell where no norm exceeds
-1 decade; partly if it keeps the scale in some cells; not reproduced in none. Gate: no norm
-exceeds 1 decade in at least one cell (else there is nothing to keep stable here):
-inconclusive. BN and RMSNorm are reported beside.
+Rule (written before this sweep ran; experiments/stats.py): 8 cells (activations, gradients) x
+(plain, residual) x (init, after training); an after-training cell counts only when both LN
+and the no-norm net trained there (every seed finished, mean final train loss below TRAINED,
+1 nat; chance is ln 10 = 2.30): a net that did not train says nothing about training. LN "keeps
+the scale" in a cell when its SPREAD is shown below 1 decade (one-sided one-sample t-test over
+seeds, α 0.05); LN "stabilizes" a cell where no norm's mean SPREAD exceeds 1 decade when LN's
+SPREAD is lower by more than MIN_EFFECT (0.3 decades, a factor of 2: the shifted one-sided
+test rejects). Reproduced if every part (each counted cell's keeping, each wide cell's
+stabilizing) is shown; partly if some part is shown after Holm's correction over all of them;
+not reproduced if a part is ruled out and none shown; else inconclusive (underpowered). Gate:
+no norm exceeds 1 decade in at least one counted cell (else there is nothing to keep stable
+here): inconclusive. BN and RMSNorm are reported beside.
 """
 
 import re
@@ -25,12 +29,13 @@ import numpy as np
 from configs import default, resnet_cifar10
 from experiments.claims.common import finish, save_figure, subplots
 from experiments.sweeps import product
-from experiments.stats import compare, lookup, values
+from experiments.stats import compare, lookup, one_sample, outcome, values
 
 NORMS = ['batch', 'layer', 'rms', 'none']
 QUANTITIES = {'act_rms': 'activations', 'grad_norm': 'gradients'}
 WIDE = 1.0          # decades
 MIN_EFFECT = 0.3    # decades
+TRAINED = 1.0       # nats of final train loss
 
 
 def get_sweep(arg=None):
@@ -127,7 +132,14 @@ def _cells(group_keys, groups):
         at = lambda n: lookup(group_keys, groups, **{'model.residual': residual,
                                                      'model.norm': n})
         name = f'{QUANTITIES[stat]}, {"residual" if residual else "plain"}, {t}'
+        if t == 'end' and not all(_trained(at(n)) for n in ('layer', 'none')):
+          continue
         yield name, f'{stat}@{t}', at
+
+
+def _trained(runs) -> bool:
+  loss = values(runs, 'train_loss')
+  return bool(runs) and len(loss) == len(runs) and loss.mean() < TRAINED
 
 
 def gate(group_keys, groups, analysis):
@@ -143,20 +155,19 @@ def verdict(group_keys, groups, analysis):
     ln, none = values(at('layer'), key), values(at('none'), key)
     if not len(ln):
       continue
-    keeps.append(ln.mean() < WIDE)
-    text = (f'{name}: LN {ln.mean():.2f}, BN {values(at("batch"), key).mean():.2f}, RMS '
-            f'{values(at("rms"), key).mean():.2f}, none {none.mean():.2f}')
+    keeps.append(one_sample(ln, WIDE))
+    text = (f'{name}: LN {ln.mean():.2f} ({keeps[-1].status} below {WIDE}), BN '
+            f'{values(at("batch"), key).mean():.2f}, RMS {values(at("rms"), key).mean():.2f}, '
+            f'none {none.mean():.2f}')
     if len(none) and none.mean() > WIDE:
       c = compare(at('layer'), at('none'), key, MIN_EFFECT, higher_is_better=False)
       wide.append(name)
-      stabilizes.append(c.greater)
+      stabilizes.append(c)
       text += f' ({c.text("LN", "none", 2)})'
     parts.append(text)
-  reason = (f'SPREAD in decades; LN below {WIDE} in {sum(keeps)}/{len(keeps)} cells; no norm '
-            f'above {WIDE} in {len(wide)} ({", ".join(wide) or "none"}), LN lower there by '
-            f'{MIN_EFFECT}+ in {sum(stabilizes)}: ' + '; '.join(parts))
-  if keeps and all(keeps) and all(stabilizes):
-    return 'reproduced', reason + '.'
-  if any(keeps):
-    return 'partly', reason + '.'
-  return 'not reproduced', reason + '.'
+  shown = lambda ps: sum(p.status == 'shown' for p in ps)
+  reason = (f'SPREAD in decades over the cells counted (an after-training cell only where LN and '
+            f'no norm trained); LN shown below {WIDE} in {shown(keeps)}/{len(keeps)}; no norm '
+            f'above {WIDE} in {len(wide)} ({", ".join(wide) or "none"}), LN lower there by more '
+            f'than {MIN_EFFECT} in {shown(stabilizes)}: ' + '; '.join(parts))
+  return outcome(keeps + stabilizes), reason + '.'

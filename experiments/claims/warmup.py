@@ -4,23 +4,29 @@ Their mechanism grows with depth: at init, the gradient of post-LN's last layer 
 does not shrink with depth, pre-LN's shrinks like 1/√L. So the claim is mapped as a regime, not
 tested at one point. CPU scale: the character-level Transformer LM on tiny_text
 (configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes, batch 32), AdamW with
-β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-3, 3e-3, 1e-2} ×
-linear warm-up {0, 50 steps}, then a constant lr, 200 steps, 3 seeds (108 runs). Beside the
-sweep, an init-only check of the mechanism: the post-LN / pre-LN ratio of the last block's
-gradient norm at init at each depth, 3 seeds. Full scale (`:full`): lm1b (TFDS), width 512,
+β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-4, 3e-4, 1e-3, 3e-3,
+1e-2} × linear warm-up {0, 400 steps}, then a constant lr, 600 steps, 6 seeds (360 runs; the
+sweep before ran 200 steps with a 50-step warm-up and lrs from 1e-3 only). Six seeds, not the
+default five: with five, Fisher's smallest p (5/5 against 0/5: 1/252 = 0.004) lies above Holm's
+first threshold over the 15 cells (0.05/15 = 0.0033), so no cell could ever be shown; with six
+it is 1/924 = 0.001. Beside the sweep, an init-only check of the mechanism: the post-LN /
+pre-LN ratio of the last block's gradient norm at init at each depth, 6 seeds. Full scale (`:full`): lm1b (TFDS), width 512,
 depth {6, 12, 18}, 4000 steps, warm-up {0, 500}.
 
 Definitions (fixed before the sweep, from the corpus): H1 and H2, the unigram and bigram
 entropies of the training text; LEVEL = (H1 + H2) / 2. A run "trains" when it did not diverge
 and its final train loss is at most LEVEL (it learned more than half of what separates unigram
-from bigram statistics); a cell (position, depth, lr, warm-up) trains when at least 2 of its 3
-seeds do. A position "needs warm-up" at (depth, lr) when its cell without warm-up does not
-train and its cell with warm-up does.
+from bigram statistics); a cell (position, depth, lr, warm-up) trains when more than half its
+seeds do. A position "needs warm-up" at (depth, lr) when more of its seeds train with warm-up
+than without by Fisher's exact one-sided test, α 0.05, corrected by Holm over that position's
+(depth, lr) cells (a count of cells that "need" it, without a test, had no error rate); warm-up is "not needed" at a cell where no more
+seeds train with it than without.
 
-Rule (written before this sweep ran): the region is every (depth, lr) where post-LN needs
-warm-up and pre-LN trains without it. Reproduced if the region is not empty and pre-LN needs
-warm-up nowhere; partly if post-LN needs warm-up somewhere but the region is empty or pre-LN
-needs it somewhere too; not reproduced if post-LN needs warm-up nowhere. Reported beside the
+Rule (written before this sweep ran; experiments/stats.py): the region is every (depth, lr)
+where post-LN needs warm-up and pre-LN trains without it. Reproduced if the region is not empty
+and pre-LN needs warm-up nowhere; partly if post-LN needs warm-up somewhere but the region is
+empty or pre-LN needs it somewhere too; not reproduced if post-LN needs warm-up nowhere and
+warm-up is not needed at any of its cells; else inconclusive (underpowered). Reported beside the
 rule: the highest lr that trains per (position, depth, warm-up), each cell's final loss with
 and without warm-up (one-sided Welch, minimum effect 0.1 nats, both positions), and whether
 the init ratio rises with depth (Spearman, p < 0.05). Gate: the lr span reaches both sides:
@@ -34,13 +40,17 @@ import os
 import numpy as np
 
 from configs import transformer_lm
-from experiments.claims.common import finish, save_figure, subplots
+from experiments.claims.common import finish, save_figure, seeds as claim_seeds, subplots
 from experiments.sweeps import product
-from experiments.stats import compare, lookup, trend, values
+from scipy import stats as scipy_stats
+
+from experiments.stats import (NOT_REPRODUCED, PARTLY, REPRODUCED, UNDERPOWERED, compare, holm,
+                               lookup, trend, values)
 
 DEPTHS = [2, 6, 12]
-LRS = [1e-3, 3e-3, 1e-2]
-WARMUP = 50
+LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+WARMUP = 400
+SEEDS = 6
 MIN_EFFECT = 0.1     # nats of final train loss, for the comparisons reported beside the rule
 INIT_FILE = 'init_mechanism.json'
 
@@ -53,7 +63,7 @@ def get_sweep(arg=None):
     depths, warm = [6, 12, 18], 500
   else:
     config.model.width, config.model.num_heads, config.data.seq_length = 64, 4, 32
-    config.num_train_steps, config.log_every_steps = 200, 20
+    config.num_train_steps, config.log_every_steps = 600, 20
     depths, warm = DEPTHS, WARMUP
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   axes = [product('model.norm_position', ['pre', 'post']), product('model.num_layers', depths),
@@ -61,7 +71,7 @@ def get_sweep(arg=None):
   smoke = [product('model.norm_position', ['pre', 'post'])]
   if arg == 'smoke':
     config.model.width, config.model.num_layers = 16, 1
-  return finish(config, axes, arg, smoke)
+  return finish(config, axes, arg, smoke, count=SEEDS)
 
 
 def entropies() -> tuple[float, float]:
@@ -98,7 +108,8 @@ def init_ratio(depth: int, seed: int) -> dict:
   return out
 
 
-def mechanism(directory, seeds=(0, 1, 2)) -> list[dict]:
+def mechanism(directory, seeds=None) -> list[dict]:
+  seeds = claim_seeds(SEEDS) if seeds is None else seeds
   path = os.path.join(directory, INIT_FILE)
   rows = json.load(open(path)) if os.path.exists(path) else []
   done = {(r['depth'], r['seed']) for r in rows}
@@ -108,7 +119,7 @@ def mechanism(directory, seeds=(0, 1, 2)) -> list[dict]:
         rows.append(init_ratio(depth, seed))
         with open(path, 'w') as f:
           json.dump(rows, f)
-  return rows
+  return [r for r in rows if r['seed'] in seeds and r['depth'] in DEPTHS]
 
 
 def _cell(group_keys, groups, position, depth, lr, warm):
@@ -122,7 +133,7 @@ def analyze(directory, group_keys, groups):
   level = (h1 + h2) / 2
   warm = max(k[group_keys.index('optimizer.warmup_steps')] for k in groups)
   depths = sorted({k[group_keys.index('model.num_layers')] for k in groups})
-  ok = {}   # (position, depth, lr, warm-up) -> the cell trains
+  ok = {}   # (position, depth, lr, warm-up) -> (seeds that train, seeds)
   lines = [f'H1 {h1:.3f}, H2 {h2:.3f} nats; a run trains when its final train loss is at most '
            f'LEVEL {level:.3f}. Final train loss per cell (mean over seeds; seeds that trained; '
            'D: diverged):', '',
@@ -135,12 +146,12 @@ def analyze(directory, group_keys, groups):
         for lr in LRS:
           runs = _cell(group_keys, groups, position, depth, lr, w)
           n_ok = sum(trains(r, level) for r in runs)
-          ok[(position, depth, lr, w)] = n_ok >= 2
+          ok[(position, depth, lr, w)] = (n_ok, len(runs))
           bad = sum(r['state'] == 'diverged' for r in runs)
           loss = values(runs, 'train_loss')
           cells.append(f'{loss.mean() if len(loss) else float("nan"):.3f} ({n_ok}/{len(runs)}'
                        f'{f", {bad} D" if bad else ""})')
-        top = [lr for lr in LRS if ok[(position, depth, lr, w)]]
+        top = [lr for lr in LRS if _trains(ok[(position, depth, lr, w)])]
         lines.append(f'| {position} | {depth} | {w} | ' + ' | '.join(cells)
                      + f' | {max(top) if top else "none"} |')
   rows = mechanism(directory)
@@ -174,13 +185,29 @@ def _plot(directory, group_keys, groups, depths, warm, level):
   return save_figure(fig, directory, 'warmup_map.png')
 
 
-def _needs(analysis, position, depth, lr):
+def _trains(count) -> bool:
+  return 2 * count[0] > count[1]
+
+
+def needs(analysis, position) -> tuple[list, list]:
+  """The (depth, lr) cells where `position` needs warm-up (Fisher's exact test of more seeds
+  training with it, Holm over the position's cells), and those where it is not needed (no more
+  seeds train with it than without)."""
   ok, warm = analysis['ok'], analysis['warm']
-  return not ok[(position, depth, lr, 0)] and ok[(position, depth, lr, warm)]
+  cells = [(d, lr) for d in analysis['depths'] for lr in LRS]
+  ps = []
+  for d, lr in cells:
+    (w_ok, w_n), (n_ok, n_n) = ok[(position, d, lr, warm)], ok[(position, d, lr, 0)]
+    table = [[w_ok, w_n - w_ok], [n_ok, n_n - n_ok]]
+    ps.append(scipy_stats.fisher_exact(table, alternative='greater')[1] if w_n and n_n else 1.0)
+  held = holm(ps)
+  not_needed = [c for c in cells if ok[(position, *c, warm)][0] * ok[(position, *c, 0)][1]
+                <= ok[(position, *c, 0)][0] * ok[(position, *c, warm)][1]]
+  return [c for c, h in zip(cells, held) if h], not_needed
 
 
 def gate(group_keys, groups, analysis):
-  states = set(analysis['ok'].values())
+  states = {_trains(c) for c in analysis['ok'].values()}
   if states != {True, False}:
     return ['every cell ' + ('trains' if True in states else 'fails') + ': the lr span does not '
             'reach both sides of stability']
@@ -190,9 +217,8 @@ def gate(group_keys, groups, analysis):
 def verdict(group_keys, groups, analysis):
   ok, warm, depths = analysis['ok'], analysis['warm'], analysis['depths']
   cells = [(d, lr) for d in depths for lr in LRS]
-  post = [c for c in cells if _needs(analysis, 'post', *c)]
-  pre = [c for c in cells if _needs(analysis, 'pre', *c)]
-  region = [c for c in post if ok[('pre', c[0], c[1], 0)]]
+  (post, post_not), (pre, _) = needs(analysis, 'post'), needs(analysis, 'pre')
+  region = [c for c in post if _trains(ok[('pre', c[0], c[1], 0)])]
   fmt = lambda cs: ', '.join(f'depth {d} lr {lr:g}' for d, lr in cs) or 'nowhere'
   gains = []
   for position in ('pre', 'post'):
@@ -200,19 +226,22 @@ def verdict(group_keys, groups, analysis):
         _cell(group_keys, groups, position, d, lr, warm),
         _cell(group_keys, groups, position, d, lr, 0), 'train_loss', MIN_EFFECT,
         higher_is_better=False).greater]
-    gains.append(f'{position}-LN\'s final loss is lower with warm-up by at least {MIN_EFFECT} '
-                 f'(Welch p < 0.05) at {fmt(shown)}')
+    gains.append(f'{position}-LN\'s final loss is lower with warm-up by more than {MIN_EFFECT} '
+                 f'(shifted one-sided test, uncorrected, beside the rule) at {fmt(shown)}')
   init = analysis['init']
   rho, p = trend([r['depth'] for r in init], [r['log_ratio'] for r in init])
   ratio = ', '.join(f'{math.exp(np.mean([r["log_ratio"] for r in init if r["depth"] == d])):.2f}'
                     f' at depth {d}' for d in DEPTHS)
-  reason = (f'post-LN needs warm-up at {fmt(post)}; pre-LN at {fmt(pre)}; the region where '
+  reason = (f'post-LN needs warm-up (Fisher, Holm) at {fmt(post)}; pre-LN at {fmt(pre)}; the '
+            f'region where '
             f'post-LN needs it and pre-LN trains without: {fmt(region)}. Beside the rule: '
             + '; '.join(gains) + f'; the init ratio post/pre of the last block\'s gradient: '
             f'{ratio} (Spearman rho {rho:.2f}, one-sided p {p:.3f}: '
             f'{"rises" if rho > 0 and p < 0.05 else "does not rise measurably"} with depth)')
   if region and not pre:
-    return 'reproduced', reason + '.'
+    return REPRODUCED, reason + '.'
   if post:
-    return 'partly', reason + '.'
-  return 'not reproduced', reason + '; post-LN does not need warm-up anywhere in this map.'
+    return PARTLY, reason + '.'
+  if len(post_not) == len(cells):
+    return NOT_REPRODUCED, reason + '; warm-up helps post-LN in no cell of this map.'
+  return UNDERPOWERED, reason + '; post-LN is not shown to need warm-up anywhere.'
