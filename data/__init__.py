@@ -22,6 +22,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits_rows': sequences.load_digits_rows,
     'mnist1d': sequences.load_mnist1d,
     'tiny_text': text.load_tiny_text,
+    'docs_text': text.load_docs_text,
     'imdb_reviews': text.tfds_loader('imdb_reviews', language_model=False),
     'lm1b': text.tfds_loader('lm1b', language_model=True),
     **{name: tfds_images.loader(name) for name in tfds_images.STATS},

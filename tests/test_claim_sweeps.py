@@ -179,7 +179,8 @@ def test_lstm_target_excess_and_both_halves_of_the_verdict():
   firsts = collections.Counter(tokens[:-1])
   n = len(tokens) - 1
   by_hand = -sum(c / n * math.log(c / firsts[a]) for (a, _), c in pairs.items())
-  assert lstm_norms.bigram_entropy(tokens) == pytest.approx(by_hand, rel=1e-9)
+  from experiments.claims import common
+  assert common.bigram_entropy(tokens) == pytest.approx(by_hand, rel=1e-9)
   run = {'scalars': {'train/loss': [(20, 3.0), (40, 2.4), (60, 2.6)]}}
   assert lstm_norms.steps_to(run, 2.5, 1600) == 40 and lstm_norms.steps_to(run, 2.0, 1600) == 1600
   assert lstm_norms.excess(run, 2.5) == pytest.approx(20 * 0.5 + 0 + 20 * 0.1)

@@ -143,3 +143,45 @@ def test_tiny_text_splits_share_no_32_byte_run():
   # the check can fail: the plain 90/10 cut does share runs (scikit-learn's boilerplate)
   rest = raw[len(train):]
   assert any(rest[i:i + n] in runs for i in range(len(rest) - n + 1))
+
+
+def test_unshared_pieces_by_hashes_equal_the_byte_comparison():
+  """The megabyte version (window hashes) cuts exactly where the plain byte-set version does."""
+  rng = np.random.default_rng(0)
+  words = [bytes(rng.integers(97, 100, rng.integers(3, 9)).astype(np.uint8)) for _ in range(40)]
+  train = b' '.join(words[i] for i in rng.integers(0, 40, 400))
+  held = b' '.join(words[i] for i in rng.integers(0, 40, 200)) + train[100:180]
+  for n in (8, 12, 32):
+    assert text.unshared_pieces(held, [train], n) == text.unshared_segments(held, train, n)
+  assert text.unshared_pieces(held, [train], 8) != [held]     # it can cut
+
+
+def _windows(split):
+  x, y = split.arrays['inputs'], split.arrays['targets']
+  return [bytes((np.concatenate([a, b[-1:]]) - 1).astype(np.uint8).tolist()) for a, b in zip(x, y)]
+
+
+@pytest.mark.slow
+def test_docs_text_is_a_megabyte_corpus_split_by_file_with_no_shared_run(tmp_path, monkeypatch):
+  """Built from the installed numpy and scipy: over 1 MB of training text; no 32-byte run of a validation or test window occurs in another split (checked
+  with Python's byte sets, not the hashes); the checksum matches the pinned install's, and a
+  corpus that differs is refused in one line naming the fix."""
+  import ml_collections
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+  corpus = text.cached_docs_corpus()
+  assert len(corpus['train']) > 1_000_000 and len(corpus['test']) > 50_000
+  assert text.corpus_digest(corpus) == text.DOCS_SHA256
+  n = text.SHARED_RUN
+  ds = text.load_docs_text(ml_collections.ConfigDict({'seq_length': 64}))
+  held = {w[i:i + n]: split for split in ('validation', 'test')
+          for w in _windows(getattr(ds, split)) for i in range(len(w) - n + 1)}
+  train = corpus['train']
+  shared = [train[i:i + n] for i in range(len(train) - n + 1) if train[i:i + n] in held]
+  assert not shared, shared[:3]
+  val = {w[i:i + n] for w in _windows(ds.validation) for i in range(len(w) - n + 1)}
+  assert not any(w[i:i + n] in val for w in _windows(ds.test) for i in range(len(w) - n + 1))
+  # read back from the cache: the same corpus; another corpus is refused
+  assert text.cached_docs_corpus() == corpus
+  monkeypatch.setattr(text, 'DOCS_SHA256', '0' * 64)
+  with pytest.raises(ConfigError, match='pip install -r requirements.txt'):
+    text.cached_docs_corpus()

@@ -2,7 +2,7 @@
 2016; Cooijmans et al. 2016 keep per-time-step statistics): a recurrent BN trained on short
 sequences has no statistics for the positions it never saw.
 
-CPU scale: the character-level LSTM LM on tiny_text (configs/lstm_lm.py: one layer of width
+CPU scale: the character-level LSTM LM on docs_text (data/text.py: numpy's and scipy's docstrings; configs/lstm_lm.py: one layer of width
 128, Adam 3e-3 constant), trained on windows of 32 bytes, 800 steps, norm {batch (recurrent BN,
 per-position running averages), layer, none}, 5 seeds. After training, the test loss per
 position on the test text cut into windows of 128 (4x the training length; 22 windows), in
@@ -28,7 +28,7 @@ import os
 import numpy as np
 
 from configs import lstm_lm
-from experiments.claims.common import finish, save_figure, subplots
+from experiments.claims.common import char_corpus, finish, save_figure, subplots
 from experiments.sweeps import product
 from experiments.stats import compare, lookup, outcome, values
 
@@ -47,6 +47,7 @@ def get_sweep(arg=None):
   else:
     config.model.num_layers, config.data.seq_length = 1, TRAIN_LENGTH
     config.num_train_steps, config.log_every_steps = 800, 50
+    char_corpus(config, arg)
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   smoke = [product('model.norm', ['batch', 'layer'])]
   if arg == 'smoke':
@@ -157,8 +158,8 @@ def _plot(directory, group_keys, curves):
 
 
 def gate(group_keys, groups, analysis):
-  from experiments.claims.warmup import entropies
-  h1 = entropies()[0]
+  from experiments.claims.common import corpus_entropies
+  h1 = corpus_entropies()[0]
   unmet = []
   for norm in NORMS:
     loss = values(lookup(group_keys, groups, **{'model.norm': norm}), 'test_loss')

@@ -1,7 +1,7 @@
 """Wang et al. 2022 (DeepNet): DeepNorm post-LN (N(α·x + f(x)), α = (2N)^¼, value/output/MLP
 init × (8N)^−¼) trains at depth 12 without warm-up where plain post-LN does not.
 
-CPU scale: the character-level Transformer LM on tiny_text (configs/transformer_lm.py), 12
+CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's docstrings; configs/transformer_lm.py), 12
 layers, width 64, 4 heads, AdamW (optax's β = (0.9, 0.999)) with no warm-up and a constant lr
 {1e-3, 3e-3, 1e-2}, 300 steps, {post-LN, post-LN + DeepNorm}, 5 seeds: a slice of the warm-up claim's regime
 map (post-LN × depth × lr × warm-up) at its deepest point. Full scale (`:full`): lm1b (TFDS),
@@ -21,7 +21,7 @@ else inconclusive.
 """
 
 from configs import transformer_lm
-from experiments.claims.common import finish
+from experiments.claims.common import char_corpus, finish
 from experiments.sweeps import product
 from experiments.stats import (NOT_REPRODUCED, REPRODUCED, RULED_OUT, SHOWN, UNDERPOWERED,
                                compare, diverged, holm, lookup, one_sample, values)
@@ -39,6 +39,7 @@ def get_sweep(arg=None):
     config.data.name, config.num_train_steps = 'lm1b', 10000
   else:
     config.num_train_steps, config.log_every_steps = 300, 20
+    char_corpus(config, arg)
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   axes = [product('optimizer.learning_rate', LRS), product('model.deepnorm', [False, True])]
   smoke = [product('optimizer.learning_rate', LRS[:1]), product('model.deepnorm', [False, True])]
@@ -48,8 +49,8 @@ def get_sweep(arg=None):
 
 
 def _unigram() -> float:
-  from experiments.claims.warmup import entropies
-  return entropies()[0]
+  from experiments.claims.common import corpus_entropies
+  return corpus_entropies()[0]
 
 
 def _at(group_keys, groups, lr):

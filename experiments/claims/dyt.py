@@ -1,6 +1,6 @@
 """Zhu et al. 2025: DyT (γ·tanh(αx) + β) matches LayerNorm in a Transformer at equal steps.
 
-CPU scale: the character-level Transformer LM on tiny_text (configs/transformer_lm.py: pre-LN,
+CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's docstrings; configs/transformer_lm.py: pre-LN,
 2 layers, width 128, AdamW 1e-3, 200 warm-up steps, cosine), 600 steps, norm {layer, dyt}
 (α₀ = 0.5, the paper's), 5 seeds. Full scale (`:full`): lm1b (TFDS), 6 layers, 20k steps.
 
@@ -15,7 +15,7 @@ before lay above that entropy and could not fail); else inconclusive.
 """
 
 from configs import transformer_lm
-from experiments.claims.common import finish
+from experiments.claims.common import char_corpus, finish
 from experiments.sweeps import product
 from experiments.stats import (NOT_REPRODUCED, REPRODUCED, RULED_OUT, SHOWN, UNDERPOWERED,
                                compare, lookup, values)
@@ -30,6 +30,7 @@ def get_sweep(arg=None):
     config.data.name, config.model.num_layers, config.num_train_steps = 'lm1b', 6, 20000
   else:
     config.num_train_steps = 600
+    char_corpus(config, arg)
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   return finish(config, [product('model.norm', NORMS)], arg, [product('model.norm', NORMS)])
 
@@ -39,8 +40,8 @@ def _runs(group_keys, groups, norm):
 
 
 def gate(group_keys, groups):
-  from experiments.claims.warmup import entropies
-  ln, limit = values(_runs(group_keys, groups, 'layer'), 'test_loss'), entropies()[0]
+  from experiments.claims.common import corpus_entropies
+  ln, limit = values(_runs(group_keys, groups, 'layer'), 'test_loss'), corpus_entropies()[0]
   if not len(ln) or ln.mean() >= limit:
     return [f'LayerNorm did not learn: test loss {ln.mean() if len(ln) else float("nan"):.3f} '
             f'≥ {limit:.3f} (the unigram entropy of the training text)']

@@ -2,8 +2,8 @@
 
 Their mechanism grows with depth: at init, the gradient of post-LN's last layer is large and
 does not shrink with depth, pre-LN's shrinks like 1/√L. So the claim is mapped as a regime, not
-tested at one point. CPU scale: the character-level Transformer LM on tiny_text
-(configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes, batch 32), AdamW with
+tested at one point. CPU scale: the character-level Transformer LM on docs_text
+(data/text.py: 4.6 MB of numpy's and scipy's docstrings; configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes, batch 32), AdamW with
 β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-4, 3e-4, 1e-3, 3e-3,
 1e-2} × linear warm-up {0, 400 steps}, then a constant lr, 600 steps, 6 seeds (360 runs; the
 sweep before ran 200 steps with a 50-step warm-up and lrs from 1e-3 only). Six seeds, not the
@@ -38,12 +38,12 @@ import math
 import os
 
 import numpy as np
-
-from configs import transformer_lm
-from experiments.claims.common import finish, save_figure, seeds as claim_seeds, subplots
-from experiments.sweeps import product
 from scipy import stats as scipy_stats
 
+from configs import transformer_lm
+from experiments.claims.common import (char_corpus, corpus_entropies, finish, save_figure,
+                                       seeds as claim_seeds, subplots)
+from experiments.sweeps import product
 from experiments.stats import (NOT_REPRODUCED, PARTLY, REPRODUCED, UNDERPOWERED, compare, holm,
                                lookup, trend, values)
 
@@ -64,6 +64,7 @@ def get_sweep(arg=None):
   else:
     config.model.width, config.model.num_heads, config.data.seq_length = 64, 4, 32
     config.num_train_steps, config.log_every_steps = 600, 20
+    char_corpus(config, arg)
     depths, warm = DEPTHS, WARMUP
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   axes = [product('model.norm_position', ['pre', 'post']), product('model.num_layers', depths),
@@ -75,13 +76,8 @@ def get_sweep(arg=None):
 
 
 def entropies() -> tuple[float, float]:
-  """(H1, H2): unigram and bigram entropy of tiny_text's training text, nats."""
-  from data import text
-  from experiments.claims.lstm_norms import bigram_entropy
-  raw = text._descr_text().encode('utf-8')   # noqa: SLF001 - the corpus itself
-  train = np.frombuffer(raw[:int(0.9 * len(raw))], np.uint8).astype(np.int64)
-  p = np.unique(train, return_counts=True)[1] / len(train)
-  return float(-(p * np.log(p)).sum()), bigram_entropy(train)
+  """(H1, H2) of the sweep's corpus (common.corpus_entropies)."""
+  return corpus_entropies()
 
 
 def trains(run, level) -> bool:
