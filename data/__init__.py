@@ -19,6 +19,7 @@ from data.base import ArraySplit, Dataset, IndexedSplit, Split, on_the_host  # n
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits.load,
     'digits_hard': digits.load_hard,
+    'digits_hard32': digits.load_hard32,
     'digits_rows': sequences.load_digits_rows,
     'mnist1d': sequences.load_mnist1d,
     'tiny_text': text.load_tiny_text,

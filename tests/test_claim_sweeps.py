@@ -326,13 +326,29 @@ def test_bn_length_delta_and_verdict():
   from experiments.claims import bn_length
   assert bn_length.delta(np.arange(128.0)) == pytest.approx(111.5 - 23.5)
   keys = ['model.norm']
-  def groups(bn, ln, none):
-    return {(n,): [{'state': 'finished', 'delta': v + d, 'delta_train_mode': 0.0}
-                   for d in (-0.01, 0, 0.01)] for n, v in (('batch', bn), ('layer', ln),
-                                                          ('none', none))}
+  def groups(bn, ln, none, reuse=0.0):   # reuse: BN's DELTA with the last trained statistics
+    out = {(n,): [{'state': 'finished', 'delta': v + d, 'delta_train_mode': 0.0}
+                  for d in (-0.01, 0, 0.01, 0.02, -0.02)]
+           for n, v in (('batch', bn), ('layer', ln), ('none', none))}
+    for r in out[('batch',)]:
+      r['delta_reuse'] = reuse + r['delta'] - bn
+    return out
   assert bn_length.verdict(keys, groups(0.5, 0.0, 0.1), {})[0] == 'reproduced'
   assert bn_length.verdict(keys, groups(0.5, 0.0, 0.45), {})[0] == 'partly'
-  assert bn_length.verdict(keys, groups(0.05, 0.0, 0.0), {})[0] == 'not reproduced'
+  # the excess is there, but reusing the last statistics does not remove it: partly
+  assert bn_length.verdict(keys, groups(0.5, 0.0, 0.1, reuse=0.48), {})[0] == 'partly'
+  assert bn_length.verdict(keys, groups(0.05, 0.0, 0.0, 0.05), {})[0] == 'not reproduced'
+
+
+def test_reuse_last_copies_the_last_trained_row_into_every_later_one():
+  import jax.numpy as jnp
+  from experiments.claims import bn_length
+  stats = {'bn': {'mean': jnp.arange(12.0).reshape(6, 2), 'steps': jnp.asarray(3)},
+           'other': jnp.ones((4, 2))}
+  out = bn_length.reuse_last(stats, positions=6, trained=2)
+  np.testing.assert_array_equal(out['bn']['mean'], [[0, 1], [2, 3]] + [[2, 3]] * 4)
+  np.testing.assert_array_equal(out['other'], stats['other'])     # not per-position: kept
+  assert int(out['bn']['steps']) == 3
 
 
 @pytest.mark.slow
@@ -353,6 +369,10 @@ def test_bn_length_position_loss_agrees_with_the_evaluation_loop(tmp_path):
   assert len(losses['eval']) == data_config.seq_length
   assert np.mean(losses['eval']) == pytest.approx(loop['loss'], rel=1e-5)
   assert losses['train'] and np.mean(losses['train']) != pytest.approx(loop['loss'], rel=1e-5)
+  # the last trained statistics change nothing within the training length, and after it
+  t = exp.config.data.seq_length
+  np.testing.assert_allclose(losses['reuse'][:t], losses['eval'][:t], rtol=1e-6)
+  assert not np.allclose(losses['reuse'][t:], losses['eval'][t:])
 
 
 def test_layer_scale_spread_over_the_blocks_in_order():

@@ -1,13 +1,13 @@
 """Wu & He 2018: BatchNorm degrades when its statistics come from few examples; GroupNorm and
 LayerNorm, which use none, do not. (a) The mechanism at fixed optimization: ghost BatchNorm.
 
-CPU scale: ResNet-8 (width 16) on digits_hard (README), batch 64, SGD 0.9 lr 0.05 cosine, 600
-steps, BatchNorm with statistics groups of {2, 4, 8, 16, 64} examples (ghost BN; 64 = the whole
-batch) against GroupNorm and LayerNorm at the same batch, 5 seeds. For every run the test error
-is measured in eval mode (running averages) and in train mode with test batches of the group
-size (the statistics it trained with), so a train/test statistics mismatch (eval mode worse,
-train mode fine) is told apart from damage to training (both worse). The batch-size protocol
-(lr scaled with the batch) is `batch_size_wu_he`. Full scale (`:full`): ResNet-20, CIFAR-10.
+CPU scale: ResNet-8 (width 16) on digits_hard32 (data/digits.py), batch 64, SGD 0.9 lr 0.05 cosine,
+600 steps, BatchNorm with statistics groups of {2, 4, 8, 16, 64} examples (ghost BN; 64 = the whole
+batch) against GroupNorm and LayerNorm at the same batch, 5 seeds. For every run the test error is
+measured in eval mode (running averages) and in train mode with test batches of the group size (the
+statistics it trained with), so a train/test statistics mismatch (eval mode worse, train mode fine)
+is told apart from damage to training (both worse). The batch-size protocol (lr scaled with the
+batch) is `batch_size_wu_he`. Full scale (`:full`): ResNet-20, CIFAR-10.
 
 Rule (written before the sweep ran; experiments/stats.py): metric eval-mode test accuracy;
 MIN_EFFECT 2 points; α 0.05; a difference is shown when the one-sided test of "improvement ≤
@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish, save_figure, subplots
+from experiments.claims.common import cnn_images, finish, save_figure, subplots
 from experiments.sweeps import zipped
 from experiments.stats import UNDERPOWERED, compare, lookup, outcome, trend, values, with_trend
 
@@ -45,6 +45,7 @@ def get_sweep(arg=None):
   else:
     config = default.get_config('8')
     config.data.name, config.num_train_steps = 'digits_hard', 600
+    cnn_images(config, arg)
     config.optimizer.learning_rate, config.log_every_steps = 0.05, 30
   config.data.batch_size = 64
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps

@@ -2,11 +2,11 @@
 protocol: the batch size changes, the learning rate scales linearly with it, the number of
 epochs stays the same.
 
-CPU scale: ResNet-8 (width 16) on digits_hard (README), batch {2, 4, 8, 32}, SGD 0.9 with lr
-0.05 × b / 64 (cosine), 8 epochs for every batch size, norm {batch, group, layer}, 5 seeds
-(LayerNorm for "trains consistently across batch sizes"). The
-mechanism at fixed optimization is `batch_size` (ghost groups). Full scale (`:full`): ResNet-20
-on CIFAR-10, batch {2, 4, 8, 32}, 30 epochs.
+CPU scale: ResNet-8 (width 16) on digits_hard32 (data/digits.py), batch {2, 4, 8, 32}, SGD 0.9 with
+lr 0.05 × b / 64 (cosine), 8 epochs for every batch size, norm {batch, group, layer}, 5 seeds
+(LayerNorm for "trains consistently across batch sizes"). The mechanism at fixed optimization is
+`batch_size` (ghost groups). Full scale (`:full`): ResNet-20 on CIFAR-10, batch {2, 4, 8, 32}, 30
+epochs.
 
 Rule (written before the sweep ran; experiments/stats.py): metric test accuracy (eval mode);
 MIN_EFFECT 2 points; α 0.05. A norm "drops" when its accuracy at batch 32 beats its accuracy at
@@ -24,7 +24,7 @@ else inconclusive (regime not reached).
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish, plateaued
+from experiments.claims.common import cnn_images, finish, plateaued
 from experiments.sweeps import product, zipped
 from experiments.stats import UNDERPOWERED, compare, lookup, outcome, trend, values, with_trend
 
@@ -41,6 +41,7 @@ def get_sweep(arg=None):
   else:
     config, examples, epochs, base = default.get_config('8'), 1437, EPOCHS, 0.05
     config.data.name = 'digits_hard'
+    cnn_images(config, arg)
   steps = [epochs * examples // b for b in BATCHES]
   config.eval_every_steps = config.checkpoint_every_steps = 10 ** 9   # final only
   axes = [zipped({'data.batch_size': BATCHES, 'num_train_steps': steps,

@@ -32,6 +32,15 @@ def finish(config, axes, arg, smoke_axes, count: int = len(DEFAULT_SEEDS)):
 
 
 TEXT = 'docs_text'   # the character-level claims' corpus (data/text.py)
+IMAGES = 'digits_hard32'   # the CNN claims' images (data/digits.py)
+
+
+def cnn_images(config, arg) -> None:
+  """The CNN claims train on IMAGES (32x32: on 8x8 and 12x12 images a ResNet's last stages
+  convolve 4x4 and 2x2 (3x3) maps, where most 3x3 taps fall on zero padding), except the smoke
+  runs (their own small data)."""
+  if arg not in ('smoke', 'full'):
+    config.data.name = IMAGES
 
 
 def char_corpus(config, arg) -> None:

@@ -1,11 +1,11 @@
 """Wang et al. 2022 (DeepNet): DeepNorm post-LN (N(α·x + f(x)), α = (2N)^¼, value/output/MLP
 init × (8N)^−¼) trains at depth 12 without warm-up where plain post-LN does not.
 
-CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's docstrings; configs/transformer_lm.py), 12
-layers, width 64, 4 heads, AdamW (optax's β = (0.9, 0.999)) with no warm-up and a constant lr
-{1e-3, 3e-3, 1e-2}, 300 steps, {post-LN, post-LN + DeepNorm}, 5 seeds: a slice of the warm-up claim's regime
-map (post-LN × depth × lr × warm-up) at its deepest point. Full scale (`:full`): lm1b (TFDS),
-18 layers, 10k steps.
+CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's
+docstrings; configs/transformer_lm.py), 12 layers, width 64, 4 heads, AdamW (optax's β = (0.9,
+0.999)) with no warm-up and a constant lr {1e-3, 3e-3, 1e-2}, 300 steps, {post-LN, post-LN +
+DeepNorm}, 5 seeds: a slice of the warm-up claim's regime map (post-LN × depth × lr × warm-up) at
+its deepest point. Full scale (`:full`): lm1b (TFDS), 18 layers, 10k steps.
 
 Rule (written before the sweep ran; experiments/stats.py): at an lr, post-LN "fails" when more
 than half its seeds diverged, or its final train loss exceeds DeepNorm's by more than MARGIN

@@ -1,8 +1,9 @@
 """Zhu et al. 2025: DyT (γ·tanh(αx) + β) matches LayerNorm in a Transformer at equal steps.
 
-CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's docstrings; configs/transformer_lm.py: pre-LN,
-2 layers, width 128, AdamW 1e-3, 200 warm-up steps, cosine), 600 steps, norm {layer, dyt}
-(α₀ = 0.5, the paper's), 5 seeds. Full scale (`:full`): lm1b (TFDS), 6 layers, 20k steps.
+CPU scale: the character-level Transformer LM on docs_text (data/text.py: numpy's and scipy's
+docstrings; configs/transformer_lm.py: pre-LN, 2 layers, width 128, AdamW 1e-3, 200 warm-up steps,
+cosine), 600 steps, norm {layer, dyt} (α₀ = 0.5, the paper's), 5 seeds. Full scale (`:full`): lm1b
+(TFDS), 6 layers, 20k steps.
 
 Rule (written before the sweep ran; experiments/stats.py): the metric is the final test loss
 (NLL, nats per character). DyT "matches" LayerNorm when the 90 % Welch interval of (DyT − LN)

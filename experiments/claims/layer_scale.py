@@ -1,6 +1,6 @@
 """Ba et al. 2016: LayerNorm keeps every layer at the same scale and the gradients stable.
 
-CPU scale: ResNet-56 (width 16, 27 blocks) on digits, plain and residual, norm {batch, layer,
+CPU scale: ResNet-56 (width 16, 27 blocks) on digits_hard32, plain and residual, norm {batch, layer,
 rms, none} (group left to `:full`: its step costs 1.6x), SGD 0.9, lr 0.02 cosine, batch 64,
 200 steps, 5 seeds (40 runs). The train loop's diagnostics measure each block's output RMS and
 its parameters' gradient norm on a training batch at step 0 (init) and step 199 (after
@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish, save_figure, subplots
+from experiments.claims.common import cnn_images, finish, save_figure, subplots
 from experiments.sweeps import product
 from experiments.stats import compare, lookup, one_sample, outcome, values
 
@@ -45,6 +45,7 @@ def get_sweep(arg=None):
     config.num_train_steps = 20000
   else:
     config, names = default.get_config('56'), NORMS
+    cnn_images(config, arg)
     config.data.batch_size, config.num_train_steps, config.log_every_steps = 64, 200, 50
     config.optimizer.learning_rate = 0.02
   config.optimizer.schedule = 'cosine'

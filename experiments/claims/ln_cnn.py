@@ -1,7 +1,7 @@
 """Ba et al. 2016 (and common practice since): LayerNorm does not work as well as BatchNorm in
 convolutional networks.
 
-CPU scale: ResNet-20 (width 16) on digits_hard, batch 64, SGD 0.9 with cosine decay, 600
+CPU scale: ResNet-20 (width 16) on digits_hard32, batch 64, SGD 0.9 with cosine decay, 600
 steps, norm {batch, group, layer, none}, lr {0.01, 0.03, 0.1}, 5 seeds (60 runs). 287 of the
 1,437 training digits are held out as a validation split (`data.validation_examples`, 5 fixed
 transformed copies each); every arm trains on the other 1,150. Each norm is taken at the lr
@@ -20,7 +20,7 @@ norm against BN, LN against no norm, the test NLL. Gate: BN at its best lr betwe
 """
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import at_grid_edge, evaluated, finish
+from experiments.claims.common import at_grid_edge, cnn_images, evaluated, finish
 from experiments.sweeps import product
 from experiments.stats import compare, lookup, outcome, values
 
@@ -36,6 +36,7 @@ def get_sweep(arg=None):
   else:
     config = default.get_config('20')
     config.data.name, config.data.batch_size = 'digits_hard', 64
+    cnn_images(config, arg)
     config.data.validation_examples = 287
     config.num_train_steps, config.log_every_steps = 600, 30
   config.optimizer.schedule = 'cosine'

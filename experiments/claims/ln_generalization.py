@@ -4,7 +4,7 @@ optimization speed.
 To separate the two, the test error is compared at matched training loss, at several levels:
 for each level in MATCHES, the first logged step at which the train loss (mean over a 10-step
 window) is at most that level, read from a test evaluation at that same step. CPU scale:
-ResNet-8 (width 16) on a small training subset of digits_hard (300 of the 1,437 training
+ResNet-8 (width 16) on a small training subset of digits_hard32 (300 of the 1,437 training
 digits; the other 1,137 are held out with `data.validation_examples` and not used), batch 32,
 SGD 0.9, lr 0.05 constant, 600 steps (64 epochs), test accuracy every 10 steps, norm {none,
 layer, batch, group}, 10 seeds (40 runs). Full scale (`:full`): ResNet-20 on 5,000 CIFAR-10
@@ -25,7 +25,7 @@ inconclusive.
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import cnn_images, finish
 from experiments.sweeps import product
 from experiments.stats import compare, lookup, outcome, values
 
@@ -43,6 +43,7 @@ def get_sweep(arg=None):
   else:
     config = default.get_config('8')
     config.data.name = 'digits_hard'
+    cnn_images(config, arg)
     config.data.validation_examples, config.data.batch_size = 1137, 32
     config.num_train_steps, config.eval_every_steps = 600, 10
     config.optimizer.learning_rate = 0.05

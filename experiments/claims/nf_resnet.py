@@ -2,7 +2,7 @@
 clipping trains as well as a BatchNorm ResNet at the same depth and batch size, and keeps
 training at batch sizes where BatchNorm degrades.
 
-CPU scale: ResNet-8 (width 16) on digits_hard, {BatchNorm, NF-ResNet (norm=none, nf_alpha=0.2,
+CPU scale: ResNet-8 (width 16) on digits_hard32, {BatchNorm, NF-ResNet (norm=none, nf_alpha=0.2,
 optimizer.agc=0.1)} × batch {4, 64}, SGD 0.9 with lr 0.1 × b / 128 (linear scaling, as the
 batch-size claim), the same 12 epochs for every batch (cosine), 5 seeds. AGC's clip 0.1: the
 NFNets paper uses 0.01 at batch 4096 and reports that smaller batches tolerate larger clips.
@@ -23,7 +23,7 @@ about); if not, inconclusive, with (a) stated.
 """
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import cnn_images, finish
 from experiments.sweeps import product, zipped
 from experiments.stats import all_of, compare, lookup, outcome
 
@@ -39,6 +39,7 @@ def get_sweep(arg=None):
   else:
     config, examples, batches, epochs = default.get_config('8'), 1437, [4, 64], EPOCHS
     config.data.name = 'digits_hard'
+    cnn_images(config, arg)
   steps = [epochs * examples // b for b in batches]
   config.eval_every_steps = config.checkpoint_every_steps = 10 ** 9   # final only
   axes = [zipped({'data.batch_size': batches, 'num_train_steps': steps,

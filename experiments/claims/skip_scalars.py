@@ -3,7 +3,7 @@ normalization trains at the learning rate the BatchNorm net uses when each resid
 at zero (a 0-initialized scalar; Fixup's rescaled init), where the plain no-norm residual net
 fails.
 
-CPU scale: residual ResNet-32 (width 16) on digits, SGD 0.9, batch 128, 400 steps (cosine),
+CPU scale: residual ResNet-32 (width 16) on digits_hard32, SGD 0.9, batch 128, 400 steps (cosine),
 arms {BatchNorm, no norm, no norm + SkipInit, no norm + Fixup} × lr {0.01, 0.03, 0.1, 0.3, 1}
 (a learning-rate map: the sweep before ran one lr and its verdict hinged on one seed), 5 seeds.
 Each arm's critical lr is the largest lr of the map at which it trains. BatchNorm's working lr
@@ -22,7 +22,7 @@ there (the regime the claim is about); else inconclusive.
 """
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish
+from experiments.claims.common import cnn_images, finish
 from experiments.sweeps import product, zipped
 from experiments.stats import (OPEN, RULED_OUT, SHOWN, Part, diverged, lookup, one_sample, outcome,
                                values)
@@ -40,6 +40,7 @@ def get_sweep(arg=None):
     config = resnet_cifar10.get_config('110')
   else:
     config = default.get_config('32')
+    cnn_images(config, arg)
     config.num_train_steps, config.log_every_steps = 400, 20
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   smoke = [zipped({k: v[2:] for k, v in ARMS.items()})]

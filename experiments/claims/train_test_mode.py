@@ -1,6 +1,6 @@
 """LayerNorm computes the same at train and test time; BatchNorm does not.
 
-CPU scale: ResNet-8 on digits, 500 steps, every norm in the registry, 5 seeds (batch_renorm's
+CPU scale: ResNet-8 on digits_hard32, 500 steps, every norm in the registry, 5 seeds (batch_renorm's
 corrections start at step 50 and reach their limits at 250, the paper's 5k/40k of a longer run
 scaled to this one: at the default 5,000 they never started and batch_renorm was BN); then, for each
 trained run, eval.py's two modes on the 360 test digits: eval mode (BN uses its running
@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import finish, save_figure, subplots
+from experiments.claims.common import cnn_images, finish, save_figure, subplots
 from experiments.sweeps import product
 from experiments.stats import exact, lookup, one_sample, outcome, values
 from models import norms
@@ -42,6 +42,7 @@ def get_sweep(arg=None):
   else:
     config = default.get_config()
     config.model.depth = 8
+    cnn_images(config, arg)
     config.model.renorm_start, config.model.renorm_ramp = 50, 200
   axes = [product('model.norm', NORMS)]
   smoke = [product('model.norm', ['batch', 'layer'])]

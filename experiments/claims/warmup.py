@@ -1,26 +1,26 @@
 """Xiong et al. 2020: post-LN Transformers need learning-rate warm-up; pre-LN do not.
 
-Their mechanism grows with depth: at init, the gradient of post-LN's last layer is large and
-does not shrink with depth, pre-LN's shrinks like 1/√L. So the claim is mapped as a regime, not
-tested at one point. CPU scale: the character-level Transformer LM on docs_text
-(data/text.py: 4.6 MB of numpy's and scipy's docstrings; configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes, batch 32), AdamW with
-β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-4, 3e-4, 1e-3, 3e-3,
-1e-2} × linear warm-up {0, 400 steps}, then a constant lr, 600 steps, 6 seeds (360 runs; the
-sweep before ran 200 steps with a 50-step warm-up and lrs from 1e-3 only). Six seeds, not the
-default five: with five, Fisher's smallest p (5/5 against 0/5: 1/252 = 0.004) lies above Holm's
-first threshold over the 15 cells (0.05/15 = 0.0033), so no cell could ever be shown; with six
-it is 1/924 = 0.001. Beside the sweep, an init-only check of the mechanism: the post-LN /
-pre-LN ratio of the last block's gradient norm at init at each depth, 6 seeds. Full scale (`:full`): lm1b (TFDS), width 512,
-depth {6, 12, 18}, 4000 steps, warm-up {0, 500}.
+Their mechanism grows with depth: at init, the gradient of post-LN's last layer is large and does
+not shrink with depth, pre-LN's shrinks like 1/√L. So the claim is mapped as a regime, not tested at
+one point. CPU scale: the character-level Transformer LM on docs_text (data/text.py: 4.6 MB of
+numpy's and scipy's docstrings; configs/transformer_lm.py; width 64, 4 heads, windows of 32 bytes,
+batch 32), AdamW with β = (0.9, 0.98) as in the paper, {pre, post} × depth {2, 6, 12} × lr {1e-4,
+3e-4, 1e-3, 3e-3, 1e-2} × linear warm-up {0, 400 steps}, then a constant lr, 600 steps, 6 seeds (360
+runs; the sweep before ran 200 steps with a 50-step warm-up and lrs from 1e-3 only). Six seeds, not
+the default five: with five, Fisher's smallest p (5/5 against 0/5: 1/252 = 0.004) lies above Holm's
+first threshold over the 15 cells (0.05/15 = 0.0033), so no cell could ever be shown; with six it is
+1/924 = 0.001. Beside the sweep, an init-only check of the mechanism: the post-LN / pre-LN ratio of
+the last block's gradient norm at init at each depth, 6 seeds. Full scale (`:full`): lm1b (TFDS),
+width 512, depth {6, 12, 18}, 4000 steps, warm-up {0, 500}.
 
-Definitions (fixed before the sweep, from the corpus): H1 and H2, the unigram and bigram
-entropies of the training text; LEVEL = (H1 + H2) / 2. A run "trains" when it did not diverge
-and its final train loss is at most LEVEL (it learned more than half of what separates unigram
-from bigram statistics); a cell (position, depth, lr, warm-up) trains when more than half its
-seeds do. A position "needs warm-up" at (depth, lr) when more of its seeds train with warm-up
-than without by Fisher's exact one-sided test, α 0.05, corrected by Holm over that position's
-(depth, lr) cells (a count of cells that "need" it, without a test, had no error rate); warm-up is "not needed" at a cell where no more
-seeds train with it than without.
+Definitions (fixed before the sweep, from the corpus): H1 and H2, the unigram and bigram entropies
+of the training text; LEVEL = (H1 + H2) / 2. A run "trains" when it did not diverge and its final
+train loss is at most LEVEL (it learned more than half of what separates unigram from bigram
+statistics); a cell (position, depth, lr, warm-up) trains when more than half its seeds do. A
+position "needs warm-up" at (depth, lr) when more of its seeds train with warm-up than without by
+Fisher's exact one-sided test, α 0.05, corrected by Holm over that position's (depth, lr) cells (a
+count of cells that "need" it, without a test, had no error rate); warm-up is "not needed" at a cell
+where no more seeds train with it than without.
 
 Rule (written before this sweep ran; experiments/stats.py): the region is every (depth, lr)
 where post-LN needs warm-up and pre-LN trains without it. Reproduced if the region is not empty
