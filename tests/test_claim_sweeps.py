@@ -163,7 +163,8 @@ def test_init_gradients_measure_and_verdict(tmp_path):
   again = gradients.measure(str(tmp_path), depths=[8, 20], norms=['batch', 'none'], seeds=[0, 1])
   assert again['rows'] == a['rows']
   verdict, reason = gradients.verdict(a)
-  assert verdict in ('reproduced', 'partly', 'not reproduced') and 'plain without norm' in reason
+  from experiments.stats import OUTCOMES
+  assert verdict in OUTCOMES and 'plain without norm' in reason
 
 
 def test_lstm_target_excess_and_both_halves_of_the_verdict():
@@ -266,20 +267,34 @@ def test_warmup_map_verdict_and_gate():
 def test_depth_verdict_takes_each_plain_net_at_its_best_lr_and_gates_convergence():
   from experiments.claims import depth
   keys = ['model.depth', 'model.residual', 'optimizer.learning_rate']
-  def groups(losses):   # {(depth, residual, lr): mean training-set loss}; 3 seeds around it
-    return {k: [{'state': 'finished', 'train_set_loss': v + d, 'train_set_error': v / 10}
-                for d in (-0.002, 0.0, 0.002)] for k, v in losses.items()}
-  base = {(20, True, 0.1): 0.01, (56, True, 0.1): 0.012, (20, False, 0.1): 0.02,
-          (20, False, 0.01): 0.03, (56, False, 0.1): 0.3, (56, False, 0.01): 0.2}
+  flat = {'train/loss': [(s, 0.5) for s in range(50, 4001, 50)]}
+  falling = {'train/loss': [(s, 4000 / s) for s in range(50, 4001, 50)]}
+  def groups(losses, accuracy=None):   # {(depth, residual, lr): mean final train loss}; 5 seeds
+    accuracy = accuracy or {}
+    return {k: [{'state': 'finished', 'train_loss': v + d, 'train_set_error': v / 10,
+                 'test_accuracy': accuracy.get(k, 0.95 if k[1] else 0.90) + d,
+                 'scalars': flat} for d in (-0.002, 0.0, 0.002, 0.001, -0.001)]
+            for k, v in losses.items()}
+  base = {}
+  for i, d in enumerate(depth.DEPTHS):
+    base.update({(d, True, 0.1): 0.01 + 0.0005 * i, (d, False, 0.1): 0.02 + 0.1 * i,
+                 (d, False, 0.01): 0.03 + 0.06 * i})
   verdict, reason = depth.verdict(keys, groups(base), {})
-  assert verdict == 'reproduced' and 'best lr: 0.1 at 20, 0.01 at 56' in reason
+  assert verdict == 'reproduced', reason
+  assert 'best lr: 0.1 at 20, 0.01 at 32, 0.01 at 44, 0.01 at 56' in reason
   # plain-56 bad at lr 0.1 only: a learning-rate effect, not a handicap of depth
-  verdict, reason = depth.verdict(keys, groups({**base, (56, False, 0.01): 0.021}), {})
+  no_handicap = {**base, **{(d, False, 0.01): 0.021 for d in depth.DEPTHS}}
+  verdict, reason = depth.verdict(keys, groups(no_handicap), {})
   assert verdict == 'not reproduced' and 'plain at lr 0.1 alone: plain-20 below plain-56' in reason
   assert depth.verdict(keys, groups({**base, (56, True, 0.1): 0.2}), {})[0] == 'partly'
+  # residual no better on the test set than plain: partly
+  same = {(56, True, 0.1): 0.90}
+  assert depth.verdict(keys, groups(base, same), {})[0] == 'partly'
   assert not depth.gate(keys, groups(base), {})
-  assert 'residual-56 did not converge' in depth.gate(keys, groups({**base, (56, True, 0.1): 0.08}),
-                                                      {})[0]
+  unconverged = groups(base)
+  for r in unconverged[(56, True, 0.1)]:
+    r['scalars'] = falling
+  assert 'residual-56 did not converge' in depth.gate(keys, unconverged, {})[0]
 
 
 def test_ln_generalization_reads_the_test_accuracy_at_the_matched_step():
