@@ -157,10 +157,11 @@ def test_init_gradients_measure_and_verdict(tmp_path):
   gradient toward the input against the residual BN net, the cache is reused, and the verdict
   states its numbers."""
   from experiments.claims import gradients
-  a = gradients.measure(str(tmp_path), depths=[8, 20], norms=['batch', 'none'], seeds=[0, 1])
+  small = dict(depths=[8, 20], norms=['batch', 'none'], seeds=[0, 1], data='digits')
+  a = gradients.measure(str(tmp_path), **small)
   assert len(a['rows']) == 2 * 2 * 2 * 2
   assert a['cell'](20, False, 'none').mean() < a['cell'](20, True, 'batch').mean()
-  again = gradients.measure(str(tmp_path), depths=[8, 20], norms=['batch', 'none'], seeds=[0, 1])
+  again = gradients.measure(str(tmp_path), **small)
   assert again['rows'] == a['rows']
   verdict, reason = gradients.verdict(a)
   from experiments.stats import OUTCOMES

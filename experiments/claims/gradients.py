@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from experiments.claims.common import cnn_images, save_figure, seeds as claim_seeds, subplots
+from experiments.claims.common import IMAGES, save_figure, seeds as claim_seeds, subplots
 from experiments.stats import Comparison, all_of, one_sample, outcome
 
 DEPTHS = [8, 20, 56]
@@ -44,15 +44,15 @@ def blocks(grad_norm: dict) -> list[str]:
   return sorted(names, key=lambda n: tuple(int(d) for d in re.findall(r'\d+', n)))
 
 
-def init_ratio(depth: int, residual: bool, norm: str, seed: int) -> dict:
-  """Per-block gradient norms at init of one net on its seed's first batch."""
+def init_ratio(depth: int, residual: bool, norm: str, seed: int, data: str = IMAGES) -> dict:
+  """Per-block gradient norms at init of one net on its seed's first batch of `data`."""
   import jax
 
   from configs import default
   from data import pipeline
   from training import diagnostics, experiment
   config = default.get_config(str(depth))
-  cnn_images(config, None)
+  config.data.name = data
   config.model.residual, config.model.norm, config.seed = residual, norm, seed
   exp = experiment.build_experiment(config)
   state = experiment.create_train_state(exp, jax.random.key(seed))
@@ -60,28 +60,28 @@ def init_ratio(depth: int, residual: bool, norm: str, seed: int) -> dict:
   stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
   norms = {k: float(v) for k, v in stats['grad_norm'].items()}
   names = blocks(norms)
-  return {'depth': depth, 'residual': residual, 'norm': norm, 'seed': seed,
+  return {'depth': depth, 'residual': residual, 'norm': norm, 'seed': seed, 'data': data,
           'blocks': [norms[n] for n in names],
           'log10_ratio': float(np.log10(norms[names[0]] / norms[names[-1]]))}
 
 
-def measure(directory, depths=DEPTHS, norms=NORMS, seeds=None):
+def measure(directory, depths=DEPTHS, norms=NORMS, seeds=None, data=IMAGES):
   seeds = claim_seeds() if seeds is None else seeds
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, FILE)
   rows = json.load(open(path)) if os.path.exists(path) else []
-  done = {(r['depth'], r['residual'], r['norm'], r['seed']) for r in rows}
+  done = {(r['depth'], r['residual'], r['norm'], r['seed'], r.get('data')) for r in rows}
   for d in depths:
     for residual in (True, False):
       for norm in norms:
         for seed in seeds:
-          if (d, residual, norm, seed) not in done:
-            rows.append(init_ratio(d, residual, norm, seed))
+          if (d, residual, norm, seed, data) not in done:
+            rows.append(init_ratio(d, residual, norm, seed, data))
             with open(path, 'w') as f:
               json.dump(rows, f)
   cell = lambda d, res, norm: np.array([r['log10_ratio'] for r in rows if
                                         (r['depth'], r['residual'], r['norm']) == (d, res, norm)
-                                        and r['seed'] in seeds])
+                                        and r['seed'] in seeds and r.get('data') == data])
   lines = ['First-block / last-block gradient norm at initialization (10^mean of log10 over '
            'seeds, [lowest, highest] seed):', '',
            '| skips | norm | ' + ' | '.join(f'depth {d}' for d in depths) + ' |',
