@@ -320,6 +320,35 @@ def test_ln_generalization_reads_the_test_accuracy_at_the_matched_step():
   assert not g.gate(keys, groups(0.85), {})
 
 
+def test_batch_size_reads_every_arm_at_its_validation_best_lr():
+  """Each arm (BN at each group size, GN, LN) at the lr with its best validation accuracy, not
+  its best test accuracy: GN and LN at lr 0.1 score best on the test set and worst on
+  validation, and are read at 0.05; a best lr at the grid's edge gates the verdict."""
+  from experiments.claims import batch_size as b
+  keys = ['model.norm', 'model.bn_scope', 'model.bn_ghost_size', 'optimizer.learning_rate']
+  def runs(test, val):
+    return [{'state': 'finished', 'test_accuracy': test + d, 'val_accuracy': val + d,
+             'train_mode_accuracy': test} for d in (-0.003, 0, 0.003, 0.001, -0.001)]
+  groups = {}
+  for norm, scope, size in zip(*b.ARMS.values()):
+    top = {2: 0.70, 4: 0.75, 8: 0.80, 16: 0.85, 0: 0.90}[size] if norm == 'batch' else 0.88
+    for lr in b.LRS:
+      if lr == 0.05:
+        test, val = top, top
+      elif norm != 'batch' and lr == 0.1:
+        test, val = 0.99, 0.40      # a test-set optimum that validation does not pick
+      else:
+        test, val = 0.50, 0.50
+      groups[(norm, scope, size, lr)] = runs(test, val)
+  best = b.best_lrs(keys, groups)
+  assert best == {**{f'BN@{g}': 0.05 for g in b.GROUPS}, 'group': 0.05, 'layer': 0.05}
+  analysis = {'best': best}
+  verdict, reason = b.verdict(keys, groups, analysis)
+  assert verdict == 'reproduced' and 'group above BN@2 by 0.1800' in reason, reason
+  assert not b.gate(keys, groups, analysis)
+  assert 'edge' in ' '.join(b.gate(keys, groups, {'best': {**best, 'group': 0.1}}))
+
+
 def test_ln_cnn_reads_each_norm_at_its_validation_best_lr():
   from experiments.claims import ln_cnn
   keys = ['model.norm', 'optimizer.learning_rate']
