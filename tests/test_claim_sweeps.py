@@ -459,3 +459,23 @@ def test_collectives_verdict():
   assert collectives.verdict({'tables': [table((39, 8000), (1, 8))]})[0] == 'reproduced'
   assert collectives.verdict({'tables': [table((39, 8000), (3, 64))]})[0] == 'partly'
   assert collectives.verdict({'tables': [table((1, 8), (3, 64))]})[0] == 'not reproduced'
+
+
+def test_nf_resnet_reads_each_arm_and_batch_at_its_best_lr_and_gates_on_the_init_schedule():
+  from experiments.claims import nf_resnet as nf
+  keys = ['data.batch_size', 'optimizer.learning_rate', 'model.norm']
+  acc = {('batch', 64): 0.90, ('batch', 2): 0.70, ('none', 64): 0.895, ('none', 2): 0.89}
+  groups = {}
+  for (norm, b), a in acc.items():
+    for s in nf.SCALES:   # the middle scale is every cell's best, on validation and test
+      top = s == 0.1
+      groups[(b, s * b / 128, norm)] = [
+          {'state': 'finished', 'test_accuracy': (a if top else 0.3) + d,
+           'val_accuracy': (a if top else 0.3) + d} for d in (-0.002, 0, 0.002, 0.001, -0.001)]
+  best = {cell: 0.1 for cell in acc}
+  good = {'best': best, 'signal': [('stage1_block1', 1.0, 1.04)]}
+  assert nf.verdict(keys, groups, good)[0] == 'reproduced'
+  assert not nf.gate(keys, groups, good)
+  bad = {**good, 'signal': [('stage1_block1', 0.085, 1.04)]}
+  assert 'not within 25%' in nf.gate(keys, groups, bad)[0]
+  assert 'edge' in ' '.join(nf.gate(keys, groups, {**good, 'best': {**best, ('none', 2): 0.2}}))
