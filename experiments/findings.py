@@ -183,6 +183,14 @@ def _plot(path, name, out_dir) -> list[str]:
   return [f'![{name}]({target})', '']
 
 
+def _with_headline_column(row: str) -> str:
+  """A summary row kept from a version before the headline column, given '–' there."""
+  cells = row.strip().strip('|').strip().split(' | ')
+  if len(cells) == 4:
+    cells.insert(2, '–')
+  return '| ' + ' | '.join(cells) + ' |'
+
+
 def _existing_sections(path) -> dict[str, tuple[str, list[str]]]:
   """{claim: (its summary row, its section's lines)} in an existing FINDINGS.md."""
   if not os.path.exists(path):
@@ -241,10 +249,9 @@ def main():
   total = 0.0
   for name in names:
     path = os.path.join(HERE, 'claims', f'{name}.py')
-    if only and name not in only:
-      if name in kept:
-        summary.append(kept[name][0])
-        sections += kept[name][1]
+    if only and name not in only and name in kept:
+      summary.append(_with_headline_column(kept[name][0]))
+      sections += kept[name][1]
       continue
     module = cli.import_file(path, f'_claim_{name}')
     section, verdict, sweep = claim_section(module, name, a.sweeps, out_dir)
