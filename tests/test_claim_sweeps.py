@@ -73,7 +73,12 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   findings.main()
   again = out.read_text()
   assert again.split('## depth')[1].split('## ')[0] == depth_part
-  assert again.count('| [depth](#depth)') == 1 and again.count('## batch_size') == 1
+  headings = [line for line in again.splitlines() if line.startswith('## ')]
+  assert again.count('| [depth](#depth)') == 1 and headings.count('## batch_size') == 1
+  assert len(headings) == len(set(headings))   # each claim once (batch_size_wu_he shares a prefix)
+  # a claim neither asked for nor in the file is listed as not run, and nothing was measured for it
+  warmup = again.split('## warmup\n')[1].split('\n## ')[0]
+  assert 'Not in this version' in warmup and '**Verdict:' not in warmup
   # the header names the machine; the summary, each sweep's seeds and wall time
   assert 'Machine: ' in text and 'cores; JAX' in text
   row = next(line for line in text.splitlines() if line.startswith('| [depth]'))
