@@ -152,7 +152,7 @@ def _conv_grads(x, w, dy, *, settings, chunk_bytes, max_chunks):
 
 # ---------------------------------------------------------------------------------- recurrence
 
-def recurrence(body: Callable, w, theta, xw, rest, carry0):
+def recurrence(body: Callable, w, theta, xw, rest, carry0, dtype=jnp.float32):
   """The LSTM's loop over time with a hand-written backward pass; the same function as
   `nn.scan(LSTMCell)` (tested), computed differently:
 
@@ -163,8 +163,11 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0):
   `body`'s cheap elementwise and norm work per step (jax.vjp) and does one matmul per step
   (dh = dhw @ wᵀ), and the gradient of w is one (T·B, H)ᵀ @ (T·B, 4H) matmul after the loop,
   instead of a small matmul and an accumulation inside every backward step.
+  `dtype`: of the matmuls with w (forward h @ w, backward dhw @ wᵀ and the gradient of w, which
+  accumulates in float32); their results and everything else stay float32, as in `nn.Dense(dtype=)`.
   Returns (last carry, (h: (batch, time, H), stats: time-major)).
   """
+  mm = lambda a, b: jnp.matmul(a.astype(dtype), b.astype(dtype)).astype(jnp.float32)
   steps = jnp.arange(xw.shape[1])
   at = lambda a, t: jax.lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
   put = lambda a, v, t: jax.lax.dynamic_update_index_in_dim(a, v, t, axis=1)
@@ -173,7 +176,7 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0):
     def step(state, inputs):
       carry, hs = state
       t, r = inputs
-      hw = carry[1] @ w
+      hw = mm(carry[1], w)
       new, (h, stats) = body(theta, carry, hw, at(xw, t), *r)
       return (new, put(hs, h, t)), (stats, carry, hw)
     hs = jnp.zeros((xw.shape[0], xw.shape[1], carry0[1].shape[-1]), xw.dtype)
@@ -199,14 +202,16 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0):
                        at(xw, t))
       d_th, (d_c, d_h), d_hw, d_x = vjp((d_carry, (at(d_hs, t), d_stat)))
       d_theta = jax.tree.map(jnp.add, d_theta, d_th)
-      return ((d_c, d_h + d_hw @ w.T), d_theta, put(d_xw, d_x, t)), d_hw
+      return ((d_c, d_h + mm(d_hw, w.T)), d_theta, put(d_xw, d_x, t)), d_hw
 
     zeros = jax.tree.map(jnp.zeros_like, theta)
     (d_carry0, d_theta, d_xw), d_hws = jax.lax.scan(
         step, (d_last, zeros, jnp.zeros_like(xw)), (steps, carries, hws, rest, d_stats),
         reverse=True)
     h_prev = carries[1]
-    d_w = h_prev.reshape(-1, h_prev.shape[-1]).T @ d_hws.reshape(-1, d_hws.shape[-1])
+    d_w = jnp.matmul(h_prev.reshape(-1, h_prev.shape[-1]).T.astype(dtype),
+                     d_hws.reshape(-1, d_hws.shape[-1]).astype(dtype),
+                     preferred_element_type=jnp.float32)
     return d_w, d_theta, d_xw, d_carry0
 
   loop.defvjp(forward, backward)
@@ -215,15 +220,17 @@ def recurrence(body: Callable, w, theta, xw, rest, carry0):
 
 # ---------------------------------------------------------------------------------- fold_input
 
-def project_source(raw, embedding: dict, kernel):
+def project_source(raw, embedding: dict, kernel, dtype=jnp.float32):
   """`InputEmbedding` (with parameters `embedding`) of `raw`, times `kernel`, re-associated:
   two linear maps in a row are one. Token ids: rows of (E @ kernel) (a vocabulary-sized matmul
   instead of a batch·time-sized one); features: raw @ (W_e @ kernel) + b_e @ kernel (a
-  features-wide matmul instead of a hidden-wide one). The same function up to float rounding."""
+  features-wide matmul instead of a hidden-wide one). The same function up to float rounding.
+  `dtype`: of the matmul with `kernel`, as the layer's own (the result is float32)."""
+  mm = lambda a, b: jnp.matmul(a.astype(dtype), b.astype(dtype)).astype(jnp.float32)
   if 'embed' in embedding:
-    return jnp.take(embedding['embed']['embedding'] @ kernel, raw, axis=0)
+    return jnp.take(mm(embedding['embed']['embedding'], kernel), raw, axis=0)
   proj = embedding['input_proj']
-  return raw @ (proj['kernel'] @ kernel) + proj['bias'] @ kernel
+  return mm(raw, proj['kernel'] @ kernel) + mm(proj['bias'], kernel)
 
 
 def fold_pays(raw, vocab_size: int) -> bool:

@@ -18,6 +18,10 @@ Norms (from the registry), following the papers:
   example is left, its normalized values are 0 (a batch of one has no spread).
 - `instance` is refused: statistics over an example's whole sequence do not fit a recurrence.
 
+`compute_dtype=bfloat16`: the three matmuls (input-to-hidden, hidden-to-hidden, head) compute in
+bfloat16; their results, the norms, the gates, the cell and hidden state stay float32, as do the
+parameters and the running averages (mixed precision as in the Transformer).
+
 The recurrence runs with `nn.scan` over time (one compiled loop). At padded steps the state is
 carried unchanged, so each example's last valid output does not depend on its padding.
 `residual` adds the layer's input to its output (x + LSTM(x)) between stacked layers.
@@ -26,6 +30,7 @@ carried unchanged, so each example's last valid output does not depend on its pa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -112,11 +117,14 @@ class CellBody(nn.Module):
 
 
 class LSTMCell(CellBody):
-  """One time step: hw = W_h h_{t-1}, then `CellBody` (whose parameters live in this scope)."""
+  """One time step: hw = W_h h_{t-1} (in `dtype`, returned as float32), then `CellBody` (whose
+  parameters live in this scope)."""
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, xw, m, stat_m, stats):
-    hw = nn.Dense(4 * self.hidden, use_bias=False, name='hidden_to_hidden')(carry[1])
+    hw = nn.Dense(4 * self.hidden, use_bias=False, dtype=self.dtype,
+                  name='hidden_to_hidden')(carry[1]).astype(jnp.float32)
     body = CellBody(self.hidden, self.cell_norm, self.recurrent_bn, self.train, self.epsilon)
     nn.share_scope(self, body)
     return body(carry, hw, xw, m, stat_m, stats)
@@ -131,16 +139,18 @@ class LSTMLayer(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   fused: bool = False           # the loop as `backend.recurrence` (hand-written backward)
+  dtype: Any = jnp.float32      # of the matmuls (their results, gates and state: float32)
 
   @nn.compact
   def __call__(self, x, mask, norm_mask, *, train: bool, source=None):
     """source: None, or (raw inputs, the embedding's parameters) when `x` is `InputEmbedding`
     of them: W_x x_t is then computed re-associated (`project_source`)."""
-    dense = nn.Dense(4 * self.hidden, use_bias=False, name='input_to_hidden')
+    dense = nn.Dense(4 * self.hidden, use_bias=False, dtype=self.dtype, name='input_to_hidden')
     if source is None or self.is_initializing():
-      xw = dense(x)
+      xw = dense(x).astype(jnp.float32)
     else:
-      xw = backend.project_source(*source, self.variables['params']['input_to_hidden']['kernel'])
+      xw = backend.project_source(*source, self.variables['params']['input_to_hidden']['kernel'],
+                                  self.dtype)
     xw = self.input_norm(name='norm_ih')(xw, train=train, mask=norm_mask)
     xw = xw + self.param('bias', _gate_bias_init, (4 * self.hidden,))
     steps = jnp.minimum(jnp.arange(x.shape[1]), self.max_steps - 1)
@@ -160,11 +170,12 @@ class LSTMLayer(nn.Module):
       w = params.pop('hidden_to_hidden')['kernel']
       body = lambda theta, *args: CellBody(*cell, parent=None).apply({'params': theta}, *args)
       _, (hs, used) = backend.recurrence(body, w, params, xw, (mask.T, stat_mask.T, per_step),
-                                 (zeros, zeros))
+                                         (zeros, zeros), self.dtype)
     else:
       scan = nn.scan(LSTMCell, variable_broadcast='params', split_rngs={'params': False},
                      in_axes=(1, 1, 1, 0), out_axes=(1, 0))
-      _, (hs, used) = scan(*cell, name='cell')((zeros, zeros), xw, mask, stat_mask, per_step)
+      _, (hs, used) = scan(*cell, dtype=self.dtype, name='cell')((zeros, zeros), xw, mask,
+                                                                 stat_mask, per_step)
     if self.recurrent_bn is not None and train and not self.is_initializing():
       for (mean_var, (mean, var, count)) in zip(ra.values(), used):
         seen = (count > 0)[:, None]   # steps where some example was real
@@ -193,6 +204,7 @@ class LSTM(nn.Module):
   skipinit: bool = False   # each stacked layer's output times a learnable 0-init scalar
   fused: bool = False      # the loop over time as `backend.recurrence` (`LSTMLayer.fused`)
   fold_input: bool = False  # the first layer's W_x x_t re-associated (`backend.project_source`)
+  dtype: Any = jnp.float32  # compute dtype of the matmuls (params, state, logits: float32)
 
   @nn.compact
   def __call__(self, x, *, train: bool, mask=None):
@@ -206,14 +218,14 @@ class LSTM(nn.Module):
       source = (x, self.variables['params'][embed.name])
     for layer in range(self.num_layers):
       y = LSTMLayer(self.hidden, self.input_norm, self.cell_norm, self.recurrent_bn,
-                    self.max_length, self.momentum, self.epsilon, self.fused,
+                    self.max_length, self.momentum, self.epsilon, self.fused, self.dtype,
                     name=f'lstm{layer + 1}')(
           h, mask, norm_mask, train=train, source=source if layer == 0 else None)
       h = h + residual_lib.gated(self, y, self.skipinit, f'lstm{layer + 1}_gain') \
           if self.residual else y
     if not self.per_token_outputs:
       h = last_valid(h, mask)
-    return nn.Dense(self.num_outputs, name='head')(h)
+    return nn.Dense(self.num_outputs, dtype=self.dtype, name='head')(h).astype(jnp.float32)
 
 
 def build(cfg, dataset, *, devices: int = 1, speed: dict) -> LSTM:
@@ -237,7 +249,8 @@ def build(cfg, dataset, *, devices: int = 1, speed: dict) -> LSTM:
               norm_uses_mask=cfg.norm_uses_mask,
               per_token_outputs=dataset.task == 'language_model',
               vocab_size=dataset.vocab_size, max_length=cfg.max_length, skipinit=cfg.skipinit,
-              fused=speed['recurrence'] == 'custom_vjp', fold_input=speed['fold_input'] == 'on')
+              fused=speed['recurrence'] == 'custom_vjp', fold_input=speed['fold_input'] == 'on',
+              dtype=jnp.dtype(cfg.compute_dtype))
 
 
 FAMILIES = (Family(
@@ -249,4 +262,4 @@ FAMILIES = (Family(
           Key('norm_uses_mask', True, 'False: padding enters the norms\' statistics (for '
               'comparison)')),
     options=('skipinit',), speed={'recurrence': True, 'fold_input': True},
-    branches=r'^lstm\d+/'),)
+    branches=r'^lstm\d+/', compute_dtypes=('float32', 'bfloat16')),)

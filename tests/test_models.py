@@ -29,12 +29,6 @@ def test_compute_dtype_is_checked():
     cfg.model.compute_dtype = 'float16'
   with pytest.raises(ConfigError, match='valid: float32, bfloat16'):
     models.check_model_config(cfg.model)
-  from configs import lstm_mnist1d
-  cfg = lstm_mnist1d.get_config()
-  with cfg.unlocked():
-    cfg.model.compute_dtype = 'bfloat16'
-  with pytest.raises(ConfigError, match='not implemented by lstm'):
-    models.check_model_config(cfg.model)
 
 
 @pytest.mark.parametrize('family', [   # fast: the first such family; -m slow: every other
