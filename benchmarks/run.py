@@ -17,6 +17,11 @@ Sections (each prints its rows; all rows go to one JSON file):
                and host) vs the same step on one cached batch, and what making one batch
                costs on the host and on the device (the default data; CIFAR-shaped crop_flip).
   seeds        8 seeds: one after another vs vmapped (ResNet-20 on digits), vs one seed.
+  accelerator  what a GPU/TPU run needs (benchmarks/accelerator.py): ResNet-20/56/110 and
+               ResNet-50 at 224, the Transformer LM, the LSTM three ways (scan, custom VJP,
+               cuDNN), MFU against the device kind's peak, the data-wait fraction, vmapped vs
+               one-by-one vs packed seeds, a profiler trace. `--smoke`: tiny shapes (CI).
+On a GPU or TPU each contender runs 100 timed steps per round by default (--steps), on a CPU 3.
 Every timed comparison interleaves its contenders (A B C A B C ...) over --repeats rounds, each
 contender's turn starting with --warmup untimed steps, and reports the median rate with its
 min-max spread, so machine noise hits all contenders alike;
@@ -55,7 +60,7 @@ from data.pipeline import DeviceBatches, TrainBatches, prefetch
 from training import experiment
 from training.step import compile_steps
 
-SECTIONS = ('resnet', 'sequence', 'norms', 'depth', 'data', 'seeds')
+SECTIONS = ('resnet', 'sequence', 'norms', 'depth', 'data', 'seeds', 'accelerator')
 
 
 @dataclasses.dataclass
@@ -211,6 +216,22 @@ def resnet_analytic_flops(depth: int, batch: int, size: int = 32, width: int = 1
   return 2 * (3 * macs + 2 * stem) * batch
 
 
+def lstm_analytic_flops(batch: int, length: int, features: int, hidden: int, classes: int,
+                        layers: int = 1) -> float:
+  """3 x forward FLOPs of an LSTM classifier's matmuls: per step the embedding (features -> H)
+  and, per layer, W_x x_t and W_h h_{t-1} (H -> 4H each); the head once. XLA's cost analysis
+  counts a loop's body once, not once per step: the hoisted W_x x is counted in full, W_h h for
+  one step (tests/test_benchmarks.py), so it undercounts a recurrence."""
+  per_step = features * hidden + layers * 2 * hidden * 4 * hidden
+  return 2 * 3 * batch * (length * per_step + hidden * classes)
+
+
+def lstm_flops(config) -> float:
+  """lstm_analytic_flops of an mnist1d LSTM config (40 steps of 1 feature, 10 classes)."""
+  return lstm_analytic_flops(config.data.batch_size, 40, 1, config.model.width, 10,
+                             config.model.num_layers)
+
+
 # ----------------------------------------------------------------------------- sections
 
 def section_resnet(a, peak):
@@ -247,6 +268,7 @@ def section_sequence(a, peak):
     plain = lstm_mnist1d.get_config(norm)
     plain.model.recurrence, plain.model.fold_input = 'scan', 'off'
     jp = jax_contender(f'normlab LSTM {norm}, nn.scan, not folded', plain)
+    jl.flops = jp.flops = lstm_flops(lstm)   # the matmuls; XLA counts a loop body once
     b, t = lstm.data.batch_size, 40
     step = (torch_models.lstm_step(b, t, lstm.model.width) if norm == 'none' else
             torch_models.norm_lstm_step(b, t, lstm.model.width, norm))
@@ -345,6 +367,34 @@ def section_depth(a, peak):
   return out
 
 
+def pipeline_contenders(exp, mesh, label: str) -> list[Contender]:
+  """`exp`'s train step fed as train.py feeds it by each data.pipeline place (device: the batch
+  made on the mesh in the step's thread; host: made on the host one batch ahead in a thread,
+  then transferred), and on one cached on-device batch (last)."""
+  from training import parallel
+  b, augment = exp.config.data.batch_size, exp.config.data.augment
+  on_host = TrainBatches(exp.dataset.train, b, 0, augment, transform=exp.dataset.train_transform)
+  on_device = DeviceBatches([exp.dataset.train], b, [0], mesh, augment,
+                            exp.dataset.train_transform)
+  state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
+  placed = lambda i: parallel.shard_batch(on_host(i), mesh)
+  cached = placed(0)
+  stepper, counter = Stepper(compile_steps(exp).train, state), [0]
+
+  def fed(prefetched):
+    def run(n):
+      start, counter[0] = counter[0], counter[0] + n
+      stepper.run(batch for _, batch in prefetched(start, start + n))
+    return run
+
+  def cached_batch(n):
+    stepper.run(itertools.repeat(cached, n))
+
+  return [Contender(f'{label}, device pipeline', fed(on_device.prefetch), items=b),
+          Contender(f'{label}, host pipeline', fed(lambda i, j: prefetch(placed, i, j)), items=b),
+          Contender(f'{label}, one cached batch', cached_batch, items=b)]
+
+
 def section_data(a, peak):
   """The default experiment's train step fed as train.py feeds it, by each data.pipeline
   (device: the batch made on the mesh in the step's thread; host: made on the host one batch
@@ -359,27 +409,9 @@ def section_data(a, peak):
   on_host = TrainBatches(exp.dataset.train, b, 0, augment, transform=exp.dataset.train_transform)
   on_device = DeviceBatches([exp.dataset.train], b, [0], mesh, augment,
                             exp.dataset.train_transform)
-  state = parallel.replicate(experiment.create_train_state(exp, jax.random.key(0)), mesh)
-  step = compile_steps(exp).train
   placed = lambda i: parallel.shard_batch(on_host(i), mesh)
-  cached = placed(0)
-  stepper, counter = Stepper(step, state), [0]
-
-  def fed(prefetched):
-    def run(n):
-      start, counter[0] = counter[0], counter[0] + n
-      stepper.run(batch for _, batch in prefetched(start, start + n))
-    return run
-
-  def cached_batch(n):
-    stepper.run(itertools.repeat(cached, n))
-
-  out = interleave([
-      Contender('default experiment, device pipeline', fed(on_device.prefetch), items=b),
-      Contender('default experiment, host pipeline', fed(lambda i, j: prefetch(placed, i, j)),
-                items=b),
-      Contender('default experiment, one cached batch', cached_batch, items=b)],
-      a.steps * 10, a.repeats, a.warmup)
+  out = interleave(pipeline_contenders(exp, mesh, 'default experiment'), a.steps * 10, a.repeats,
+                   a.warmup)
   cifar = ArraySplit({
       'inputs': np.random.default_rng(0).integers(0, 256, (50_000, 32, 32, 3), np.uint8),
       'targets': np.zeros(50_000, np.int32)})
@@ -407,7 +439,8 @@ def section_data(a, peak):
                 'host_ms_per_step': dispatch_ms})
   cached_rate = out[2]['steps_per_s']
   for r in out[:3]:
-    r.update(section='data', vs_cached_batch=r['steps_per_s'] / cached_rate)
+    r.update(section='data', vs_cached_batch=r['steps_per_s'] / cached_rate,
+             data_wait_fraction=max(0.0, 1 - r['steps_per_s'] / cached_rate))
   return out
 
 
@@ -417,6 +450,11 @@ def section_seeds(a, peak):
   one = med['1 seed']
   return [{'section': 'seeds', 'name': k, 'ms_per_step': v * 1e3, 'vs_one_seed': v / one,
            'steps_per_s': 1 / v} for k, v in med.items()]
+
+
+def section_accelerator(a, peak):
+  from benchmarks import accelerator
+  return accelerator.section_accelerator(a, peak)
 
 
 def fmt_row(r) -> str:
@@ -435,8 +473,11 @@ COLUMNS = {  # section -> extra columns shown in the markdown table
     'norms': ['time_vs_none', 'compile_s', 'memory_mb'],
     'depth': ['step_time_vs_resnet20', 'analytic_flops_vs_resnet20', 'gflops', 'compile_s',
               'memory_mb'],
-    'data': ['vs_cached_batch', 'host_ms', 'device_ms', 'host_over_device', 'host_ms_per_step'],
+    'data': ['vs_cached_batch', 'data_wait_fraction', 'host_ms', 'device_ms', 'host_over_device',
+             'host_ms_per_step'],
     'seeds': ['ms_per_step', 'vs_one_seed'],
+    'accelerator': ['tflops', 'peak_tflops', 'mfu', 'data_wait_fraction', 'ms_per_step',
+                    'compile_s', 'memory_mb'],
 }
 
 
@@ -465,7 +506,11 @@ def markdown(info, rows) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--only', default=','.join(SECTIONS), help=f'sections: {",".join(SECTIONS)}')
-  p.add_argument('--steps', type=int, default=3, help='steps per contender per round')
+  p.add_argument('--steps', type=int, default=None,
+                 help='timed steps per contender per round (default: 100 on a GPU/TPU, 3 on a '
+                 'CPU, 2 with --smoke)')
+  p.add_argument('--smoke', action='store_true',
+                 help='the accelerator section with tiny shapes (the CPU check CI runs)')
   p.add_argument('--repeats', type=int, default=5, help='interleaved rounds')
   p.add_argument('--warmup', type=int, default=1,
                  help='untimed steps of each contender at the start of each round')
@@ -476,6 +521,8 @@ def main():
   unknown = sorted(set(chosen) - set(SECTIONS))
   if unknown:
     p.error(f'unknown sections {unknown}; valid: {", ".join(SECTIONS)}')
+  if a.steps is None:
+    a.steps = 2 if a.smoke else 3 if jax.default_backend() == 'cpu' else 100
   peak, how = machine_peak()
   info = {'machine': platform.processor() or platform.machine(), 'backend': jax.default_backend(),
           'device': jax.devices()[0].device_kind, 'jax': jax.__version__,
@@ -500,7 +547,7 @@ def main():
       print(fmt_row(r), flush=True)
     rows += out
   info['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  if jax.default_backend() != 'cpu':
+  if jax.default_backend() != 'cpu':   # the devices' own peak (what XLA allocated)
     stats = jax.devices()[0].memory_stats() or {}
     info['device_peak_mb'] = stats.get('peak_bytes_in_use', float('nan')) / 2**20
   print(f'process peak RSS {info["peak_rss_mb"]:.0f} MB')

@@ -41,8 +41,11 @@ def main():
   print(f'  vmapped / one-by-one: {vm / one_by_one:.2f}  (< 1: vmapping is faster here)')
 
 
-def measure(depth: int, n_seeds: int, steps: int, repeats: int) -> dict[str, float]:
-  """{variant: median seconds per step}: 1 seed, n seeds one by one, n seeds vmapped."""
+def measure(depth: int, n_seeds: int, steps: int, repeats: int,
+            packed: bool = False) -> dict[str, float]:
+  """{variant: median seconds per step}: 1 seed, n seeds one by one, n seeds vmapped; with
+  `packed`, also the n seeds as n runs spread over the devices (run k on device k mod D, all
+  dispatched asynchronously from this thread, as a packed sweep's processes run at once)."""
   config = default.get_config(str(depth))
   exp = experiment.build_experiment(config)
   single = step_lib.compile_steps(exp).train   # the programs the loop runs
@@ -65,9 +68,21 @@ def measure(depth: int, n_seeds: int, steps: int, repeats: int) -> dict[str, flo
       stacked_state, m = vmapped(stacked_state, stacked_batch)
     jax.block_until_ready(stacked_state)
 
+  devices = jax.devices()
+  placed = [jax.device_put(jax.tree.map(np.array, (states[k], batches[k])),   # own buffers:
+                           devices[k % len(devices)]) for k in range(n_seeds)]  # steps donate
+
+  def run_packed():
+    for _ in range(steps):
+      for k, (state, batch) in enumerate(placed):
+        placed[k] = (single(state, batch)[0], batch)   # each on its state's device
+    jax.block_until_ready(placed)
+
   variants = {'1 seed': lambda: run_single(1),
               f'{n_seeds} seeds one by one': lambda: run_single(n_seeds),
               f'{n_seeds} seeds vmapped': run_vmapped}
+  if packed:
+    variants[f'{n_seeds} seeds packed, one run per device ({len(devices)} devices)'] = run_packed
   for f in variants.values():  # compile
     f()
   times = {k: [] for k in variants}

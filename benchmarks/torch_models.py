@@ -157,7 +157,8 @@ class TransformerLM(nn.Module):
 class TrainStep:
   """One optimizer step of `model` on a fixed batch; `step()` runs it to completion."""
 
-  def __init__(self, model, optimizer, inputs, targets, channels_last=False):
+  def __init__(self, model, optimizer, inputs, targets, channels_last=False, device='cpu'):
+    model, inputs, targets = model.to(device), inputs.to(device), targets.to(device)
     self.model, self.optimizer = model, optimizer
     if channels_last:
       self.model = self.model.to(memory_format=torch.channels_last)
@@ -174,12 +175,12 @@ class TrainStep:
     return float(loss.detach())
 
 
-def resnet_step(batch, depth=20, size=32, channels_last=True):
+def resnet_step(batch, depth=20, size=32, channels_last=True, device='cpu'):
   torch.manual_seed(0)
-  model = CifarResNet(depth)
+  model = CifarResNet(depth).to(device)
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   x = torch.randn(batch, 3, size, size)
-  return TrainStep(model, opt, x, torch.randint(0, 10, (batch,)), channels_last)
+  return TrainStep(model, opt, x, torch.randint(0, 10, (batch,)), channels_last, device)
 
 
 def lstm_step(batch, length, hidden):
@@ -196,9 +197,10 @@ def norm_lstm_step(batch, length, hidden, norm):
   return TrainStep(model, opt, torch.randn(batch, length, 1), torch.randint(0, 10, (batch,)))
 
 
-def transformer_lm_step(batch, length, vocab, d, layers, heads, mlp_ratio):
+def transformer_lm_step(batch, length, vocab, d, layers, heads, mlp_ratio, device='cpu'):
   torch.manual_seed(0)
-  model = TransformerLM(vocab, d, layers, heads, mlp_ratio)
+  model = TransformerLM(vocab, d, layers, heads, mlp_ratio).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
   tokens = torch.randint(0, vocab, (batch, length))
-  return TrainStep(model, opt, tokens, torch.randint(0, vocab, (batch, length)))
+  return TrainStep(model, opt, tokens, torch.randint(0, vocab, (batch, length)),
+                   device=device)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from errors import ConfigError
-from models import norms, transformer
+from models import transformer
 from models.spec import Family, Key
 
 
