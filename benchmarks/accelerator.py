@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default, lstm_mnist1d, transformer_lm
-from data.base import ArraySplit, Dataset
+from data.base import Dataset, Uint8Images
 
 # Dense peak TFLOP/s per chip (vendor datasheets, no sparsity): (bfloat16, float32 as JAX's
 # `default` precision computes it, float32 `highest`). GPUs from Ampere on compute `default`
@@ -94,20 +94,6 @@ class Shapes:
     checks each family computes in it)."""
     return cls(cifar_batch=8, depths=(8,), imagenet_size=32, imagenet_batch=2,
                cifar_examples=64, seeds=2, trace_steps=2, dtypes=('float32',))
-
-
-@dataclasses.dataclass
-class Uint8Images(ArraySplit):
-  """Images stored as uint8 (as TFDS gives them), decoded to floats where the batch is made."""
-
-  def stored(self, indices):
-    return super().get(indices)
-
-  def decode(self, examples):
-    return {**examples, 'inputs': examples['inputs'].astype(np.float32) / 255.0 - 0.5}
-
-  def get(self, indices):
-    return self.decode(self.stored(indices))
 
 
 def cifar_shaped(n: int) -> Dataset:

@@ -45,9 +45,10 @@ def base(model_config, data_name: str, *, batch_size: int, steps: int, learning_
   config.data.validation_examples = 0  # > 0: hold this many training examples out as a
   #                                      validation split (eval.py --split=validation)
   config.data.augment = 'none'        # none | crop_flip (images) | shift1 (±1 px, edge fill)
-  config.data.pipeline = 'auto'       # auto | device | host: where each step's batch is made
-  #                                      (the same batches: data/pipeline.py); host for data
-  #                                      that does not fit in device memory
+  config.data.pipeline = 'auto'       # auto | device | host | stream: where each step's batch
+  #                                      is made (the same batches: data/pipeline.py); stream
+  #                                      (Grain workers) for data too large to hold
+  config.data.stream_workers = 4      # stream: Grain worker processes reading records
   config.data.variable_length = False  # sequences: cut each example to a random length, pad
   config.data.min_length = 8          # ... drawn uniformly from [min_length, full length]
   config.data.seq_length = 128        # text: tokens per example (LM windows; texts are cut)

@@ -14,7 +14,8 @@ import numpy as np
 
 from errors import ConfigError
 from data import digits, sequences, text, tfds_images
-from data.base import ArraySplit, Dataset, IndexedSplit, Split, on_the_host  # noqa: F401
+from data.base import (ArraySplit, Dataset, IndexedSplit, Split, Uint8Images,  # noqa: F401
+                       on_the_host)
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     'digits': digits.load,

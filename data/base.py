@@ -45,6 +45,21 @@ class ArraySplit:
 
 
 @dataclasses.dataclass
+class Uint8Images(ArraySplit):
+  """Images held as uint8 (as TFDS stores them), decoded to floats in [-0.5, 0.5] where the
+  batch is made (on the devices, for the device and stream places)."""
+
+  def stored(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return super().get(indices)
+
+  def decode(self, examples: dict) -> dict:
+    return {**examples, 'inputs': examples['inputs'].astype(np.float32) / 255.0 - 0.5}
+
+  def get(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.decode(self.stored(indices))
+
+
+@dataclasses.dataclass
 class IndexedSplit:
   """The examples `indices` of another split, in that order (nothing is copied)."""
   base: Split
@@ -79,6 +94,8 @@ class Dataset:
   # examples held out of `train` (data.validation_examples): for choosing hyperparameters
   # without looking at the test set
   validation: Split | None = None
+  # too large to hold in memory (ImageNet-size): training batches stream (data/stream.py)
+  streamed: bool = False
 
 
 def on_the_host(transform, images, key_parts) -> np.ndarray:

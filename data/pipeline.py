@@ -7,7 +7,7 @@ jax.random.key(seed), stream), i)` (threefry: the same numbers on every backend)
 last partial batch. Nothing depends on how many steps ran before in this process, so a resumed
 run sees exactly the same data.
 
-Two places compute the same batches (`data.pipeline`; `auto`: `AUTO` below):
+Three places compute the same batches (`data.pipeline`; `auto`: `AUTO` below):
 - `device`: the training split is placed on the devices once in its stored form (TFDS images as
   uint8), and each step's gather, decode, transform and augmentation run in one jitted function
   on the devices (`DeviceBatches`): the host only dispatches it, and an accelerator never waits
@@ -16,7 +16,11 @@ Two places compute the same batches (`data.pipeline`; `auto`: `AUTO` below):
   ahead) and the same jitted functions finish them on the host's CPU device; for data that does
   not fit on the devices. With several processes, each makes the global batch and keeps its own
   contiguous share (`share`), so the global batch is the one a single process reads.
-Both give bit-identical batches (tests/test_data.py).
+- `stream` (data/stream.py): for data too large to hold (`Dataset.streamed`: `auto` takes it
+  for those): each process reads only its rows' records, through Grain worker processes, ahead
+  of the step, and sends them as stored (uint8) to the devices, where they are finished as on
+  the `device` place.
+All give bit-identical batches (tests/test_data.py).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from data.base import Split, decoder, stored
 from errors import ConfigError
 
 ORDER, AUGMENT, TRANSFORM = 0, 1, 2
-PLACES = ('auto', 'device', 'host')
+PLACES = ('auto', 'device', 'host', 'stream')
 # what `auto` is on each backend: the place measured to be faster there (python -m
 # benchmarks.run --only=data). CPU: neither (the default experiment's step runs at the same
 # rate fed either way; a CIFAR-shaped crop_flip batch of 128 took 1.2-1.5 ms on the host vs
@@ -44,9 +48,16 @@ PLACES = ('auto', 'device', 'host')
 AUTO = {'cpu': 'host'}
 
 
-def resolve(place: str, backend: str) -> str:
-  """Where the batches are made: `place`, or what `auto` is on `backend`."""
-  return AUTO.get(backend, 'host') if place == 'auto' else place
+def resolve(place: str, backend: str, streamed: bool = False) -> str:
+  """Where the batches are made: `place`, or what `auto` is on `backend` (`stream` for a
+  dataset too large to hold, `streamed`). The device place holds the whole training split on
+  the devices: refused for such a dataset."""
+  if place == 'device' and streamed:
+    raise ConfigError('data.pipeline=device holds the whole training split on the devices; '
+                      'this dataset streams (data.pipeline=stream, or auto)')
+  if place == 'auto':
+    return 'stream' if streamed else AUTO.get(backend, 'host')
+  return place
 
 
 def key_of(seed, stream: int, i):
@@ -162,6 +173,28 @@ def _host_functions(r: Recipe):
   return jax.jit(r.order), jax.jit(r.finish)
 
 
+class EpochOrders:
+  """The order of the training examples in each epoch in use, made by the recipe's jitted
+  `order` on the host's CPU device (each epoch once; epochs more than one away are dropped)."""
+
+  def __init__(self, r: Recipe, seed: int):
+    self.recipe, self.seed = r, seed
+    self._order = _host_functions(r)[0]
+    self._orders: dict[int, np.ndarray] = {}
+
+  def indices(self, step: int) -> np.ndarray:
+    """The examples of `step`."""
+    epoch = self.recipe.epoch(step)
+    if epoch not in self._orders:
+      with jax.default_device(host_device()):
+        order = np.asarray(self._order(np.uint32(self.seed), np.int32(epoch)))
+      self._orders = {e: o for e, o in self._orders.items() if abs(e - epoch) <= 1}
+      self._orders[epoch] = order
+    i = step % self.recipe.steps_per_epoch
+    b = self.recipe.batch_size
+    return self._orders[epoch][i * b:(i + 1) * b]
+
+
 class TrainBatches:
   """The host path: `batches(step)` -> this process's share of the step's batch, as numpy;
   `batches.prefetch(start, stop)` iterates, one batch ahead in a background thread. Every
@@ -176,18 +209,11 @@ class TrainBatches:
     self.split, self.batch_size, self.seed = split, batch_size, seed
     self.rows = share_rows(batch_size, share)   # of each global batch, what this process reads
     self.steps_per_epoch = self.recipe.steps_per_epoch
-    self._order, self._make = _host_functions(self.recipe)
-    self._orders: dict[int, np.ndarray] = {}   # the epochs in use
+    self._make = _host_functions(self.recipe)[1]
+    self._orders = EpochOrders(self.recipe, seed)
 
   def indices(self, step: int) -> np.ndarray:
-    epoch = self.recipe.epoch(step)
-    if epoch not in self._orders:
-      with jax.default_device(host_device()):
-        order = np.asarray(self._order(np.uint32(self.seed), np.int32(epoch)))
-      self._orders = {e: o for e, o in self._orders.items() if abs(e - epoch) <= 1}
-      self._orders[epoch] = order
-    i = step % self.steps_per_epoch
-    return self._orders[epoch][i * self.batch_size:(i + 1) * self.batch_size]
+    return self._orders.indices(step)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     examples = stored(self.split, self.indices(step))

@@ -151,11 +151,73 @@ def test_the_device_path_makes_bit_for_bit_the_host_paths_batches(augment, trans
 
 def test_what_auto_places_the_batches_on_each_backend():
   """Forcing the backend's name: `auto` is the host on the CPU (measured faster there) and, until
-  the speed suite has run on them, on GPUs and TPUs; an asked-for place is kept."""
+  the speed suite has run on them, on GPUs and TPUs; `stream` for a dataset too large to hold,
+  where the device place (the whole split on the devices) is refused; an asked-for place is
+  kept."""
   assert [pipeline.resolve('auto', b) for b in ('cpu', 'gpu', 'tpu')] == ['host'] * 3
-  assert [pipeline.resolve(p, 'gpu') for p in ('host', 'device')] == ['host', 'device']
-  with pytest.raises(ConfigError, match="unknown data.pipeline 'gpu'; valid: auto, device, host"):
+  assert [pipeline.resolve('auto', b, streamed=True) for b in ('cpu', 'gpu')] == ['stream'] * 2
+  assert [pipeline.resolve(p, 'gpu') for p in ('host', 'device', 'stream')] == [
+      'host', 'device', 'stream']
+  with pytest.raises(ConfigError, match='holds the whole training split on the devices'):
+    pipeline.resolve('device', 'gpu', streamed=True)
+  with pytest.raises(ConfigError,
+                     match="unknown data.pipeline 'gpu'; valid: auto, device, host, stream"):
     pipeline.check('none', 'gpu')
+
+
+def _imagenet_shaped(n=40, size=24, classes=1000):
+  """A small ImageNet-shaped training split: RGB uint8 images (smaller than 224: CPU tests),
+  labels over 1000 classes, stored as uint8 and decoded where the batch is made."""
+  rng = np.random.default_rng(1)
+  return data_lib.Uint8Images({'inputs': rng.integers(0, 256, (n, size, size, 3), np.uint8),
+                               'targets': rng.integers(0, classes, n).astype(np.int32)})
+
+
+@pytest.mark.parametrize('augment,workers', [('crop_flip', 0), ('none', 0), ('crop_flip', 2)])
+def test_the_stream_path_makes_bit_for_bit_the_host_paths_batches(augment, workers):
+  """data.pipeline=stream (records read through Grain, in `workers` spawned processes, sent
+  as uint8, finished on the devices) gives the host path's batches, by step and prefetched
+  across an epoch boundary; it reads only the step's examples."""
+  from data import stream
+  from training import parallel
+  split = _imagenet_shaped()
+  host = pipeline.TrainBatches(split, 8, seed=4, augment=augment)
+  streamed = stream.StreamBatches(split, 8, 4, parallel.data_mesh(), augment, workers=workers)
+  got = {step: jax.device_get(b) for step, b in streamed.prefetch(2, 8)}   # epochs of 5 steps
+  assert sorted(got) == list(range(2, 8))
+  got[9] = jax.device_get(streamed(9))
+  for step, batch in got.items():
+    want = host(step)
+    assert batch['inputs'].dtype == np.float32
+    for key in want:
+      np.testing.assert_array_equal(batch[key], want[key], err_msg=f'{key} at step {step}')
+
+
+def test_each_process_streams_only_its_rows_of_every_batch():
+  """Per-host slices: with 4 processes, each one's stream reads its quarter of each global
+  batch's examples and no other, and the quarters put together are the batch's examples."""
+  from data import stream
+  from training import parallel
+  split = _imagenet_shaped()
+  read = []
+
+  class Recording(data_lib.Uint8Images):
+    def stored(self, indices):
+      read.append(np.asarray(indices))
+      return super().stored(indices)
+  recording = Recording(split.arrays)
+  shares = [stream.StreamBatches(recording, 8, 4, parallel.data_mesh(), share=(i, 4))
+            for i in range(4)]
+  host = pipeline.TrainBatches(split, 8, seed=4)
+  for step in (0, 3, 6):
+    parts = [s._rows_of(step) for s in shares]
+    assert all(len(p) == 2 for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), host.indices(step))
+  read.clear()
+  for _ in shares[2].prefetch(0, 3):
+    pass
+  np.testing.assert_array_equal(np.concatenate(read), np.concatenate(
+      [host.indices(step)[4:6] for step in range(3)]))
 
 
 def test_seeds_with_different_training_examples_each_get_their_own_copy():

@@ -212,14 +212,15 @@ def test_the_transfer_guard_is_on_in_the_loop(tmp_path, monkeypatch):
   assert json.load(open(tmp_path / 'b' / 'status.json'))['state'] == 'failed'
 
 
-def test_the_device_pipeline_trains_exactly_as_the_host_pipeline(tmp_path):
-  """data.pipeline=device (batches made on the mesh) and =host end with the same metrics and
-  parameters, for two vmapped seeds on digits_hard (its per-step transform) with shift1, and
-  the device path moves nothing implicitly (transfer_guard=disallow: it dispatches in the
-  loop's thread, where the guard is set)."""
+def test_the_device_and_stream_pipelines_train_exactly_as_the_host_pipeline(tmp_path):
+  """data.pipeline=device (batches made on the mesh), =stream (records read through Grain,
+  finished on the mesh) and =host end with the same metrics, for two vmapped seeds on
+  digits_hard (its per-step transform) with shift1, and the device and stream paths move
+  nothing implicitly (transfer_guard=disallow: they dispatch in the loop's thread, where the
+  guard is set)."""
   from training import checkpoints
   ends = {}
-  for place in ('host', 'device'):
+  for place in ('host', 'device', 'stream'):
     configs = [tiny_config(**{'data.pipeline': place, 'seed': seed, 'data.name': 'digits_hard',
                               'data.augment': 'shift1', 'transfer_guard': 'disallow',
                               'num_train_steps': 6, 'log_every_steps': 3,
@@ -231,4 +232,4 @@ def test_the_device_pipeline_trains_exactly_as_the_host_pipeline(tmp_path):
     resolved = json.load(open(os.path.join(workdirs[0], 'resolved.json')))
     assert resolved['data.pipeline'] == place
     ends[place] = [s['metrics'] for s in statuses]
-  assert ends['host'] == ends['device'] and ends['host'][0] != ends['host'][1]
+  assert ends['host'] == ends['device'] == ends['stream'] and ends['host'][0] != ends['host'][1]

@@ -45,6 +45,7 @@ RANGES = {
     'data.seq_length': (0, None, False),
     'data.min_length': (0, None, False),
     'data.validation_examples': (0, None, True),     # 0: none held out
+    'data.stream_workers': (0, None, True),          # 0: read in the training process
     'optimizer.agc': (0, None, True),                # 0: off
     'optimizer.b2': (0, 1, False),
     'optimizer.learning_rate': (0, None, True),
@@ -142,7 +143,8 @@ def build_experiment(config, mesh: Mesh | None = None,
   tx = optim.make_optimizer(config.optimizer, schedule)
   return Experiment(config, dataset, model, tasks.get_task(dataset.task), tx, schedule, mesh,
                     {**{f'model.{k}': v for k, v in resolved.items()}, **where,
-                     'data.pipeline': pipeline.resolve(config.data.pipeline, where['backend']),
+                     'data.pipeline': pipeline.resolve(config.data.pipeline, where['backend'],
+                                                       dataset.streamed),
                      'matmul_precision': config.matmul_precision,
                      'deterministic': config.deterministic},
                     ('devices',) if models.depends_on_devices(config.model) else ())

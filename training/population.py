@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import pipeline
+from data import pipeline, stream
 from errors import ConfigError
 from training import parallel
 from training import workdir as wd
@@ -35,12 +35,17 @@ class Population:
     config = exps[0].config
     self.seeds = [e.config.seed for e in exps]
     data, transform = config.data, exps[0].dataset.train_transform
-    if exps[0].resolved['data.pipeline'] == 'device':   # one jitted function, every seed
+    place = exps[0].resolved['data.pipeline']
+    share = (jax.process_index(), jax.process_count())
+    self._device, self._stream = None, None
+    if place == 'device':   # one jitted function, every seed
       self._device = pipeline.DeviceBatches([e.dataset.train for e in exps], data.batch_size,
                                             self.seeds, self.mesh, data.augment, transform)
+    elif place == 'stream':   # each process reads its rows' records through Grain workers
+      self._stream = [stream.StreamBatches(e.dataset.train, data.batch_size, e.config.seed,
+                                           self.mesh, data.augment, share, transform,
+                                           data.stream_workers) for e in exps]
     else:   # each process reads its share on the host
-      self._device = None
-      share = (jax.process_index(), jax.process_count())
       self._batches = [pipeline.TrainBatches(e.dataset.train, data.batch_size, e.config.seed,
                                              data.augment, share, e.dataset.train_transform)
                        for e in exps]
@@ -63,6 +68,8 @@ class Population:
     transfer)."""
     if self._device is not None:
       return self._device(step)
+    if self._stream is not None:
+      return self._stacked([s(step) for s in self._stream])
     if self.size == 1:
       batch = self._batches[0](step)
     else:
@@ -75,7 +82,19 @@ class Population:
     host path prepares the next batch in a background thread while a step runs."""
     if self._device is not None:
       return self._device.prefetch(start, stop)
+    if self._stream is not None:
+      return ((steps[0][0], self._stacked([b for _, b in steps]))
+              for steps in zip(*[s.prefetch(start, stop) for s in self._stream]))
     return pipeline.prefetch(self.batch, start, stop)
+
+  def _stacked(self, batches: list):
+    """Each seed's batch (on the devices) along a leading axis, sharded as the steps take it."""
+    if self.size == 1:
+      return batches[0]
+    if not hasattr(self, '_stack'):   # compiled once
+      self._stack = jax.jit(lambda b: jax.tree.map(lambda *x: jnp.stack(x), *b),
+                            out_shardings=parallel.data_sharding(self.mesh, self.size))
+    return self._stack(batches)
 
   def tag(self, k: int) -> str:
     """How log lines name seed k ('' for a lone run)."""

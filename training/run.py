@@ -33,7 +33,7 @@ DONE = (FINISHED, DIVERGED)   # a run in one of these states is not trained agai
 # on host transfers and where the (same) batches are made only.
 RESUMABLE_KEYS = ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                   'keep_checkpoints', 'diagnostics_every_steps', 'transfer_guard',
-                  'compilation_cache', 'data.pipeline')
+                  'compilation_cache', 'data.pipeline', 'data.stream_workers')
 
 # Config keys shown as hyperparameters in TensorBoard's HParams dashboard for a run outside a
 # sweep (a sweep shows its own axes instead).

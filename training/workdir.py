@@ -45,7 +45,8 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 OTHER_LATER_KEYS = {'optimizer.weight_decay_on': 'matrices', 'optimizer.agc': 0.0,
                     'optimizer.b2': 0.999, 'data.validation_examples': 0, 'platform': 'auto',
                     'transfer_guard': 'allow', 'compilation_cache': '',
-                    'data.pipeline': 'auto', 'matmul_precision': 'default',
+                    'data.pipeline': 'auto', 'data.stream_workers': 4,
+                    'matmul_precision': 'default',
                     'deterministic': False}
 
 
