@@ -165,7 +165,7 @@ def test_packing_gives_each_process_its_own_gpus_read_without_starting_jax():
     platform.slot_environments(kind, ids, 4, {})
 
 
-def test_packing_on_the_cpu_forces_each_process_host_device_count_and_refuses_tpus():
+def test_packing_on_the_cpu_forces_each_process_host_device_count():
   env = {'XLA_FLAGS': '--xla_cpu_foo=1 --xla_force_host_platform_device_count=4'}
   kind, ids = platform.local_devices(env, files())
   assert (kind, len(ids)) == ('cpu', 4)
@@ -173,5 +173,27 @@ def test_packing_on_the_cpu_forces_each_process_host_device_count_and_refuses_tp
   assert [e['XLA_FLAGS'] for e in envs] == [
       '--xla_cpu_foo=1 --xla_force_host_platform_device_count=2'] * 2
   assert platform.local_devices({}, files()) == ('cpu', ['0'])
-  with pytest.raises(ConfigError, match='not built for TPUs yet'):
-    platform.slot_environments(*platform.local_devices({}, files('/dev/accel0')), 1, {})
+
+
+@pytest.mark.parametrize('chip_files', [[f'/dev/accel{i}' for i in range(4)],
+                                        [*(f'/dev/vfio/{i}' for i in range(4)), '/dev/vfio/vfio']])
+def test_packing_splits_a_tpu_hosts_chips_among_processes_that_do_not_talk(chip_files):
+  kind, ids = platform.local_devices({}, files(*chip_files))
+  assert (kind, ids) == ('tpu', ['0', '1', '2', '3'])
+  one = platform.slot_environments(kind, ids, 1, {'PATH': '/bin'})
+  assert [e['TPU_VISIBLE_CHIPS'] for e in one] == ['0', '1', '2', '3']
+  assert {e['TPU_CHIPS_PER_PROCESS_BOUNDS'] for e in one} == {'1,1,1'}
+  assert {e['TPU_PROCESS_BOUNDS'] for e in one} == {'1,1,1'}
+  ports = [e['TPU_PROCESS_PORT'] for e in one]
+  assert len(set(ports)) == 4 and all(e['PATH'] == '/bin' for e in one)
+  assert [e['TPU_MESH_CONTROLLER_ADDRESS'] for e in one] == [f'localhost:{p}' for p in ports]
+  two = platform.slot_environments(kind, ids, 2, {})
+  assert [(e['TPU_VISIBLE_CHIPS'], e['TPU_CHIPS_PER_PROCESS_BOUNDS']) for e in two] == \
+      [('0,1', '1,2,1'), ('2,3', '1,2,1')]
+  # all of the host's chips: one process, the environment untouched
+  assert platform.slot_environments(kind, ids, 4, {'A': '1'}) == [{'A': '1'}]
+  with pytest.raises(ConfigError, match='devices_per_run=3 on a TPU host: a process holds 1, 2, 4, 8'):
+    platform.slot_environments(kind, ids, 3, {})
+  # a job given chips 2 and 3 only
+  kind, ids = platform.local_devices({'TPU_VISIBLE_CHIPS': '2,3'}, files(*chip_files))
+  assert [e['TPU_VISIBLE_CHIPS'] for e in platform.slot_environments(kind, ids, 1, {})] == ['2', '3']

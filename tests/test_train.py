@@ -40,6 +40,23 @@ def test_train_step_updates_batch_norm_running_averages():
   assert all(jax.tree.leaves(changed))
 
 
+def test_train_state_is_initialized_by_one_program_compiled_once_equal_to_eager_init():
+  exp = experiment.build_experiment(tiny_config())
+  states = [experiment.create_train_state(exp, jax.random.key(s)) for s in (0, 1)]
+  assert exp.jitted_init._cache_size() == 1   # the second seed reused the first's compile
+  dummy = np.zeros((1, *exp.dataset.input_shape), np.float32)
+  for seed, state in zip((0, 1), states):
+    eager = exp.model.init(experiment.named_key(jax.random.key(seed), 'params'), dummy,
+                           train=False)
+    assert jax.tree.structure(state.params) == jax.tree.structure(eager['params'])
+    for got, want in zip(jax.tree.leaves((state.params, state.batch_stats)),
+                         jax.tree.leaves((eager['params'], eager['batch_stats']))):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)   # XLA's fusion: 1 ulp
+    assert int(state.step) == 0 and jax.tree.structure(state.opt_state) == \
+        jax.tree.structure(exp.tx.init(eager['params']))
+  assert not all(np.array_equal(a, b) for a, b in zip(*(jax.tree.leaves(s.params) for s in states)))
+
+
 @pytest.mark.slow   # CI runs it (and the resume tests compare runs bit for bit)
 def test_same_seed_gives_bit_identical_metrics(tmp_path):
   a = loop.train_and_evaluate(tiny_config(), str(tmp_path / 'a'))

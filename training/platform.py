@@ -147,33 +147,61 @@ FORCED_CPU_DEVICES = re.compile(r'--xla_force_host_platform_device_count=(\d+)')
 def local_devices(environ=os.environ, find=glob.glob) -> tuple[str, list[str]]:
   """The kind and ids of this machine's devices, read without starting JAX (a process that
   starts it on a GPU holds memory on every GPU): `gpu` (CUDA_VISIBLE_DEVICES where set, else the
-  /dev/nvidia<N> files), `tpu`, else `cpu` (as many as XLA_FLAGS forces, else 1)."""
-  gpus = sorted((p[len('/dev/nvidia'):] for p in find('/dev/nvidia[0-9]*')), key=int)
+  /dev/nvidia<N> files), `tpu` (chips: TPU_VISIBLE_CHIPS where set, else the /dev/accel<N> or
+  /dev/vfio/<N> files), else `cpu` (as many as XLA_FLAGS forces, else 1)."""
+  gpus = _numbered(find, '/dev/nvidia')
   if gpus:
-    visible = environ.get('CUDA_VISIBLE_DEVICES')
-    return 'gpu', [v for v in visible.split(',') if v] if visible is not None else gpus
-  if find('/dev/accel[0-9]*') or find('/dev/vfio/[0-9]*'):
-    return 'tpu', []
+    return 'gpu', _visible(environ, 'CUDA_VISIBLE_DEVICES', gpus)
+  chips = _numbered(find, '/dev/accel') or _numbered(find, '/dev/vfio/')
+  if chips:
+    return 'tpu', _visible(environ, 'TPU_VISIBLE_CHIPS', chips)
   forced = FORCED_CPU_DEVICES.search(environ.get('XLA_FLAGS', ''))
   return 'cpu', [str(i) for i in range(int(forced.group(1)) if forced else 1)]
 
 
+def _numbered(find, prefix: str) -> list[str]:
+  return sorted((p[len(prefix):] for p in find(f'{prefix}[0-9]*') if p[len(prefix):].isdigit()),
+                key=int)
+
+
+def _visible(environ, variable: str, found: list[str]) -> list[str]:
+  visible = environ.get(variable)
+  return [v for v in visible.split(',') if v] if visible is not None else found
+
+
+# A TPU host's chips split among processes that do not talk to each other (the recipe of JAX's
+# Cloud TPU notes): each process sees its chips (TPU_VISIBLE_CHIPS; TPU_VISIBLE_DEVICES for
+# older libtpu), lays them out as a chips-per-process box in a 1x1x1 process grid, and has a
+# port of its own. Boxes for the chip counts a process can hold on one host (a v4 or v5p host
+# has 4 chips, a v5e/v6e host up to 8).
+TPU_CHIP_BOUNDS = {1: '1,1,1', 2: '1,2,1', 4: '2,2,1', 8: '2,4,1'}
+TPU_FIRST_PORT = 8476
+
+
 def slot_environments(kind: str, ids: list[str], per_run: int, environ=os.environ) -> list[dict]:
   """One environment per group of `per_run` devices, for a process that sees only those: GPUs
-  by CUDA_VISIBLE_DEVICES; the CPU (tests) by XLA's forced host device count. Devices left
-  over (fewer than `per_run`) stay idle."""
-  if kind == 'tpu':
-    raise ConfigError('--devices_per_run is not built for TPUs yet (a TPU host\'s chips are '
-                      'split by TPU_VISIBLE_CHIPS and its process bounds): run the sweep on all '
-                      'chips, or one shard per host with --shard')
+  by CUDA_VISIBLE_DEVICES; TPU chips by TPU_VISIBLE_CHIPS, chip bounds and a port each (all of
+  a host's chips: the environment as it is); the CPU (tests) by XLA's forced host device count.
+  Devices left over (fewer than `per_run`) stay idle."""
   if not 1 <= per_run <= len(ids):
     raise ConfigError(f'--devices_per_run={per_run}: this machine shows {len(ids)} {kind} '
                       f'device(s) ({", ".join(ids)})')
   out = []
   for start in range(0, len(ids) - per_run + 1, per_run):
     env = dict(environ)
+    group = ','.join(ids[start:start + per_run])
     if kind == 'gpu':
-      env['CUDA_VISIBLE_DEVICES'] = ','.join(ids[start:start + per_run])
+      env['CUDA_VISIBLE_DEVICES'] = group
+    elif kind == 'tpu':
+      if per_run not in TPU_CHIP_BOUNDS:
+        raise ConfigError(f'--devices_per_run={per_run} on a TPU host: a process holds '
+                          f'{", ".join(map(str, TPU_CHIP_BOUNDS))} chips')
+      if per_run < len(ids):
+        port = str(TPU_FIRST_PORT + start // per_run)
+        env.update(TPU_VISIBLE_CHIPS=group, TPU_VISIBLE_DEVICES=group,
+                   TPU_CHIPS_PER_PROCESS_BOUNDS=TPU_CHIP_BOUNDS[per_run],
+                   TPU_PROCESS_BOUNDS='1,1,1', TPU_PROCESS_PORT=port,
+                   TPU_MESH_CONTROLLER_PORT=port, TPU_MESH_CONTROLLER_ADDRESS=f'localhost:{port}')
     else:
       rest = FORCED_CPU_DEVICES.sub('', env.get('XLA_FLAGS', '')).split()
       env['XLA_FLAGS'] = ' '.join([*rest, f'--xla_force_host_platform_device_count={per_run}'])
