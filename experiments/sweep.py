@@ -155,9 +155,12 @@ def seed_groups(runs: list, together: bool) -> list[list]:
   return list(groups.values())
 
 
-def resolve_together(flag: str) -> bool:
-  import jax
-  return flag == 'true' or (flag == 'auto' and jax.default_backend() != 'cpu')
+def resolve_together(flag: str, backend: str | None = None) -> bool:
+  """--seeds_in_one_program: auto is on for every backend but the CPU (`backend`: JAX's)."""
+  if backend is None:
+    import jax   # noqa: PLC0415
+    backend = jax.default_backend()
+  return flag == 'true' or (flag == 'auto' and backend != 'cpu')
 
 
 def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_shards: int = 1,

@@ -212,6 +212,9 @@ def test_seed_groups_gather_runs_that_differ_only_in_seed():
   assert [[r.overrides['seed'] for r in g] for g in groups] == [[0, 1, 2], [0, 1, 2]]
   assert {g[0].overrides['model.norm'] for g in groups} == {'batch', 'rms'}
   assert len(sweep.seed_groups(runs, together=False)) == 6
+  # --seeds_in_one_program=auto: vmapped on accelerators, a loop on the CPU (measured slower)
+  assert [sweep.resolve_together('auto', b) for b in ('cpu', 'gpu', 'tpu')] == [False, True, True]
+  assert [sweep.resolve_together(f, 'gpu') for f in ('true', 'false')] == [True, False]
 
 
 def test_rerun_of_a_changed_sweep_refuses_naming_runs_and_keys(tmp_path):
