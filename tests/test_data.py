@@ -288,6 +288,49 @@ def test_tfds_path_on_mock_data(name, shape):
   assert np.isfinite(batch['inputs']).all()
 
 
+def test_imagenet2012_on_mock_data_is_streamed_as_centre_squares():
+  """The TFDS ImageNet path (tfds' mock: images of random sizes): streamed by auto, each image
+  stored as its 224x224 centre square, the stream's batch the host path's bit for bit."""
+  import tensorflow_datasets as tfds
+  from data import stream
+  from training import parallel
+  config = tiny_config(**{'data.name': 'imagenet2012', 'data.download': False})
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = data_lib.load_dataset(config.data)
+    assert ds.streamed and ds.input_shape == (224, 224, 3) and ds.num_classes == 1000
+    assert pipeline.resolve('auto', 'cpu', ds.streamed) == 'stream'
+    assert len({ds.train.source[i]['image'].shape for i in range(12)}) > 1   # sizes vary
+    got = jax.device_get(stream.StreamBatches(ds.train, 4, 0, parallel.data_mesh(),
+                                              'crop_flip')(1))
+    want = pipeline.TrainBatches(ds.train, 4, seed=0, augment='crop_flip')(1)
+    evaluated = ds.test.get(np.arange(3))
+  assert got['inputs'].shape == (4, 224, 224, 3) and evaluated['inputs'].shape == (3, 224, 224, 3)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize('shape', [(20, 40, 3), (40, 20, 3), (30, 60, 1)])
+def test_centre_square_resizes_the_shorter_side_and_keeps_the_middle(shape):
+  """Half black, half white along the longer side: resized so the shorter side is 224, the
+  longer one is twice that, and the centre square has the edge down its middle (between
+  column or row 111 and 112, blurred over the upsampling's scale); a uniform image stays
+  uniform."""
+  from data import tfds_images
+  h, w, c = shape
+  image = np.zeros(shape, np.uint8)
+  if w > h:
+    image[:, w // 2:] = 255
+  else:
+    image[h // 2:] = 255
+  out = tfds_images.centre_square(image, 224)
+  assert out.shape == (224, 224, c) and out.dtype == np.uint8
+  lines = out if h > w else out.transpose(1, 0, 2)   # the edge runs across axis 0 or 1
+  blur = int(np.ceil(224 / min(h, w))) + 1   # bilinear upsampling spreads a source pixel
+  assert (lines[:112 - blur] == 0).all() and (lines[112 + blur:] == 255).all()
+  assert 0 < lines[111].mean() < lines[112].mean() < 255   # the edge at the middle
+  assert (tfds_images.centre_square(np.full(shape, 77, np.uint8), 224) == 77).all()
+
+
 @pytest.mark.parametrize('name', ['cifar10', 'imdb_reviews'])
 def test_an_unprepared_tfds_dataset_offline_is_one_line_and_creates_nothing(tmp_path, name):
   """No prepared data and data.download=False: a ConfigError in seconds pointing to README's
