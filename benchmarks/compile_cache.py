@@ -15,23 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from benchmarks.packed import process_seconds
 
 
 def run_seconds(config: str, steps: int, workdir: str, cache: str) -> float:
-  start = time.perf_counter()
-  result = subprocess.run(
+  return process_seconds(
       [sys.executable, 'train.py', f'--config={config}', f'--workdir={workdir}',
        f'--config.num_train_steps={steps}', f'--config.eval_every_steps={steps}',
-       f'--config.checkpoint_every_steps={steps}', f'--config.compilation_cache={cache}'],
-      capture_output=True, text=True, check=False)
-  seconds = time.perf_counter() - start
-  if result.returncode != 0:
-    raise SystemExit(f'train.py failed ({result.returncode}):\n{result.stderr[-3000:]}')
-  return seconds
+       f'--config.checkpoint_every_steps={steps}', f'--config.compilation_cache={cache}'])
 
 
 def main(argv=None) -> None:

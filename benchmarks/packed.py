@@ -36,15 +36,20 @@ def get_sweep(arg=None):
 NORMS = ('batch', 'layer')
 
 
-def sweep_seconds(sweep_file: str, directory: str, env: dict, extra: list[str]) -> float:
+def process_seconds(command: list[str], env: dict | None = None) -> float:
+  """Wall seconds of one command in a fresh process (its failure stops the benchmark)."""
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, '-m', 'experiments.sweep', f'--sweep={sweep_file}',
-                           f'--dir={directory}', *extra], env=env, capture_output=True,
-                          text=True, check=False)
+  result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
   seconds = time.perf_counter() - start
   if result.returncode != 0:
-    raise SystemExit(f'sweep failed ({result.returncode}):\n{result.stderr[-3000:]}')
+    raise SystemExit(f'{" ".join(command[:3])} failed ({result.returncode}):\n'
+                     f'{result.stderr[-3000:]}')
   return seconds
+
+
+def sweep_seconds(sweep_file: str, directory: str, env: dict, extra: list[str]) -> float:
+  return process_seconds([sys.executable, '-m', 'experiments.sweep', f'--sweep={sweep_file}',
+                          f'--dir={directory}', *extra], env)
 
 
 def main(argv=None) -> None:
