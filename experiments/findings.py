@@ -40,8 +40,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import cli
+from errors import ConfigError
 from experiments import report
 from experiments.claims import common
 from experiments.stats import INCONCLUSIVE, OUTCOMES
@@ -163,16 +165,25 @@ def machine() -> str:
           f'{jax.default_backend()}; Python {platform.python_version()}')
 
 
-def run_sweeps(names, sweeps_dir: str) -> None:
-  """Runs (or resumes) the training sweep of every claim in `names` that has one of its own."""
+def run_sweeps(names, sweeps_dir: str, devices_per_run: int = 0) -> None:
+  """Runs (or resumes) the training sweep of every claim in `names` that has one of its own;
+  `devices_per_run` > 0: packed, one process per that many devices (experiments/sweep.py)."""
   from experiments import sweep as sweep_lib
   from experiments import sweeps as sweeps_lib
   for name in names:
-    module = cli.import_file(os.path.join(HERE, 'claims', f'{name}.py'), f'_claim_{name}')
+    path = os.path.join(HERE, 'claims', f'{name}.py')
+    module = cli.import_file(path, f'_claim_{name}')
     if hasattr(module, 'get_sweep') and not hasattr(module, 'SWEEP'):
       print(f'sweep {name}', flush=True)
-      sweep_lib.run_sweep(sweeps_lib.load_sweep(os.path.join(HERE, 'claims', f'{name}.py')),
-                          os.path.join(sweeps_dir, name))
+      directory = os.path.join(sweeps_dir, name)
+      if not devices_per_run:
+        sweep_lib.run_sweep(sweeps_lib.load_sweep(path), directory)
+        continue
+      code = sweep_lib.packed(argparse.Namespace(
+          shard='0/1', sweep=path, dir=directory, seeds_in_one_program='auto',
+          devices_per_run=devices_per_run))
+      if code in (130, 143):   # a run saved and stopped: the same command resumes
+        sys.exit(code)
 
 
 def _plot(path, name, out_dir) -> list[str]:
@@ -213,6 +224,9 @@ def main():
   p.add_argument('--run', action='store_true', help='run (or resume) each claim\'s sweep first')
   p.add_argument('--seeds', default='', help='comma-separated seeds for every claim instead of '
                  '0, 1, ... (a claim asking for more continues them consecutively)')
+  p.add_argument('--devices_per_run', type=int, default=0, help='--run: pack each sweep\'s '
+                 'runs onto the machine\'s devices, one process per this many (0: one run '
+                 'after another on every device)')
   a = p.parse_args()
   try:
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
@@ -242,7 +256,10 @@ def main():
   if unknown:
     cli.fail(f'unknown claim(s) {", ".join(unknown)}; valid: {", ".join(names)}')
   if a.run:
-    run_sweeps([n for n in names if not only or n in only], a.sweeps)
+    try:
+      run_sweeps([n for n in names if not only or n in only], a.sweeps, a.devices_per_run)
+    except ConfigError as e:
+      cli.fail(str(e))
   kept = _existing_sections(a.out) if only else {}
   sections, summary = [], ['| claim | verdict | first comparison of its reason (effect, 90 % '
                            'interval) | seeds | sweep wall time |', '|---|---|---|---|---|']

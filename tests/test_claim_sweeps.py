@@ -91,9 +91,11 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch):
+@pytest.mark.parametrize('devices_per_run', [0, 1])
+def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch, devices_per_run):
   """One command: --run trains a claim's sweep (here the smoke version of ln_generalization,
-  through a stand-in claims folder) and writes its section."""
+  through a stand-in claims folder) and writes its section; with --devices_per_run=1 on 2
+  (simulated) devices, packed: its two runs in two processes at once, one device each."""
   from experiments import findings
   claims = tmp_path / 'claims'
   claims.mkdir()
@@ -103,11 +105,18 @@ def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch):
   monkeypatch.setattr(findings, 'HERE', str(tmp_path))
   out = tmp_path / 'FINDINGS.md'
   monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}',
-                                   '--run'])
+                                   '--run', f'--devices_per_run={devices_per_run}'])
+  if devices_per_run:   # what the packed processes see (this process's JAX has started)
+    monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   findings.main()
-  states = [json.load(open(p))['state'] for p in
-            glob.glob(str(tmp_path / 'sweeps' / 'tiny' / '*' / 'status.json'))]
-  assert states == ['finished', 'finished']
+  runs = sorted(os.path.dirname(p) for p in
+                glob.glob(str(tmp_path / 'sweeps' / 'tiny' / '*' / 'status.json')))
+  assert [json.load(open(os.path.join(r, 'status.json')))['state'] for r in runs] == \
+      ['finished', 'finished']
+  if devices_per_run:
+    assert [json.load(open(os.path.join(r, 'resolved.json')))['devices'] for r in runs] == [1, 1]
+    assert len({glob.glob(os.path.join(r, 'events.out.tfevents.*'))[0].split('.')[-2]
+                for r in runs}) == 2   # one process each
   assert '## tiny' in out.read_text() and '2/2 runs finished' in out.read_text()
 
 
