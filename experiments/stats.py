@@ -365,8 +365,12 @@ class Comparison:
     grain = f', grain {f(self.grain)}' if self.grain else ''
     fallback = (' (no spread in a group: exact permutation test)'
                 if self.test_used != self.test and not self.grain else '')
-    said = {SHOWN: 'shown', RULED_OUT: 'ruled out (upper bound below it)',
-            OPEN: 'neither shown nor ruled out'}[self.status]
+    m = self.min_effect
+    said = {SHOWN: f'shown (its lower bound clears the minimum by {f(lo - m)})',
+            RULED_OUT: f'ruled out (upper bound below it by {f(m - hi)})',
+            # what would have changed the verdict
+            OPEN: f'neither shown nor ruled out (shown had the lower bound been {f(m - lo)} '
+                  f'higher, ruled out had the upper bound been {f(hi - m)} lower)'}[self.status]
     return (f'{a_name} {side} {b_name} by {f(self.diff)} ({level} % interval {f(lo)} to '
             f'{f(hi)}{grain}; {a_name} {f(np.mean(self.a))}, {b_name} {f(np.mean(self.b))}, '
             f'n = {len(self.a)}, {len(self.b)}); {self.test_used} p = {self.p:.3f}{fallback} '

@@ -118,7 +118,17 @@ def test_a_discrete_metric_with_no_spread_needs_the_minimum_effect_on_its_bound(
   assert one.status == stats.RULED_OUT and four.status == stats.SHOWN
   assert 'minimum effect 0.0100' in one.text('a', 'b')
   assert one.text('a', 'b').startswith('a above b by 0.0028 (90 % interval 0.0028 to 0.0028')
-  assert one.text('a', 'b').endswith('ruled out (upper bound below it)')
+  # each verdict says how far its bound was from changing it
+  assert one.text('a', 'b').endswith(f'ruled out (upper bound below it by {0.01 - 1 / 360:.4f})')
+  assert four.text('a', 'b').endswith(
+      f'shown (its lower bound clears the minimum by {4 / 360 - 0.01:.4f})')
+  spread = np.arange(5.0)
+  open_ = stats.Comparison(spread + 0.5, spread, min_effect=0.5)   # the interval centred on it
+  lo, hi = open_.bounds
+  assert open_.status == stats.OPEN and lo < 0.5 < hi
+  assert open_.text('a', 'b').endswith(
+      f'neither shown nor ruled out (shown had the lower bound been {0.5 - lo:.4f} higher, '
+      f'ruled out had the upper bound been {hi - 0.5:.4f} lower)')
 
 
 def test_compare_orients_losses_and_needs_two_seeds():
