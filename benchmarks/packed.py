@@ -63,14 +63,14 @@ def main(argv=None) -> None:
   env = dict(os.environ)
   kind, ids = platform.local_devices(env)
   if kind == 'cpu':
-    env['XLA_FLAGS'] = ' '.join([*platform.FORCED_CPU_DEVICES.sub(
-        '', env.get('XLA_FLAGS', '')).split(), f'--xla_force_host_platform_device_count={a.devices}'])
+    env = platform.with_cpu_devices(env, a.devices)
     ids = [str(i) for i in range(a.devices)]
+  seeds = max(1, a.runs // len(NORMS))
   times = {'serial': [], 'packed': []}
   with tempfile.TemporaryDirectory() as tmp:
     sweep_file = os.path.join(tmp, 'sweep.py')
     with open(sweep_file, 'w') as f:
-      f.write(SWEEP.format(steps=a.steps, norms=list(NORMS), seeds=max(1, a.runs // len(NORMS))))
+      f.write(SWEEP.format(steps=a.steps, norms=list(NORMS), seeds=seeds))
     for r in range(a.repeats):
       for name, extra in (('serial', []), ('packed', [f'--devices_per_run={a.per_run}'])):
         where = os.path.join(tmp, f'{name}{r}')
@@ -78,8 +78,7 @@ def main(argv=None) -> None:
                                                              '-cache'}, extra))
         print(f'round {r}: {name} {times[name][-1]:.1f} s', flush=True)
   serial, packed = (statistics.median(times[k]) for k in ('serial', 'packed'))
-  runs = len(NORMS) * max(1, a.runs // len(NORMS))
-  print(f'{runs} runs of {a.steps} steps on {len(ids)} {kind} device(s): serial (each run on all '
+  print(f'{len(NORMS) * seeds} runs of {a.steps} steps on {len(ids)} {kind} device(s): serial (each run on all '
         f'{len(ids)}) {serial:.1f} s, packed ({a.per_run} per run) {packed:.1f} s: '
         f'serial / packed = {serial / packed:.2f}')
 

@@ -182,7 +182,7 @@ def run_sweeps(names, sweeps_dir: str, devices_per_run: int = 0) -> None:
       code = sweep_lib.packed(argparse.Namespace(
           shard='0/1', sweep=path, dir=directory, seeds_in_one_program='auto',
           devices_per_run=devices_per_run))
-      if code in (130, 143):   # a run saved and stopped: the same command resumes
+      if code == 143:   # a run saved and stopped (sweep.packed): the same command resumes
         sys.exit(code)
 
 

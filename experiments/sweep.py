@@ -59,10 +59,9 @@ def define_flags() -> None:
                     'GPU/TPU yes; on CPU no (vmapped convolutions run slower there than a loop: '
                     'python -m benchmarks.seeds).')
   flags.DEFINE_integer('devices_per_run', 0, 'Pack the runs onto this machine\'s devices: one '
-                       'process per group of this many devices (GPUs by CUDA_VISIBLE_DEVICES, TPU chips by '
-                       'TPU_VISIBLE_CHIPS), '
-                       'each training its slice of the shard, all at once. 0: every run on '
-                       'every device, one run after another.')
+                       'process per group of this many devices (GPUs by CUDA_VISIBLE_DEVICES, '
+                       'TPU chips by TPU_VISIBLE_CHIPS), each training its slice of the shard, '
+                       'all at once. 0: every run on every device, one run after another.')
   flags.DEFINE_enum('launcher', 'here', ['here', 'submitit'],
                     'here: run the shard in this process. submitit: submit every shard as a task '
                     'of a Slurm job array (or local processes with --cluster=local).')

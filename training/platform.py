@@ -186,6 +186,9 @@ def slot_environments(kind: str, ids: list[str], per_run: int, environ=os.enviro
   if not 1 <= per_run <= len(ids):
     raise ConfigError(f'--devices_per_run={per_run}: this machine shows {len(ids)} {kind} '
                       f'device(s) ({", ".join(ids)})')
+  if kind == 'tpu' and per_run not in TPU_CHIP_BOUNDS:
+    raise ConfigError(f'--devices_per_run={per_run} on a TPU host: a process holds '
+                      f'{", ".join(map(str, TPU_CHIP_BOUNDS))} chips')
   out = []
   for start in range(0, len(ids) - per_run + 1, per_run):
     env = dict(environ)
@@ -193,9 +196,6 @@ def slot_environments(kind: str, ids: list[str], per_run: int, environ=os.enviro
     if kind == 'gpu':
       env['CUDA_VISIBLE_DEVICES'] = group
     elif kind == 'tpu':
-      if per_run not in TPU_CHIP_BOUNDS:
-        raise ConfigError(f'--devices_per_run={per_run} on a TPU host: a process holds '
-                          f'{", ".join(map(str, TPU_CHIP_BOUNDS))} chips')
       if per_run < len(ids):
         port = str(TPU_FIRST_PORT + start // per_run)
         env.update(TPU_VISIBLE_CHIPS=group, TPU_VISIBLE_DEVICES=group,
@@ -203,7 +203,12 @@ def slot_environments(kind: str, ids: list[str], per_run: int, environ=os.enviro
                    TPU_PROCESS_BOUNDS='1,1,1', TPU_PROCESS_PORT=port,
                    TPU_MESH_CONTROLLER_PORT=port, TPU_MESH_CONTROLLER_ADDRESS=f'localhost:{port}')
     else:
-      rest = FORCED_CPU_DEVICES.sub('', env.get('XLA_FLAGS', '')).split()
-      env['XLA_FLAGS'] = ' '.join([*rest, f'--xla_force_host_platform_device_count={per_run}'])
+      env = with_cpu_devices(env, per_run)
     out.append(env)
   return out
+
+
+def with_cpu_devices(environ: dict, n: int) -> dict:
+  """`environ` with XLA_FLAGS forcing `n` host (CPU) devices, its other flags kept."""
+  rest = FORCED_CPU_DEVICES.sub('', environ.get('XLA_FLAGS', '')).split()
+  return {**environ, 'XLA_FLAGS': ' '.join([*rest, f'--xla_force_host_platform_device_count={n}'])}
