@@ -5,6 +5,9 @@
   python -m experiments.findings --sweeps=sweeps          # reports each, writes FINDINGS.md
   python -m experiments.findings --run --seeds=10,11,12,13,14 --sweeps=other --out=other.md
                       # the committed rules on other seeds, into another report
+  python -m experiments.findings --run --only=depth --carry
+                      # a sweep longer than a session: finished runs kept in git
+                      # (experiments/carry.py); the same command in the next session goes on
 
 For every claim file in experiments/claims/ whose sweep directory exists under --sweeps, this
 writes the sweep's report, copies its plot next to FINDINGS.md, and states the claim's verdict as
@@ -52,14 +55,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def wall_minutes(directory, runs) -> float:
-  """From the first run's config.json to the last status.json written."""
-  starts, ends = [], []
+  """The time during which some run of the sweep was live (from its config.json to its last
+  status.json): the union of the runs' spans, so a sweep carried over sessions (--carry) does
+  not count the hours between them, and shards run side by side count once."""
+  spans = []
   for r in runs:
     workdir = os.path.join(directory, r['name'])
     if os.path.exists(os.path.join(workdir, 'status.json')):
-      starts.append(os.path.getmtime(os.path.join(workdir, 'config.json')))
-      ends.append(os.path.getmtime(os.path.join(workdir, 'status.json')))
-  return (max(ends) - min(starts)) / 60 if starts else float('nan')
+      spans.append((os.path.getmtime(os.path.join(workdir, 'config.json')),
+                    os.path.getmtime(os.path.join(workdir, 'status.json'))))
+  total, end = 0.0, float('-inf')
+  for start, stop in sorted(spans):
+    total += max(0.0, stop - max(start, end))
+    end = max(end, stop)
+  return total / 60 if spans else float('nan')
 
 
 def rule_commit(path: str, sweep_start: float | None) -> str:
@@ -165,6 +174,40 @@ def machine() -> str:
           f'{jax.default_backend()}; Python {platform.python_version()}')
 
 
+def restore_kept(names, sweeps_dir: str) -> None:
+  """--carry: each claim sweep's runs kept in git (experiments/carry.py) back into its
+  directory, with sweep.json when the directory has none."""
+  from experiments import carry
+  from experiments import sweep as sweep_lib
+  from experiments import sweeps as sweeps_lib
+  from training import workdir as wd
+  for name in names:
+    path = os.path.join(HERE, 'claims', f'{name}.py')
+    module = cli.import_file(path, f'_claim_{name}')
+    if not hasattr(module, 'get_sweep') or hasattr(module, 'SWEEP'):
+      continue
+    directory = os.path.join(sweeps_dir, name)
+    sweep = sweeps_lib.load_sweep(path)
+    runs = sweep.runs()
+    restored, stale = carry.restore(os.path.join(carry.STORE, name), directory,
+                                    {r.name: wd.config_to_dict(r.config) for r in runs})
+    if restored and not os.path.exists(os.path.join(directory, report.SWEEP_FILE)):
+      sweep_lib.write_sweep_file(sweep, runs, directory)
+    print(f'{name}: {len(restored)} kept run(s) restored'
+          + (f'; {len(stale)} kept with another config than the sweep gives them now, left out'
+             if stale else ''), flush=True)
+
+
+def keep_finished(name: str, sweeps_dir: str) -> None:
+  """--carry: the claim sweep's finished runs into git's store (experiments/carry.py)."""
+  from experiments import carry
+  directory = os.path.join(sweeps_dir, name)
+  if os.path.isdir(directory):
+    kept = carry.keep(directory, os.path.join(carry.STORE, name))
+    print(f'{name}: {len(kept)} finished run(s) kept in {os.path.relpath(carry.STORE)}/{name}',
+          flush=True)
+
+
 def run_sweeps(names, sweeps_dir: str, devices_per_run: int = 0) -> None:
   """Runs (or resumes) the training sweep of every claim in `names` that has one of its own;
   `devices_per_run` > 0: packed, one process per that many devices (experiments/sweep.py)."""
@@ -227,6 +270,9 @@ def main():
   p.add_argument('--devices_per_run', type=int, default=0, help='--run: pack each sweep\'s '
                  'runs onto the machine\'s devices, one process per this many (0: one run '
                  'after another on every device)')
+  p.add_argument('--carry', action='store_true', help='restore each claim\'s runs kept in '
+                 'git (experiments/results/runs/) before running or reporting it, and keep its '
+                 'finished runs there after: a sweep longer than a session goes on in the next')
   a = p.parse_args()
   try:
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
@@ -255,6 +301,11 @@ def main():
   unknown = sorted(only - set(names))
   if unknown:
     cli.fail(f'unknown claim(s) {", ".join(unknown)}; valid: {", ".join(names)}')
+  if a.carry:
+    try:
+      restore_kept([n for n in names if not only or n in only], a.sweeps)
+    except ConfigError as e:
+      cli.fail(str(e))
   if a.run:
     try:
       run_sweeps([n for n in names if not only or n in only], a.sweeps, a.devices_per_run)
@@ -277,6 +328,8 @@ def main():
                                  'not run yet', {'missing': True})
     else:
       section, verdict, sweep = claim_section(module, name, a.sweeps, out_dir)
+      if a.carry and sweep.get('runs'):   # a sweep of its own that has run
+        keep_finished(name, a.sweeps)
     first_line = re.split(r'(?<!\bal)\.\s', ' '.join((module.__doc__ or name).split()))[0]
     first_line = first_line.rstrip('.') + '.'   # its first sentence ("et al." does not end one)
     seeds = f'{len(sweep["seeds"])}' if sweep.get('seeds') else '–'

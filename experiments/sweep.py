@@ -162,6 +162,13 @@ def resolve_together(flag: str, backend: str | None = None) -> bool:
   return flag == 'true' or (flag == 'auto' and backend != 'cpu')
 
 
+def write_sweep_file(sweep: sweeps.Sweep, runs: list, directory: str) -> None:
+  """sweep.json: the sweep's keys and every run's name and overrides (what reports read)."""
+  os.makedirs(directory, exist_ok=True)
+  wd.write_json_atomic(os.path.join(directory, SWEEP_FILE), {
+      'keys': sweep.keys(), 'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs]})
+
+
 def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_shards: int = 1,
               dry_run: bool = False, seeds_in_one_program: str = 'auto') -> dict[str, str]:
   """Runs (or lists) this shard's runs; returns {run name: final state}."""
@@ -175,9 +182,7 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
       print(f'{states[r.name]:<12} {r.name}')
     print(f'{len(mine)} runs in shard {shard_index}/{num_shards} of {len(runs)}')
     return states
-  os.makedirs(directory, exist_ok=True)
-  wd.write_json_atomic(os.path.join(directory, SWEEP_FILE), {
-      'keys': sweep.keys(), 'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs]})
+  write_sweep_file(sweep, runs, directory)
   todo = [r for r in mine if states[r.name] not in ('finished', 'diverged')]
   for r in mine:
     if r not in todo:

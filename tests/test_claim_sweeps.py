@@ -120,6 +120,38 @@ def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch, d
   assert '## tiny' in out.read_text() and '2/2 runs finished' in out.read_text()
 
 
+@pytest.mark.slow
+def test_a_sweep_carried_to_another_session_is_not_retrained_and_reports_the_same(
+    tmp_path, monkeypatch):
+  """--carry: the finished runs kept in git come back on a fresh machine (no sweeps directory):
+  --run trains nothing, and the section (numbers, wall time, rule-before-sweep) is unchanged."""
+  from experiments import carry, findings
+  claims = tmp_path / 'claims'
+  claims.mkdir()
+  source = open(os.path.join(ROOT, 'experiments/claims/ln_cnn.py')).read()
+  (claims / 'tiny.py').write_text(source.replace(
+      'def get_sweep(arg=None):', 'def get_sweep(arg=None):\n  arg = \'smoke\''))
+  monkeypatch.setattr(findings, 'HERE', str(tmp_path))
+  monkeypatch.setattr(carry, 'STORE', str(tmp_path / 'kept'))
+  out = tmp_path / 'FINDINGS.md'
+  argv = ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}', '--run', '--carry']
+  monkeypatch.setattr('sys.argv', argv)
+  findings.main()
+  section = out.read_text().split('## tiny')[1]
+  kept = sorted(os.listdir(tmp_path / 'kept' / 'tiny'))
+  assert len(kept) == 2 and '2/2 runs finished' in section
+  assert all(os.path.exists(tmp_path / 'kept' / 'tiny' / k / 'eval_validation.json')
+             for k in kept)   # the measurement analyze made: no checkpoint needed to report
+  import shutil
+  shutil.rmtree(tmp_path / 'sweeps')
+  findings.main()
+  assert out.read_text().split('## tiny')[1] == section
+  for k in kept:
+    workdir = tmp_path / 'sweeps' / 'tiny' / k
+    assert not (workdir / 'checkpoints').exists()    # restored, not trained again
+    assert len(glob.glob(str(workdir / 'events.out.tfevents.*'))) == 1
+
+
 def _smoke(name, tmp_path):
   directory = str(tmp_path / name)
   states = sweep.run_sweep(sweeps.load_sweep(os.path.join(ROOT, f'experiments/claims/{name}.py:smoke')),
