@@ -90,19 +90,26 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   assert e.value.code != 0 and not (tmp_path / 'other.md').exists()
 
 
+def _stand_in_claims(tmp_path, monkeypatch, claim):
+  """experiments.findings reading a claims folder in tmp_path that holds one claim, 'tiny': the
+  smoke version of `claim`."""
+  from experiments import findings
+  claims = tmp_path / 'claims'
+  claims.mkdir()
+  source = open(os.path.join(ROOT, f'experiments/claims/{claim}.py')).read()
+  (claims / 'tiny.py').write_text(source.replace(
+      'def get_sweep(arg=None):', 'def get_sweep(arg=None):\n  arg = \'smoke\''))
+  monkeypatch.setattr(findings, 'HERE', str(tmp_path))
+  return findings
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('devices_per_run', [0, 1])
 def test_findings_run_flag_runs_the_sweeps_then_reports(tmp_path, monkeypatch, devices_per_run):
   """One command: --run trains a claim's sweep (here the smoke version of ln_generalization,
   through a stand-in claims folder) and writes its section; with --devices_per_run=1 on 2
   (simulated) devices, packed: its two runs in two processes at once, one device each."""
-  from experiments import findings
-  claims = tmp_path / 'claims'
-  claims.mkdir()
-  source = open(os.path.join(ROOT, 'experiments/claims/ln_generalization.py')).read()
-  (claims / 'tiny.py').write_text(source.replace(
-      'def get_sweep(arg=None):', 'def get_sweep(arg=None):\n  arg = \'smoke\''))
-  monkeypatch.setattr(findings, 'HERE', str(tmp_path))
+  findings = _stand_in_claims(tmp_path, monkeypatch, 'ln_generalization')
   out = tmp_path / 'FINDINGS.md'
   monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}',
                                    '--run', f'--devices_per_run={devices_per_run}'])
@@ -125,13 +132,8 @@ def test_a_sweep_carried_to_another_session_is_not_retrained_and_reports_the_sam
     tmp_path, monkeypatch):
   """--carry: the finished runs kept in git come back on a fresh machine (no sweeps directory):
   --run trains nothing, and the section (numbers, wall time, rule-before-sweep) is unchanged."""
-  from experiments import carry, findings
-  claims = tmp_path / 'claims'
-  claims.mkdir()
-  source = open(os.path.join(ROOT, 'experiments/claims/ln_cnn.py')).read()
-  (claims / 'tiny.py').write_text(source.replace(
-      'def get_sweep(arg=None):', 'def get_sweep(arg=None):\n  arg = \'smoke\''))
-  monkeypatch.setattr(findings, 'HERE', str(tmp_path))
+  from experiments import carry
+  findings = _stand_in_claims(tmp_path, monkeypatch, 'ln_cnn')
   monkeypatch.setattr(carry, 'STORE', str(tmp_path / 'kept'))
   out = tmp_path / 'FINDINGS.md'
   argv = ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}', '--run', '--carry']
