@@ -10,8 +10,9 @@ config, resolved choices, status, TensorBoard events, and the measurements the c
 while findings analyzes them (eval_*.json, position_loss.json, ...), so a report needs no
 checkpoint. Git keeps no file times, and findings reads a sweep's start (was its rule committed
 before?) and wall time from them, so each file's time is kept in times.json and given back on
-restore. A run is restored only into a sweep that still has it, with the config it was trained
-with (else the sweep refuses, as for any stale workdir), and never over an existing workdir.
+restore. A run is restored only into a sweep that still has it with the config it was trained
+with (a changed sweep trains it afresh, and its new copy replaces the old one when kept), and
+never over an existing workdir.
 """
 
 from __future__ import annotations

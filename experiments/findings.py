@@ -174,6 +174,17 @@ def machine() -> str:
           f'{jax.default_backend()}; Python {platform.python_version()}')
 
 
+def own_sweeps(names) -> list[tuple[str, str]]:
+  """(name, claim file) of each claim in `names` with a training sweep of its own."""
+  out = []
+  for name in names:
+    path = os.path.join(HERE, 'claims', f'{name}.py')
+    module = cli.import_file(path, f'_claim_{name}')
+    if hasattr(module, 'get_sweep') and not hasattr(module, 'SWEEP'):
+      out.append((name, path))
+  return out
+
+
 def restore_kept(names, sweeps_dir: str) -> None:
   """--carry: each claim sweep's runs kept in git (experiments/carry.py) back into its
   directory, with sweep.json when the directory has none."""
@@ -181,11 +192,7 @@ def restore_kept(names, sweeps_dir: str) -> None:
   from experiments import sweep as sweep_lib
   from experiments import sweeps as sweeps_lib
   from training import workdir as wd
-  for name in names:
-    path = os.path.join(HERE, 'claims', f'{name}.py')
-    module = cli.import_file(path, f'_claim_{name}')
-    if not hasattr(module, 'get_sweep') or hasattr(module, 'SWEEP'):
-      continue
+  for name, path in own_sweeps(names):
     directory = os.path.join(sweeps_dir, name)
     sweep = sweeps_lib.load_sweep(path)
     runs = sweep.runs()
@@ -213,20 +220,17 @@ def run_sweeps(names, sweeps_dir: str, devices_per_run: int = 0) -> None:
   `devices_per_run` > 0: packed, one process per that many devices (experiments/sweep.py)."""
   from experiments import sweep as sweep_lib
   from experiments import sweeps as sweeps_lib
-  for name in names:
-    path = os.path.join(HERE, 'claims', f'{name}.py')
-    module = cli.import_file(path, f'_claim_{name}')
-    if hasattr(module, 'get_sweep') and not hasattr(module, 'SWEEP'):
-      print(f'sweep {name}', flush=True)
-      directory = os.path.join(sweeps_dir, name)
-      if not devices_per_run:
-        sweep_lib.run_sweep(sweeps_lib.load_sweep(path), directory)
-        continue
-      code = sweep_lib.packed(argparse.Namespace(
-          shard='0/1', sweep=path, dir=directory, seeds_in_one_program='auto',
-          devices_per_run=devices_per_run))
-      if code == 143:   # a run saved and stopped (sweep.packed): the same command resumes
-        sys.exit(code)
+  for name, path in own_sweeps(names):
+    print(f'sweep {name}', flush=True)
+    directory = os.path.join(sweeps_dir, name)
+    if not devices_per_run:
+      sweep_lib.run_sweep(sweeps_lib.load_sweep(path), directory)
+      continue
+    code = sweep_lib.packed(argparse.Namespace(
+        shard='0/1', sweep=path, dir=directory, seeds_in_one_program='auto',
+        devices_per_run=devices_per_run))
+    if code == 143:   # a run saved and stopped (sweep.packed): the same command resumes
+      sys.exit(code)
 
 
 def _plot(path, name, out_dir) -> list[str]:
