@@ -18,7 +18,7 @@ the claim file (its rule) last changed and whether that was before its sweep sta
 not yet run are listed as such. With --only, the other claims' sections are kept as they are in
 the existing file. With --run, each claim's sweep is run first (finished runs are skipped,
 interrupted ones resumed), so one command regenerates everything; the header states the
-machine, and the summary each sweep's seeds and wall time and their total.
+machine, and the summary each sweep's seeds, the day it started, its wall time and their total.
 
 A claim file defines some of:
   get_sweep(arg)      the training sweep (`:smoke` 2 tiny runs, `:full` GPU/TFDS scale);
@@ -241,11 +241,20 @@ def _plot(path, name, out_dir) -> list[str]:
   return [f'![{name}]({target})', '']
 
 
-def _with_headline_column(row: str) -> str:
-  """A summary row kept from a version before the headline column, given '–' there."""
+def sweep_date(section: list[str]) -> str:
+  """The day a section's sweep started, as its "Verdict rule:" line states it (– if none)."""
+  m = re.search(r'the sweep started \((\d{4}-\d{2}-\d{2})', '\n'.join(section))
+  return m.group(1) if m else '–'
+
+
+def _kept_row(row: str, section: list[str]) -> str:
+  """A summary row kept from an earlier version, given the columns added since: the headline
+  ('–') and the day its sweep started (from its section)."""
   cells = row.strip().strip('|').strip().split(' | ')
   if len(cells) == 4:
     cells.insert(2, '–')
+  if len(cells) == 5:
+    cells.insert(4, sweep_date(section))
   return '| ' + ' | '.join(cells) + ' |'
 
 
@@ -317,12 +326,13 @@ def main():
       cli.fail(str(e))
   kept = _existing_sections(a.out) if only else {}
   sections, summary = [], ['| claim | verdict | first comparison of its reason (effect, 90 % '
-                           'interval) | seeds | sweep wall time |', '|---|---|---|---|---|']
+                           'interval) | seeds | sweep started | sweep wall time |',
+                           '|---|---|---|---|---|---|']
   total = 0.0
   for name in names:
     path = os.path.join(HERE, 'claims', f'{name}.py')
     if only and name not in only and name in kept:
-      summary.append(_with_headline_column(kept[name][0]))
+      summary.append(_kept_row(*kept[name]))
       sections += kept[name][1]
       continue
     module = cli.import_file(path, f'_claim_{name}')
@@ -342,7 +352,7 @@ def main():
             'measured at report time' if not sweep else 'shares a sweep')
     total += sweep.get('minutes') or 0.0
     summary.append(f'| [{name}](#{name}): {first_line} | {verdict} | {headline(section)} | '
-                   f'{seeds} | {wall} |')
+                   f'{seeds} | {sweep_date(section)} | {wall} |')
     sections += section
   if only:
     old = sorted(n for n in kept if n not in only)

@@ -83,11 +83,30 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   assert 'Machine: ' in text and 'cores; JAX' in text
   row = next(line for line in text.splitlines() if line.startswith('| [depth]'))
   assert row.endswith(' min (2 runs) |') and 'Total wall time' in text
+  import datetime
+  assert f'| {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} |' in row   # sweep started
   # an unknown claim name is refused before anything is written, listing the valid ones
   monkeypatch.setattr('sys.argv', ['findings', f'--out={tmp_path / "other.md"}', '--only=dept'])
   with pytest.raises(SystemExit) as e:
     findings.main()
   assert e.value.code != 0 and not (tmp_path / 'other.md').exists()
+
+
+def test_a_kept_summary_row_gains_the_columns_added_since_from_its_section():
+  """Rows kept by --only from older versions get the headline ('–') and the day their sweep
+  started, read from their own section's "Verdict rule:" line ('–' when it has none)."""
+  from experiments import findings
+  section = ['## depth', 'Verdict rule: `experiments/claims/depth.py` as of commit abc '
+             '(2026-11-25 06:39 UTC), before the sweep started (2026-11-26 07:00 UTC).']
+  old = '| [depth](#depth): He et al. | reproduced | 3 | 20.0 min (18 runs) |'
+  assert findings._kept_row(old, section) == (
+      '| [depth](#depth): He et al. | reproduced | – | 3 | 2026-11-26 | 20.0 min (18 runs) |')
+  newer = '| [depth](#depth): He et al. | partly | a above b by 1 (90 % interval 0 to 2) | 5 | ' \
+          '12.0 min (60 runs) |'
+  assert findings._kept_row(newer, ['## depth', 'no rule line']).endswith(
+      '| 5 | – | 12.0 min (60 runs) |')
+  current = findings._kept_row(old, section)
+  assert findings._kept_row(current, section) == current   # a row with every column: as it is
 
 
 def _stand_in_claims(tmp_path, monkeypatch, claim):
