@@ -211,7 +211,7 @@ def keep_finished(name: str, sweeps_dir: str) -> None:
   directory = os.path.join(sweeps_dir, name)
   if os.path.isdir(directory):
     kept = carry.keep(directory, os.path.join(carry.STORE, name))
-    print(f'{name}: {len(kept)} finished run(s) kept in {os.path.relpath(carry.STORE)}/{name}',
+    print(f'{name}: {len(kept)} ended run(s) (finished or diverged) kept in {os.path.relpath(carry.STORE)}/{name}',
           flush=True)
 
 
