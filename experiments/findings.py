@@ -211,8 +211,8 @@ def keep_finished(name: str, sweeps_dir: str) -> None:
   directory = os.path.join(sweeps_dir, name)
   if os.path.isdir(directory):
     kept = carry.keep(directory, os.path.join(carry.STORE, name))
-    print(f'{name}: {len(kept)} ended run(s) (finished or diverged) kept in {os.path.relpath(carry.STORE)}/{name}',
-          flush=True)
+    print(f'{name}: {len(kept)} ended run(s) (finished or diverged) kept in '
+          f'{os.path.relpath(carry.STORE)}/{name}', flush=True)
 
 
 def run_sweeps(names, sweeps_dir: str, devices_per_run: int = 0) -> None:
