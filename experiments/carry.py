@@ -5,9 +5,9 @@ another machine) restores them and trains only the rest.
                                                               # rest, report, keep the finished
   ... the session ends; the next one runs the same command and picks up where it stopped.
 
-A kept run (experiments/results/runs/<sweep>/<run>/) is its workdir without checkpoints: the
-config, resolved choices, status, TensorBoard events, and the measurements the claims cache there
-while findings analyzes them (eval_*.json, position_loss.json, ...), so a report needs no
+A kept run (experiments/results/kept_runs/<sweep>/<run>/) is its workdir without checkpoints:
+the config, resolved choices, status, TensorBoard events, and the measurements the claims cache
+there while findings analyzes them (eval_*.json, position_loss.json, ...), so a report needs no
 checkpoint. Git keeps no file times, and findings reads a sweep's start (was its rule committed
 before?) and wall time from them, so each file's time is kept in times.json and given back on
 restore. A run is restored only into a sweep that still has it with the config it was trained
@@ -22,7 +22,7 @@ import shutil
 
 from training import workdir as wd
 
-STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'runs')
+STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'kept_runs')
 TIMES_FILE = 'times.json'
 LEFT_BEHIND = {'checkpoints'}     # too large for git; a finished run's report does not need them
 FINAL = ('finished', 'diverged')  # a sweep skips these: nothing left to train

@@ -284,7 +284,7 @@ def main():
                  'runs onto the machine\'s devices, one process per this many (0: one run '
                  'after another on every device)')
   p.add_argument('--carry', action='store_true', help='restore each claim\'s runs kept in '
-                 'git (experiments/results/runs/) before running or reporting it, and keep its '
+                 'git (experiments/results/kept_runs/) before running or reporting it, and keep its '
                  'finished runs there after: a sweep longer than a session goes on in the next')
   a = p.parse_args()
   try:

@@ -3,6 +3,7 @@ with its files' times, without checkpoints; nothing unfinished, stale or already
 
 import json
 import os
+import subprocess
 
 from configs import default
 from experiments import carry
@@ -62,3 +63,15 @@ def test_wall_time_counts_the_union_of_the_runs_spans(tmp_path):
     _run(tmp_path, name, 'finished', config, start, end)
   runs = [{'name': n} for n in spans] + [{'name': 'never_started'}]
   assert findings.wall_minutes(str(tmp_path), runs) == 150 / 60
+
+
+def test_the_store_is_not_ignored_by_git():
+  """A kept run reaches the next session only through git: no ignore rule may cover its files
+  (the store's first name, results/runs/, fell under .gitignore's runs/)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = os.path.join(carry.STORE, 'claim', 'norm=layer,seed=0')
+  files = [os.path.join(run, f) for f in (wd.CONFIG_FILE, wd.STATUS_FILE, carry.TIMES_FILE,
+                                          'eval_test.json', 'events.out.tfevents.1.vm.2.3')]
+  ignored = subprocess.run(['git', 'check-ignore', '--no-index', *files], cwd=root,
+                           capture_output=True, text=True)
+  assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout
