@@ -25,16 +25,16 @@ from training import workdir as wd
 STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'kept_runs')
 TIMES_FILE = 'times.json'
 LEFT_BEHIND = {'checkpoints'}     # too large for git; a finished run's report does not need them
-FINAL = ('finished', 'diverged')  # a sweep skips these: nothing left to train
 
 
 def keep(directory: str, store: str) -> list[str]:
   """Copies every run of the sweep in `directory` that reached a final state into `store`
   (replacing an older copy of it); returns their names."""
+  from experiments.sweep import ENDED   # noqa: PLC0415 (JAX)
   kept = []
   for name in sorted(os.listdir(directory)):
     source = os.path.join(directory, name)
-    if not os.path.isdir(source) or (wd.read_status(source) or {}).get('state') not in FINAL:
+    if not os.path.isdir(source) or (wd.read_status(source) or {}).get('state') not in ENDED:
       continue
     target = os.path.join(store, name)
     if os.path.isdir(target):
@@ -58,13 +58,13 @@ def restore(store: str, directory: str, configs: dict[str, dict]) -> tuple[list[
   and those kept with another config (left in the store; the sweep trains them afresh)."""
   if not os.path.isdir(store):
     return [], []
-  from training import run as run_lib   # noqa: PLC0415 (JAX)
+  from experiments.sweep import config_changes   # noqa: PLC0415 (JAX)
   restored, stale = [], []
   for name in sorted(set(os.listdir(store)) & set(configs)):
     target = os.path.join(directory, name)
     source = os.path.join(store, name)
     old = wd.read_json(os.path.join(source, wd.CONFIG_FILE)) or {}
-    if any(k not in run_lib.RESUMABLE_KEYS for k in wd.config_diff(old, configs[name])):
+    if config_changes(old, configs[name]):
       stale.append(name)
       continue
     if os.path.exists(target):

@@ -206,7 +206,7 @@ def restore_kept(names, sweeps_dir: str) -> None:
 
 
 def keep_finished(name: str, sweeps_dir: str) -> None:
-  """--carry: the claim sweep's finished runs into git's store (experiments/carry.py)."""
+  """--carry: the claim sweep's ended runs (finished or diverged) into git's store."""
   from experiments import carry
   directory = os.path.join(sweeps_dir, name)
   if os.path.isdir(directory):
@@ -284,8 +284,8 @@ def main():
                  'runs onto the machine\'s devices, one process per this many (0: one run '
                  'after another on every device)')
   p.add_argument('--carry', action='store_true', help='restore each claim\'s runs kept in '
-                 'git (experiments/results/kept_runs/) before running or reporting it, and keep its '
-                 'finished runs there after: a sweep longer than a session goes on in the next')
+                 'git (experiments/results/kept_runs/) before running or reporting it, and keep '
+                 'its ended runs there after: a sweep longer than a session goes on in the next')
   a = p.parse_args()
   try:
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]

@@ -84,6 +84,7 @@ def define_flags() -> None:
 
 
 SWEEP_FILE = 'sweep.json'
+ENDED = ('finished', 'diverged')   # a re-run skips these runs: nothing is left to train
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -120,6 +121,12 @@ def validate(runs: list) -> None:
       raise ConfigError(f'run {run.name}: {e}') from None
 
 
+def config_changes(old: dict, new: dict) -> dict:
+  """The keys whose change makes a workdir trained with `old` a different run than `new` (those
+  a run may resume with changed are not among them): {key: (old, new)}."""
+  return {k: v for k, v in wd.config_diff(old, new).items() if k not in run_lib.RESUMABLE_KEYS}
+
+
 def check_existing_runs(runs: list, directory: str) -> None:
   """Refuses (one line, naming runs and keys) when a run's workdir holds a run trained with
   another config than the one the sweep now gives it: a changed sweep definition must never
@@ -129,8 +136,7 @@ def check_existing_runs(runs: list, directory: str) -> None:
     old = wd.read_json(os.path.join(directory, run.name, wd.CONFIG_FILE))
     if old is None:
       continue
-    diff = {k: v for k, v in wd.config_diff(old, wd.config_to_dict(run.config)).items()
-            if k not in run_lib.RESUMABLE_KEYS}
+    diff = config_changes(old, wd.config_to_dict(run.config))
     if diff:
       stale[run.name] = diff
   if stale:
@@ -183,7 +189,7 @@ def run_sweep(sweep: sweeps.Sweep, directory: str, shard_index: int = 0, num_sha
     print(f'{len(mine)} runs in shard {shard_index}/{num_shards} of {len(runs)}')
     return states
   write_sweep_file(sweep, runs, directory)
-  todo = [r for r in mine if states[r.name] not in ('finished', 'diverged')]
+  todo = [r for r in mine if states[r.name] not in ENDED]
   for r in mine:
     if r not in todo:
       print(f'{r.name}: {states[r.name]}, skipped', flush=True)
