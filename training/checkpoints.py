@@ -78,13 +78,41 @@ def _quiet():
   for l in loggers:
     l.setLevel(logging.CRITICAL)
   sys.unraisablehook = lambda unraisable: None
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True
+    raise
   finally:
     gc.collect()   # abandoned coroutines report now, while the hook is quiet
     sys.unraisablehook = hook
+    if failed:
+      _drop_closed_loop_reports()
     for l, level in zip(loggers, levels):
       l.setLevel(level)
+
+
+CLOSED_LOOP = 'Event loop is closed'
+
+
+def _drop_closed_loop_reports():
+  """After a failed save or restore, for the rest of the process: orbax ran it on an event loop
+  of its own and closed that loop when the first write failed, with other TensorStore writes
+  still in flight. Each of those that completes later cannot wake its coroutine and reports
+  'Event loop is closed' as a traceback, whenever it lands: under load, seconds later, between
+  the run's one-line error and anything else. Those reports (only those) are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops', None) == CLOSED_LOOP:
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == CLOSED_LOOP):
+      previous(unraisable)
+
+  hook.drops = CLOSED_LOOP
+  sys.unraisablehook = hook
 
 
 def _reason(e: Exception) -> str:
