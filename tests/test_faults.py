@@ -290,18 +290,23 @@ def test_a_write_the_machine_refuses_fails_in_one_line_and_the_same_command_resu
   assert curves(str(workdir)) == unbroken[1]   # the failed attempt's points are gone
 
 
-def test_writes_abandoned_by_a_failed_save_stay_quiet_when_they_land_later(monkeypatch):
+def test_writes_abandoned_by_a_failed_save_stay_quiet_when_they_land_later(monkeypatch,
+                                                                          caplog):
   """The flaky CI failure of the test above (a traceback per write before the one-line error,
   under load): orbax runs a save on an event loop of its own and closes it when one write
   fails, with other TensorStore writes in flight; one that completes after the save has given
-  up reports 'Event loop is closed'. Made here with the same pieces (a TensorStore future
-  awaited on a loop that is closed while it is pending, then completed): that report is
-  dropped; any other stays."""
+  up reports 'Event loop is closed', and its task, once collected, is logged as destroyed while
+  pending. Made here with the same pieces (a TensorStore future awaited on a loop that is
+  closed while it is pending, then completed): those reports are dropped; any other stays."""
   import asyncio
+  import gc
+  import logging
   import tensorstore as ts
   from training import checkpoints
   reported = []
   monkeypatch.setattr(sys, 'unraisablehook', lambda u: reported.append(str(u.exc_value)))
+  asyncio_logger = logging.getLogger('asyncio')
+  monkeypatch.setattr(asyncio_logger, 'filters', [])   # put back afterwards
   promise, pending = ts.Promise.new()
 
   async def save():
@@ -316,8 +321,11 @@ def test_writes_abandoned_by_a_failed_save_stay_quiet_when_they_land_later(monke
     finally:
       loop.close()
   promise.set_result(None)   # lands after the save gave up
+  gc.collect()
   sys.unraisablehook(type('U', (), {'exc_value': RuntimeError('another report')})())
+  asyncio_logger.error('another log line')
   assert reported == ['another report']
+  assert [r.getMessage() for r in caplog.records if r.name == 'asyncio'] == ['another log line']
 
 
 def test_disk_full_during_a_checkpoint_is_failed_with_the_reason(tmp_path, monkeypatch):

@@ -94,14 +94,21 @@ def _quiet():
 
 
 CLOSED_LOOP = 'Event loop is closed'
+ABANDONED_TASK = 'Task was destroyed but it is pending!'
+
+
+class _DropAbandonedTasks(logging.Filter):
+  def filter(self, record):
+    return not str(record.msg).startswith(ABANDONED_TASK)
 
 
 def _drop_closed_loop_reports():
   """After a failed save or restore, for the rest of the process: orbax ran it on an event loop
   of its own and closed that loop when the first write failed, with other TensorStore writes
-  still in flight. Each of those that completes later cannot wake its coroutine and reports
-  'Event loop is closed' as a traceback, whenever it lands: under load, seconds later, between
-  the run's one-line error and anything else. Those reports (only those) are dropped."""
+  still in flight. Each of those that completes later cannot wake its coroutine: it reports
+  'Event loop is closed' as a traceback, and the coroutine's task, now garbage, is logged as
+  destroyed while pending at the next collection; whenever they land (under load, seconds
+  later, around the run's one-line error). Those two reports, only those, are dropped."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops', None) == CLOSED_LOOP:
     return
@@ -113,6 +120,9 @@ def _drop_closed_loop_reports():
 
   hook.drops = CLOSED_LOOP
   sys.unraisablehook = hook
+  asyncio_logger = logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropAbandonedTasks) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropAbandonedTasks())
 
 
 def _reason(e: Exception) -> str:
