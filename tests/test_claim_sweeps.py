@@ -434,6 +434,20 @@ def test_ln_cnn_reads_each_norm_at_its_validation_best_lr():
   assert verdict == 'reproduced' and 'BN above LN by 0.1000' in reason
 
 
+def test_ln_cnn_reads_each_norms_grid_edge_on_its_own_grid():
+  """The extended grid: BN runs up to 0.3, LN down to 0.001; GN and none keep 0.01-0.1."""
+  from experiments.claims import ln_cnn
+  runs = lambda: [{'state': 'finished', 'test_accuracy': 0.9}]
+  groups = {(n, lr): runs() for n in ln_cnn.NORMS for lr in ln_cnn.grid(n)}
+  assert sorted(lr for n, lr in groups if n == 'batch') == [0.01, 0.03, 0.1, 0.3]
+  assert sorted(lr for n, lr in groups if n == 'layer') == [0.001, 0.003, 0.01, 0.03, 0.1]
+  keys = ['model.norm', 'optimizer.learning_rate']
+  gate = lambda b, l: ln_cnn.gate(keys, groups, {'best': {'batch': b, 'layer': l}})
+  assert gate(0.1, 0.01) == []          # both inside their own grids now
+  assert [e.split("'")[0] for e in gate(0.3, 0.001)] == ['batch', 'layer']
+  assert gate(0.03, 0.1) and 'layer' in gate(0.03, 0.1)[0]   # LN's top is still 0.1
+
+
 def test_bn_length_delta_and_verdict():
   from experiments.claims import bn_length
   assert bn_length.delta(np.arange(128.0)) == pytest.approx(111.5 - 23.5)
