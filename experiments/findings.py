@@ -37,6 +37,7 @@ A claim file defines some of:
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import glob
 import os
@@ -71,10 +72,10 @@ def wall_minutes(directory, runs) -> float:
   return total / 60 if spans else float('nan')
 
 
-def rule_commit(path: str, sweep_start: float | None) -> str:
+def rule_commit(path: str, sweep_start: float | None, root: str = os.path.dirname(HERE)) -> str:
   """Where the claim file's rule comes from: its last commit, and whether that precedes the
-  sweep's first run (a rule written after its numbers were seen is flagged)."""
-  root = os.path.dirname(HERE)
+  sweep's first run (a file committed after its numbers were seen is flagged, and the flag says
+  whether its "Rule" paragraph is still the one in effect when the sweep started)."""
   git = lambda *args: subprocess.run(['git', *args], cwd=root, capture_output=True,
                                      text=True).stdout.strip()
   rel = os.path.relpath(path, root)
@@ -89,9 +90,29 @@ def rule_commit(path: str, sweep_start: float | None) -> str:
           'UTC)')
   if sweep_start is None:
     return text + '.'
-  order = 'before' if int(when) <= sweep_start else '**after** (the rule may have seen the numbers)'
   start = datetime.datetime.fromtimestamp(sweep_start, datetime.timezone.utc)
-  return text + f', {order} the sweep started ({start:%Y-%m-%d %H:%M} UTC).'
+  if int(when) <= sweep_start:
+    return text + f', before the sweep started ({start:%Y-%m-%d %H:%M} UTC).'
+  text += (f', **after** the sweep started ({start:%Y-%m-%d %H:%M} UTC): the rule may have seen '
+           'the numbers')
+  then = git('log', '-1', f'--before={start:%Y-%m-%d %H:%M:%S} +0000', '--format=%h', '--', rel)
+  with open(path, encoding='utf-8') as f:
+    now = rule_paragraph(f.read())
+  if then and now and rule_paragraph(git('show', f'{then}:{rel}')) == now:
+    text += (f'. Its "Rule" paragraph is word for word that of {then}, in effect when the sweep '
+             f'started; what changed since is `git diff {then} {commit} -- {rel}`')
+  return text + '.'
+
+
+def rule_paragraph(source: str) -> str:
+  """The claim's rule as its docstring words it: the paragraphs that start with "Rule", each
+  reflowed to single spaces ('' when the file has none or does not parse)."""
+  try:
+    doc = ast.get_docstring(ast.parse(source)) or ''
+  except SyntaxError:
+    return ''
+  return '\n'.join(' '.join(p.split()) for p in re.split(r'\n\s*\n', doc)
+                   if p.lstrip().startswith('Rule'))
 
 
 def decide(module, *args) -> tuple[str, str]:

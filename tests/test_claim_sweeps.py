@@ -109,6 +109,44 @@ def test_a_kept_summary_row_gains_the_columns_added_since_from_its_section():
   assert findings._kept_row(current, section) == current   # a row with every column: as it is
 
 
+def test_a_claim_file_committed_after_its_sweep_started_says_whether_its_rule_changed(tmp_path):
+  """A file committed after the sweep's first run is flagged either way; when only its design
+  changed (a grid extended, as a gate asks) the flag adds that the "Rule" paragraph is word for
+  word the one in effect at the start, and when the rule itself changed it does not."""
+  import subprocess
+
+  from experiments import findings
+  claim = tmp_path / 'claim.py'
+
+  def commit(text, when):
+    claim.write_text(text)
+    env = dict(os.environ, GIT_AUTHOR_DATE=f'@{when} +0000', GIT_COMMITTER_DATE=f'@{when} +0000',
+               GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t',
+               GIT_COMMITTER_EMAIL='t@t')
+    for args in (['add', 'claim.py'], ['commit', '-q', '-m', str(when)]):
+      subprocess.run(['git', *args], cwd=tmp_path, env=env, check=True)
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=tmp_path, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+  subprocess.run(['git', 'init', '-q'], cwd=tmp_path, check=True)
+  rule = 'Rule (written before): reproduced if A beats B by 2\n  points; else not.'
+  first = commit(f'"""Claim.\n\nGrid: lr {{0.1}}.\n\n{rule}\n"""\nLRS = [0.1]\n', 1_000_000)
+  start = 1_000_100
+  assert ', before the sweep started' in findings.rule_commit(str(claim), start, str(tmp_path))
+  # the grid extended after the start; the rule reflowed but word for word the same
+  commit(f'"""Claim.\n\nGrid: lr {{0.1, 0.3}}.\n\n{rule.replace(chr(10) + "  ", " ")}\n"""\n'
+         'LRS = [0.1, 0.3]\n', 1_000_200)
+  line = findings.rule_commit(str(claim), start, str(tmp_path))
+  assert '**after** the sweep started' in line
+  assert f'word for word that of {first}' in line and f'git diff {first} ' in line
+  # the rule itself edited after the start: flagged, and no such reassurance
+  commit(f'"""Claim.\n\nGrid: lr {{0.1, 0.3}}.\n\n{rule.replace("by 2", "by 1")}\n"""\n',
+         1_000_300)
+  line = findings.rule_commit(str(claim), start, str(tmp_path))
+  assert '**after** the sweep started' in line and 'word for word' not in line
+  assert findings.sweep_date([line]) == '1970-01-12'
+
+
 def _stand_in_claims(tmp_path, monkeypatch, claim):
   """experiments.findings reading a claims folder in tmp_path that holds one claim, 'tiny': the
   smoke version of `claim`."""
