@@ -454,6 +454,35 @@ def test_batch_size_reads_every_arm_at_its_validation_best_lr():
   assert 'edge' in ' '.join(b.gate(keys, groups, {'best': {**best, 'group': 0.1}}))
 
 
+def test_batch_size_extends_one_arms_grid_without_renaming_the_runs_it_has(monkeypatch):
+  """An lr added to one arm (as the edge gate asks) adds that arm's runs only, keeps every
+  other run's name, and that arm's edge is read on its own grid; the validation table shows
+  each arm's lrs with its best in bold and '–' where it did not run."""
+  from experiments.claims import batch_size as b
+  before = {r.name for r in b.get_sweep().runs()}
+  monkeypatch.setattr(b, 'EXTENDED', {'BN@2': [0.2]})
+  after = {r.name: r for r in b.get_sweep().runs()}
+  added = set(after) - before
+  assert before <= set(after) and len(added) == 5
+  assert all(after[n].overrides['model.bn_ghost_size'] == 2 and
+             after[n].overrides['optimizer.learning_rate'] == 0.2 for n in added)
+  keys = ['model.norm', 'model.bn_scope', 'model.bn_ghost_size', 'optimizer.learning_rate']
+  groups = {}
+  for norm, scope, size in zip(*b.ARMS.values()):
+    arm = f'BN@{size or 64}' if norm == 'batch' else norm
+    for lr in b.grid(arm):
+      groups[(norm, scope, size, lr)] = [{'state': 'finished', 'val_accuracy': v,
+                                          'test_accuracy': 0.9} for v in (lr, lr + 0.01)]
+  table, best = b.validation_by_lr(keys, groups)
+  assert best['BN@2'] == 0.2 and best['layer'] == 0.1
+  assert table[0] == '| arm | lr 0.02 | lr 0.05 | lr 0.1 | lr 0.2 |'
+  assert table[2] == '| BN@2 | 0.0250 | 0.0550 | 0.1050 | **0.2050** |'
+  assert table[3] == '| BN@4 | 0.0250 | 0.0550 | **0.1050** | – |'
+  edges = b.gate(keys, groups, {'best': {'BN@2': 0.1, 'BN@4': 0.1, 'BN@64': 0.05}})
+  assert len(edges) == 1 and edges[0].startswith('BN@4')   # 0.1 is inside BN@2's grid now
+  assert b.gate(keys, groups, {'best': {'BN@2': 0.2, 'BN@64': 0.05}})[0].startswith('BN@2')
+
+
 def test_ln_cnn_reads_each_norm_at_its_validation_best_lr():
   from experiments.claims import ln_cnn
   keys = ['model.norm', 'optimizer.learning_rate']

@@ -31,9 +31,9 @@ import os
 import numpy as np
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import (at_grid_edge, cnn_images, evaluated, finish, save_figure,
-                                       subplots)
-from experiments.sweeps import product, zipped
+from experiments.claims.common import (at_grid_edge, best_on_grid, cnn_images, evaluated, finish,
+                                       save_figure, subplots)
+from experiments.sweeps import zipped
 from experiments.stats import UNDERPOWERED, compare, lookup, outcome, trend, values, with_trend
 
 MIN_EFFECT = 0.02
@@ -42,6 +42,13 @@ ARMS = {'model.norm': ['batch'] * 5 + ['group', 'layer'],
         'model.bn_scope': ['ghost'] * 4 + ['global'] * 3,
         'model.bn_ghost_size': [2, 4, 8, 16, 0, 0, 0]}
 LRS = [0.02, 0.05, 0.1]
+NAMES = [f'BN@{g}' for g in GROUPS] + ['group', 'layer']   # one per column of ARMS
+EXTENDED: dict[str, list[float]] = {}   # where the gate found an edge: {arm: its added lrs}
+
+
+def grid(arm: str) -> list[float]:
+  """The lrs `arm` runs at."""
+  return sorted(LRS + EXTENDED.get(arm, []))
 
 
 def get_sweep(arg=None):
@@ -57,7 +64,10 @@ def get_sweep(arg=None):
   config.data.batch_size = 64
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   smoke = [zipped({k: v[:1] + v[5:6] for k, v in ARMS.items()})]
-  return finish(config, [zipped(ARMS), product('optimizer.learning_rate', LRS)], arg, smoke)
+  cells = [(i, lr) for i, arm in enumerate(NAMES) for lr in grid(arm)]
+  axis = zipped({**{k: [v[i] for i, _ in cells] for k, v in ARMS.items()},
+                 'optimizer.learning_rate': [lr for _, lr in cells]})
+  return finish(config, [axis], arg, smoke)
 
 
 def arm_of(key, group_keys) -> str:
@@ -65,17 +75,24 @@ def arm_of(key, group_keys) -> str:
   return f'BN@{group_of(key, group_keys)}' if norm == 'batch' else norm
 
 
-def best_lrs(group_keys, groups) -> dict:
-  """{arm: its lr with the best mean validation accuracy} ('val_accuracy' on each run)."""
+def validation_by_lr(group_keys, groups) -> tuple[list[str], dict]:
+  """Each arm's mean validation accuracy by lr ('val_accuracy' on each run) as a table, and
+  {arm: its lr with the best}."""
+  if 'optimizer.learning_rate' not in group_keys:
+    return [], {}
+  i = group_keys.index('optimizer.learning_rate')
   scores = {}
-  i = group_keys.index('optimizer.learning_rate') if 'optimizer.learning_rate' in group_keys \
-      else None
   for key, members in groups.items():
     v = values(members, 'val_accuracy')
+    scores.setdefault(arm_of(key, group_keys), {})
     if len(v):
-      scores.setdefault(arm_of(key, group_keys), []).append(
-          (v.mean(), key[i] if i is not None else None))
-  return {arm: max(s)[1] for arm, s in scores.items()}
+      scores[arm_of(key, group_keys)][key[i]] = v.mean()
+  return best_on_grid(scores)
+
+
+def best_lrs(group_keys, groups) -> dict:
+  """{arm: its lr with the best mean validation accuracy}."""
+  return validation_by_lr(group_keys, groups)[1]
 
 
 def group_of(key, group_keys) -> int:
@@ -101,8 +118,10 @@ def analyze(directory, group_keys, groups):
       if not os.path.exists(path):
         wd.write_json_atomic(path, evaluation.evaluate_workdir(workdir, [size]))
       r['train_mode_accuracy'] = wd.read_json(path)['rows'][1]['accuracy']
-  best = best_lrs(group_keys, groups)
-  lines = ['Test accuracy by mode (mean over seeds) at each arm\'s best lr (by validation '
+  table, best = validation_by_lr(group_keys, groups)
+  lines = ['Validation accuracy (eval mode, mean over seeds) by lr; each arm\'s best (bold) is '
+           'where it is read:', '', *table, ''] if table else []
+  lines += ['Test accuracy by mode (mean over seeds) at each arm\'s best lr (by validation '
            'accuracy): eval mode uses the running averages; train mode normalizes test batches '
            'of the arm\'s group size with their own statistics.', '',
            '| arm | best lr | eval mode | train mode, batches of the group size |',
@@ -158,8 +177,10 @@ def gate(group_keys, groups, analysis):
   if not len(full) or not 0.5 <= full.mean() <= 0.99:
     return [f'BN at group 64 is at {full.mean() if len(full) else float("nan"):.4f}, outside '
             '50-99 % (untrained or at the ceiling)']
-  return at_grid_edge(analysis.get('best', {}), LRS) if 'optimizer.learning_rate' in group_keys \
-      else []
+  if 'optimizer.learning_rate' not in group_keys:
+    return []
+  return [edge for arm, lr in analysis.get('best', {}).items()
+          for edge in at_grid_edge({arm: lr}, grid(arm))]
 
 
 def verdict(group_keys, groups, analysis):

@@ -85,6 +85,22 @@ def at_grid_edge(best: dict, grid, what: str = 'lr') -> list[str]:
           if value is not None and len(grid) > 1 and value in (grid[0], grid[-1])]
 
 
+def best_on_grid(scores: dict[str, dict[float, float]], label: str = 'arm',
+                 what: str = 'lr') -> tuple[list[str], dict]:
+  """Each arm's mean validation accuracy at each grid value it ran ({arm: {value: mean}}) as
+  a markdown table with the arm's best in bold ('–' where it did not run or nothing ended),
+  and {arm: its best value} (None when it has none)."""
+  best = {arm: max(s, key=s.get) if s else None for arm, s in scores.items()}
+  columns = sorted({v for s in scores.values() for v in s})
+  lines = [f'| {label} | ' + ' | '.join(f'{what} {v:g}' for v in columns) + ' |',
+           '|---|' + '---|' * len(columns)]
+  for arm, s in scores.items():
+    lines.append(f'| {arm} | ' + ' | '.join(
+        '–' if v not in s else f'**{s[v]:.4f}**' if v == best[arm] else f'{s[v]:.4f}'
+        for v in columns) + ' |')
+  return lines, best
+
+
 def plateaued(run: dict, tag: str = 'train/loss', share: float = PLATEAU) -> bool:
   """Whether a run's logged `tag` has stopped falling: its mean over the last `share` of the
   logged steps is within `share` (relative) of its mean over the `share` before. A run with

@@ -26,7 +26,8 @@ and kept; FINDINGS flags this file as committed after the sweep started, which i
 """
 
 from configs import default, resnet_cifar10
-from experiments.claims.common import at_grid_edge, cnn_images, evaluated, finish
+from experiments.claims.common import (at_grid_edge, best_on_grid, cnn_images, evaluated,
+                                       finish)
 from experiments.sweeps import product, zipped
 from experiments.stats import compare, lookup, outcome, values
 
@@ -40,8 +41,6 @@ def grid(norm: str) -> list[float]:
   """The lrs `norm` runs at."""
   return sorted(LRS + EXTENDED.get(norm, []))
 
-
-ALL_LRS = sorted({lr for norm in NORMS for lr in grid(norm)})
 
 
 def get_sweep(arg=None):
@@ -72,19 +71,15 @@ def analyze(directory, group_keys, groups):
     for r in members:
       if r['state'] == 'finished':
         r['val_accuracy'] = evaluated(directory, r, 'validation')['rows'][0]['accuracy']
-  best, lines = {}, ['Validation accuracy (eval mode, mean over seeds) by lr; each norm\'s best '
-                     'lr (bold) is where its test accuracy is read:', '',
-                     '| norm | ' + ' | '.join(f'lr {lr:g}' for lr in ALL_LRS) + ' |',
-                     '|---|' + '---|' * len(ALL_LRS)]
+  scores = {}
   for norm in NORMS:
     acc = {lr: values(lookup(group_keys, groups, **{'model.norm': norm,
                                                     'optimizer.learning_rate': lr}),
                       'val_accuracy') for lr in grid(norm)}
-    acc = {lr: v.mean() for lr, v in acc.items() if len(v)}
-    best[norm] = max(acc, key=acc.get) if acc else None
-    lines.append(f'| {norm} | ' + ' | '.join(
-        (f'**{acc[lr]:.4f}**' if lr == best[norm] else f'{acc[lr]:.4f}') if lr in acc else '–'
-        for lr in ALL_LRS) + ' |')
+    scores[norm] = {lr: v.mean() for lr, v in acc.items() if len(v)}
+  table, best = best_on_grid(scores, 'norm')
+  lines = ['Validation accuracy (eval mode, mean over seeds) by lr; each norm\'s best lr (bold) '
+           'is where its test accuracy is read:', '', *table]
   return {'lines': lines + [''], 'best': best}
 
 
