@@ -459,6 +459,7 @@ def test_batch_size_extends_one_arms_grid_without_renaming_the_runs_it_has(monke
   other run's name, and that arm's edge is read on its own grid; the validation table shows
   each arm's lrs with its best in bold and '–' where it did not run."""
   from experiments.claims import batch_size as b
+  monkeypatch.setattr(b, 'EXTENDED', {})
   before = {r.name for r in b.get_sweep().runs()}
   monkeypatch.setattr(b, 'EXTENDED', {'BN@2': [0.2]})
   after = {r.name: r for r in b.get_sweep().runs()}

@@ -24,6 +24,12 @@ degradation is ruled out; else inconclusive (underpowered). The train-mode numbe
 beside (mismatch vs damage) and are not part of the rule. Gate: BN at group 64 between 50 % and
 99 % (trained, not at the ceiling), and no compared arm's best lr at an end of the grid; else
 inconclusive.
+
+Grid extended (2026-12-07), as the gate asks and with the rule unchanged, after the BN runs of
+the first grid had ended and before GN's and LN's had: every BN arm's best validation accuracy
+was at the top, lr 0.1 (groups 2 / 4 / 8 / 16 / 64: 0.814 / 0.862 / 0.873 / 0.878 / 0.884, each
+rising from 0.05), so every BN arm also runs at 0.2 and 0.4 (two steps, so that one more round
+is unlikely; 50 runs). Each arm's edge is read on its own grid; the runs before keep their names.
 """
 
 import os
@@ -43,7 +49,7 @@ ARMS = {'model.norm': ['batch'] * 5 + ['group', 'layer'],
         'model.bn_ghost_size': [2, 4, 8, 16, 0, 0, 0]}
 LRS = [0.02, 0.05, 0.1]
 NAMES = [f'BN@{g}' for g in GROUPS] + ['group', 'layer']   # one per column of ARMS
-EXTENDED: dict[str, list[float]] = {}   # where the gate found an edge: {arm: its added lrs}
+EXTENDED = {f'BN@{g}': [0.2, 0.4] for g in GROUPS}   # where the gate found an edge (above)
 
 
 def grid(arm: str) -> list[float]:
