@@ -451,7 +451,7 @@ def test_batch_size_reads_every_arm_at_its_validation_best_lr():
   verdict, reason = b.verdict(keys, groups, analysis)
   assert verdict == 'reproduced' and 'group above BN@2 by 0.1800' in reason, reason
   assert not b.gate(keys, groups, analysis)
-  assert 'edge' in ' '.join(b.gate(keys, groups, {'best': {**best, 'group': 0.1}}))
+  assert 'edge' in ' '.join(b.gate(keys, groups, {'best': {**best, 'group': b.grid('group')[-1]}}))
 
 
 def test_batch_size_extends_one_arms_grid_without_renaming_the_runs_it_has(monkeypatch):
