@@ -42,7 +42,6 @@ def grid(norm: str) -> list[float]:
   return sorted(LRS + EXTENDED.get(norm, []))
 
 
-
 def get_sweep(arg=None):
   if arg == 'full':
     config = resnet_cifar10.get_config()
