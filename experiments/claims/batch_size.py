@@ -93,9 +93,9 @@ def validation_by_lr(group_keys, groups) -> tuple[list[str], dict]:
   scores = {}
   for key, members in groups.items():
     v = values(members, 'val_accuracy')
-    scores.setdefault(arm_of(key, group_keys), {})
+    arm = scores.setdefault(arm_of(key, group_keys), {})
     if len(v):
-      scores[arm_of(key, group_keys)][key[i]] = v.mean()
+      arm[key[i]] = v.mean()
   return best_on_grid(scores)
 
 
@@ -188,8 +188,7 @@ def gate(group_keys, groups, analysis):
             '50-99 % (untrained or at the ceiling)']
   if 'optimizer.learning_rate' not in group_keys:
     return []
-  return [edge for arm, lr in analysis.get('best', {}).items()
-          for edge in at_grid_edge({arm: lr}, grid(arm))]
+  return at_grid_edge(analysis.get('best', {}), grid)
 
 
 def verdict(group_keys, groups, analysis):

@@ -78,11 +78,15 @@ PLATEAU = 0.1
 def at_grid_edge(best: dict, grid, what: str = 'lr') -> list[str]:
   """The arms whose best value (by the claim's selection rule) lies at an end of the grid it
   was chosen from: the optimum may lie beyond it, so the grid must be extended before a verdict
-  compares the arms at their best (a gate's unmet conditions)."""
-  grid = sorted(grid)
-  return [f'{arm}\'s best {what} {value:g} is at the edge of {{{", ".join(f"{g:g}" for g in grid)}}}'
-          f' (extend the grid past it)' for arm, value in best.items()
-          if value is not None and len(grid) > 1 and value in (grid[0], grid[-1])]
+  compares the arms at their best (a gate's unmet conditions). `grid`: the values every arm ran,
+  or a function of the arm giving its own (a grid extended for some arms only)."""
+  found = []
+  for arm, value in best.items():
+    values = sorted(grid(arm) if callable(grid) else grid)
+    if value is not None and len(values) > 1 and value in (values[0], values[-1]):
+      found.append(f'{arm}\'s best {what} {value:g} is at the edge of '
+                   f'{{{", ".join(f"{g:g}" for g in values)}}} (extend the grid past it)')
+  return found
 
 
 def best_on_grid(scores: dict[str, dict[float, float]], label: str = 'arm',

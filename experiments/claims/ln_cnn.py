@@ -92,8 +92,7 @@ def gate(group_keys, groups, analysis):
   if not len(acc) or not 0.5 <= acc.mean() <= 0.99:
     return [f'BN at its best lr is at {acc.mean() if len(acc) else float("nan"):.4f}, outside '
             '50-99 %']
-  return [edge for n in ('batch', 'layer')
-          for edge in at_grid_edge({n: analysis['best'][n]}, grid(n))]
+  return at_grid_edge({n: analysis['best'][n] for n in ('batch', 'layer')}, grid)
 
 
 def verdict(group_keys, groups, analysis):
