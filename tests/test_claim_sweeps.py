@@ -248,12 +248,30 @@ def test_padding_analysis_shows_the_unmasked_batchnorm_seeing_the_padding(tmp_pa
                                      'padding_invariance.json'))
 
 
-def test_gradient_blocks_are_ordered_from_input_to_output():
-  from experiments.claims import gradients
+def test_blocks_are_ordered_from_input_to_output():
+  from experiments.claims.common import blocks
   names = ['head', 'stage2_block1', 'stage1_block10', 'stage1_block9', 'stem_conv',
            'stage1_block1', 'loss']
-  assert gradients.blocks(names) == ['stage1_block1', 'stage1_block9', 'stage1_block10',
-                                     'stage2_block1']
+  assert blocks(names) == ['stage1_block1', 'stage1_block9', 'stage1_block10', 'stage2_block1']
+
+
+def test_cached_rows_computes_each_missing_row_once_and_keeps_the_others(tmp_path):
+  """An init measurement interrupted after some rows resumes there; rows of other keys stay in
+  the file but are not returned; a row without a key field matches nothing."""
+  from experiments.claims.common import cached_rows
+  path, made = str(tmp_path / 'rows.json'), []
+
+  def make(depth, seed):
+    made.append((depth, seed))
+    return {'depth': depth, 'seed': seed, 'value': 10 * depth + seed}
+  json.dump([{'depth': 2, 'seed': 0, 'value': -1}, {'depth': 9, 'seed': 0, 'value': 90},
+             {'seed': 1, 'value': -2}], open(path, 'w'))
+  want = [{'depth': 2, 'seed': s} for s in (0, 1)] + [{'depth': 6, 'seed': 1}]
+  rows = cached_rows(path, want, make)
+  assert made == [(2, 1), (6, 1)]
+  assert [r['value'] for r in rows] == [-1, 21, 61]
+  assert cached_rows(path, want, make) == rows and len(made) == 2
+  assert len(json.load(open(path))) == 5
 
 
 @pytest.mark.slow
@@ -271,6 +289,24 @@ def test_init_gradients_measure_and_verdict(tmp_path):
   verdict, reason = gradients.verdict(a)
   from experiments.stats import OUTCOMES
   assert verdict in OUTCOMES and 'plain without norm' in reason
+
+
+@pytest.mark.slow
+def test_skip_scalars_init_scale_sees_each_branch_start_at_zero(tmp_path, monkeypatch):
+  """On the smoke nets: SkipInit's and Fixup's nets at init are the stem and the shortcuts only
+  (the same last-block output), Fixup's zero head gives constant logits, and the branches of
+  the no-norm net add to its output; the analysis reads the cache it wrote."""
+  from experiments.claims import skip_scalars as ss
+  full = ss.get_sweep
+  monkeypatch.setattr(ss, 'get_sweep', lambda arg=None: full('smoke'))
+  monkeypatch.setattr(ss, 'claim_seeds', lambda: [0])
+  a = ss.analyze(str(tmp_path), None, None)['init']
+  np.testing.assert_allclose(a[('SkipInit', 'features_rms')], a[('Fixup', 'features_rms')],
+                             rtol=1e-6)
+  assert a[('Fixup', 'logits_std')] == 0 < a[('SkipInit', 'logits_std')]
+  assert a[('no norm', 'features_rms')] > 2 * a[('SkipInit', 'features_rms')]
+  monkeypatch.setattr(ss, 'init_diagnostics', None)   # a second report measures nothing
+  assert ss.analyze(str(tmp_path), None, None)['init'] == a
 
 
 def test_lstm_target_excess_and_both_halves_of_the_verdict():

@@ -1,6 +1,9 @@
-"""Helpers shared by the claim sweeps: the smoke variant, the seeds, and headless figures."""
+"""Helpers shared by the claim sweeps: the smoke variant, the seeds, statistics at init, and
+headless figures."""
 
+import json
 import os
+import re
 
 from experiments.sweeps import Sweep, product
 
@@ -33,6 +36,45 @@ def finish(config, axes, arg, smoke_axes, count: int = len(DEFAULT_SEEDS)):
 
 TEXT = 'docs_text'   # the character-level claims' corpus (data/text.py)
 IMAGES = 'digits_hard32'   # the CNN claims' images (data/digits.py)
+
+
+def init_diagnostics(config, seed: int) -> dict:
+  """training.diagnostics' per-layer statistics ({stat: {layer: float}}) of `config`'s net at
+  init with `seed`, on that seed's first training batch (before the dataset's random train
+  transform): one jitted `diagnose` of a fresh state, which does not step."""
+  import jax   # noqa: PLC0415  (claim files import without starting JAX)
+
+  from data import pipeline   # noqa: PLC0415
+  from training import diagnostics, experiment   # noqa: PLC0415
+  config.seed = seed
+  exp = experiment.build_experiment(config)
+  state = experiment.create_train_state(exp, jax.random.key(seed))
+  batch = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, seed)(0)
+  stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
+  return jax.tree.map(float, stats)
+
+
+def cached_rows(path: str, wanted: list[dict], make) -> list[dict]:
+  """The rows of the JSON list at `path` that match each of `wanted` (dicts of key fields), in
+  its order; a missing one is `make(**key)`, saved at once (an interrupted measurement resumes
+  where it stopped; a key field a row lacks matches nothing)."""
+  rows = json.load(open(path)) if os.path.exists(path) else []
+  out = []
+  for key in wanted:
+    row = next((r for r in rows if all(r.get(k, ()) == v for k, v in key.items())), None)
+    if row is None:
+      row = make(**key)
+      rows.append(row)
+      with open(path, 'w') as f:
+        json.dump(rows, f)
+    out.append(row)
+  return out
+
+
+def blocks(names) -> list[str]:
+  """The ResNet block names among `names` (stageS_blockB), from the input to the output."""
+  names = [n for n in names if re.fullmatch(r'stage\d+_block\d+', n)]
+  return sorted(names, key=lambda n: tuple(int(d) for d in re.findall(r'\d+', n)))
 
 
 def cnn_images(config, arg) -> None:

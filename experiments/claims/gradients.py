@@ -23,12 +23,12 @@ Every other cell is stated beside (in particular whether BN without skips explod
 input: mean log10 ratio at 56 of at least 1), not part of the rule.
 """
 
-import json
 import os
 
 import numpy as np
 
-from experiments.claims.common import IMAGES, save_figure, seeds as claim_seeds, subplots
+from experiments.claims.common import (IMAGES, blocks, cached_rows, init_diagnostics, save_figure,
+                                       seeds as claim_seeds, subplots)
 from experiments.stats import Comparison, all_of, one_sample, outcome
 
 DEPTHS = [8, 20, 56]
@@ -37,28 +37,14 @@ MIN_DECADES = 0.5
 FILE = 'init_gradients.json'
 
 
-def blocks(grad_norm: dict) -> list[str]:
-  """The block names of a per-layer dict, from the input to the output."""
-  import re
-  names = [n for n in grad_norm if re.fullmatch(r'stage\d+_block\d+', n)]
-  return sorted(names, key=lambda n: tuple(int(d) for d in re.findall(r'\d+', n)))
-
-
 def init_ratio(depth: int, residual: bool, norm: str, seed: int, data: str = IMAGES) -> dict:
   """Per-block gradient norms at init of one net on its seed's first batch of `data`."""
-  import jax
-
   from configs import default
-  from data import pipeline
-  from training import diagnostics, experiment
   config = default.get_config(str(depth))
   config.data.name = data
-  config.model.residual, config.model.norm, config.seed = residual, norm, seed
-  exp = experiment.build_experiment(config)
-  state = experiment.create_train_state(exp, jax.random.key(seed))
-  batch = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, seed)(0)
-  stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
-  norms = {k: float(v) for k, v in stats['grad_norm'].items()}
+  config.model.residual, config.model.norm = residual, norm
+  stats = init_diagnostics(config, seed)
+  norms = stats['grad_norm']
   names = blocks(norms)
   return {'depth': depth, 'residual': residual, 'norm': norm, 'seed': seed, 'data': data,
           'blocks': [norms[n] for n in names],
@@ -68,17 +54,10 @@ def init_ratio(depth: int, residual: bool, norm: str, seed: int, data: str = IMA
 def measure(directory, depths=DEPTHS, norms=NORMS, seeds=None, data=IMAGES):
   seeds = claim_seeds() if seeds is None else seeds
   os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, FILE)
-  rows = json.load(open(path)) if os.path.exists(path) else []
-  done = {(r['depth'], r['residual'], r['norm'], r['seed'], r.get('data')) for r in rows}
-  for d in depths:
-    for residual in (True, False):
-      for norm in norms:
-        for seed in seeds:
-          if (d, residual, norm, seed, data) not in done:
-            rows.append(init_ratio(d, residual, norm, seed, data))
-            with open(path, 'w') as f:
-              json.dump(rows, f)
+  rows = cached_rows(os.path.join(directory, FILE),
+                     [{'depth': d, 'residual': residual, 'norm': norm, 'seed': seed, 'data': data}
+                      for d in depths for residual in (True, False) for norm in norms
+                      for seed in seeds], init_ratio)
   cell = lambda d, res, norm: np.array([r['log10_ratio'] for r in rows if
                                         (r['depth'], r['residual'], r['norm']) == (d, res, norm)
                                         and r['seed'] in seeds and r.get('data') == data])

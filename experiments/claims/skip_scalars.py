@@ -31,9 +31,15 @@ BatchNorm net trains at 0.1 (else it is not BatchNorm's working lr) and the no-n
 there (the regime the claim is about); else inconclusive.
 """
 
+import math
+import os
+
+import numpy as np
+
 from configs import default, resnet_cifar10
-from experiments.claims.common import cnn_images, finish
-from experiments.sweeps import product, zipped
+from experiments.claims.common import (blocks, cached_rows, cnn_images, finish, init_diagnostics,
+                                       seeds as claim_seeds)
+from experiments.sweeps import apply_overrides, product, zipped
 from experiments.stats import (OPEN, RULED_OUT, SHOWN, Part, diverged, lookup, one_sample, outcome,
                                values)
 
@@ -43,6 +49,7 @@ LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 ARMS = {'model.norm': ['batch', 'none', 'none', 'none'],
         'model.skipinit': [False, False, True, False], 'model.fixup': [False, False, False, True]}
 NAMES = ['BatchNorm', 'no norm', 'SkipInit', 'Fixup']
+INIT_FILE = 'init_scale.json'
 
 
 def get_sweep(arg=None):
@@ -55,6 +62,35 @@ def get_sweep(arg=None):
   config.eval_every_steps = config.checkpoint_every_steps = config.num_train_steps
   smoke = [zipped({k: v[2:] for k, v in ARMS.items()})]
   return finish(config, [zipped(ARMS), product('optimizer.learning_rate', LRS)], arg, smoke)
+
+
+def init_scale(arm: str, seed: int) -> dict:
+  """How far an arm's net is from a constant function at init, on the seed's first batch (BN
+  with batch statistics, as it trains): the RMS of the last block's output, the std of the
+  logits over the batch and classes, and the global gradient norm."""
+  i = NAMES.index(arm)
+  config = apply_overrides(get_sweep().base, {**{k: v[i] for k, v in ARMS.items()},
+                                              'optimizer.learning_rate': WORKING_LR}, arm)
+  stats = init_diagnostics(config, seed)
+  return {'arm': arm, 'seed': seed,
+          'features_rms': stats['act_rms'][blocks(stats['act_rms'])[-1]],
+          'logits_std': stats['act_std']['head'],
+          'grad_norm': math.sqrt(sum(v * v for v in stats['grad_norm'].values()))}
+
+
+def analyze(directory, group_keys, groups):
+  """Beside the rule: each arm's scale at init (`init_scale`), mean over the claim's seeds."""
+  rows = cached_rows(os.path.join(directory, INIT_FILE),
+                     [{'arm': a, 'seed': s} for a in NAMES for s in claim_seeds()], init_scale)
+  mean = {(a, k): float(np.mean([r[k] for r in rows if r['arm'] == a]))
+          for a in NAMES for k in ('features_rms', 'logits_std', 'grad_norm')}
+  lines = ['At init, on each seed\'s first training batch (mean over the seeds; measured at '
+           f'report time, cached in {INIT_FILE}; not part of the rule):', '',
+           '| arm | RMS of the last block\'s output | std of the logits | gradient norm |',
+           '|---|---|---|---|']
+  lines += [f'| {a} | {mean[(a, "features_rms")]:.3g} | {mean[(a, "logits_std")]:.3g} | '
+            f'{mean[(a, "grad_norm")]:.3g} |' for a in NAMES]
+  return {'lines': lines + [''], 'init': mean}
 
 
 def _runs(group_keys, groups, name, lr):
@@ -89,7 +125,7 @@ def critical(cells, name) -> float | None:
   return max(ok) if ok else None
 
 
-def gate(group_keys, groups):
+def gate(group_keys, groups, analysis=None):
   cells = _map(group_keys, groups)
   unmet = []
   part, text = cells[('BatchNorm', WORKING_LR)]
@@ -101,7 +137,7 @@ def gate(group_keys, groups):
   return unmet
 
 
-def verdict(group_keys, groups):
+def verdict(group_keys, groups, analysis=None):
   cells = _map(group_keys, groups)
   word = {SHOWN: 'trains', RULED_OUT: 'fails', OPEN: 'open'}
   table = '; '.join(f'{name}: ' + ', '.join(f'lr {lr:g} {word[cells[(name, lr)][0].status]}'

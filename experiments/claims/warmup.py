@@ -33,7 +33,6 @@ the init ratio rises with depth (Spearman, p < 0.05). Gate: the lr span reaches 
 some cell trains and some cell does not; else inconclusive.
 """
 
-import json
 import math
 import os
 
@@ -41,8 +40,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from configs import transformer_lm
-from experiments.claims.common import (char_corpus, corpus_entropies, finish, save_figure,
-                                       seeds as claim_seeds, subplots)
+from experiments.claims.common import (cached_rows, char_corpus, corpus_entropies, finish,
+                                       init_diagnostics, save_figure, seeds as claim_seeds,
+                                       subplots)
 from experiments.sweeps import product
 from experiments.stats import (NOT_REPRODUCED, PARTLY, REPRODUCED, UNDERPOWERED, compare, holm,
                                lookup, trend, values)
@@ -87,35 +87,19 @@ def trains(run, level) -> bool:
 
 def init_ratio(depth: int, seed: int) -> dict:
   """The last block's gradient norm at init, post-LN and pre-LN, on the seed's first batch."""
-  import jax
-
-  from data import pipeline
-  from training import diagnostics, experiment
   out = {'depth': depth, 'seed': seed}
   for position in ('pre', 'post'):
     config = get_sweep().base
-    config.model.norm_position, config.model.num_layers, config.seed = position, depth, seed
-    exp = experiment.build_experiment(config)
-    state = experiment.create_train_state(exp, jax.random.key(seed))
-    batch = pipeline.TrainBatches(exp.dataset.train, config.data.batch_size, seed)(0)
-    stats = jax.jit(diagnostics.diagnose_fn(exp.model, exp.task, exp.tx))(state, batch)
-    out[position] = float(stats['grad_norm'][f'block{depth}'])
+    config.model.norm_position, config.model.num_layers = position, depth
+    out[position] = init_diagnostics(config, seed)['grad_norm'][f'block{depth}']
   out['log_ratio'] = math.log(out['post'] / out['pre'])
   return out
 
 
 def mechanism(directory, seeds=None) -> list[dict]:
   seeds = claim_seeds(SEEDS) if seeds is None else seeds
-  path = os.path.join(directory, INIT_FILE)
-  rows = json.load(open(path)) if os.path.exists(path) else []
-  done = {(r['depth'], r['seed']) for r in rows}
-  for depth in DEPTHS:
-    for seed in seeds:
-      if (depth, seed) not in done:
-        rows.append(init_ratio(depth, seed))
-        with open(path, 'w') as f:
-          json.dump(rows, f)
-  return [r for r in rows if r['seed'] in seeds and r['depth'] in DEPTHS]
+  return cached_rows(os.path.join(directory, INIT_FILE),
+                     [{'depth': d, 'seed': seed} for d in DEPTHS for seed in seeds], init_ratio)
 
 
 def _cell(group_keys, groups, position, depth, lr, warm):
