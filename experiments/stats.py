@@ -188,13 +188,17 @@ def outcome(parts: Sequence, needs=None, alpha: float = 0.05) -> str:
   """A claim's outcome from its parts (Parts or Comparisons). Reproduced when every part is
   shown; partly when some part is shown after Holm's correction over the parts (so "any part"
   keeps its error rate at alpha); else not reproduced when a part is ruled out; else
-  inconclusive (underpowered). `needs`: a part without which nothing is shown (the effect the
-  rest qualifies): when it is not shown the outcome is not reproduced (it is ruled out) or
-  underpowered."""
+  inconclusive (underpowered). `needs`: the effect the parts qualify, as the rules that name one
+  word it ("reproduced if N and all of them; partly if N and one of them (Holm); not reproduced
+  if N is ruled out; else inconclusive (underpowered)"): when it is not shown the outcome is not
+  reproduced (it is ruled out) or underpowered; when it is, the parts alone decide reproduced
+  or partly (Holm over the parts only), and otherwise the outcome is underpowered: `needs`
+  shown by itself is not part of a claim reproduced."""
   if needs is not None:
     if needs.status != SHOWN:
       return NOT_REPRODUCED if needs.status == RULED_OUT else UNDERPOWERED
-    parts = [needs, *parts]
+    found = outcome(parts, alpha=alpha)
+    return found if found in (REPRODUCED, PARTLY) else UNDERPOWERED
   statuses = [part.status for part in parts]
   if statuses and all(s == SHOWN for s in statuses):
     return REPRODUCED

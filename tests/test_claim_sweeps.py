@@ -406,6 +406,34 @@ def test_warmup_map_verdict_and_gate():
   assert warmup.gate([], {}, analysis(set()))
 
 
+def test_skip_scalars_verdict_follows_its_rule_clause_by_clause():
+  """At BatchNorm's lr, with the no-norm net failing: both scalars' nets train -> reproduced;
+  one -> partly; both fail -> not reproduced; one open, one failing -> underpowered (the
+  no-norm net failing by itself reproduces nothing); anything else -> underpowered. The gate
+  asks for the no-norm net's failure."""
+  from experiments.claims import skip_scalars as ss
+  from experiments.stats import NOT_REPRODUCED, PARTLY, REPRODUCED, UNDERPOWERED
+  keys = [*ss.ARMS, 'optimizer.learning_rate']
+  def groups(cells):   # {(arm, lr): mean final loss, or 'diverged'}; 5 seeds
+    out = {}
+    for i, name in enumerate(ss.NAMES):
+      for lr in ss.LRS:
+        v = cells.get((name, lr), 0.1 if name == 'BatchNorm' else 'diverged')
+        out[(*(ss.ARMS[k][i] for k in ss.ARMS), lr)] = [
+            {'state': 'diverged'} if v == 'diverged' else
+            {'state': 'finished', 'train_loss': v + d} for d in (-0.02, 0.0, 0.02, 0.01, -0.01)]
+    return out
+  at = lambda skip, fixup: groups({('SkipInit', 0.1): skip, ('Fixup', 0.1): fixup})
+  assert ss.verdict(keys, at(0.1, 0.1))[0] == REPRODUCED
+  assert ss.verdict(keys, at(0.1, 2.3))[0] == PARTLY
+  assert ss.verdict(keys, at(2.3, 'diverged'))[0] == NOT_REPRODUCED
+  assert ss.verdict(keys, at(ss.TRAINS, 2.3))[0] == UNDERPOWERED
+  assert not ss.gate(keys, at(0.1, 0.1))
+  trained = groups({('no norm', 0.1): 0.1})
+  assert ss.verdict(keys, trained)[0] == UNDERPOWERED   # "else", as the rule words it
+  assert 'no-norm residual net does not fail' in ss.gate(keys, trained)[0]
+
+
 def test_depth_verdict_takes_each_plain_net_at_its_best_lr_and_gates_convergence():
   from experiments.claims import depth
   keys = ['model.depth', 'model.residual', 'optimizer.learning_rate']
@@ -432,6 +460,9 @@ def test_depth_verdict_takes_each_plain_net_at_its_best_lr_and_gates_convergence
   # residual no better on the test set than plain: partly
   same = {(56, True, 0.1): 0.90}
   assert depth.verdict(keys, groups(base, same), {})[0] == 'partly'
+  # the plain net degrades but neither residual part holds: that alone reproduces nothing
+  verdict, reason = depth.verdict(keys, groups({**base, (56, True, 0.1): 0.2}, same), {})
+  assert verdict == 'inconclusive (underpowered)' and 'the plain net degrades, but' in reason
   assert not depth.gate(keys, groups(base), {})
   unconverged = groups(base)
   for r in unconverged[(56, True, 0.1)]:

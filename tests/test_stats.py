@@ -206,7 +206,14 @@ def test_partly_needs_a_part_shown_after_holm_and_needs_names_the_effect_first()
   ruled = stats.Part(stats.RULED_OUT, 0.9)
   assert stats.outcome([shown_at(0.001)], needs=ruled) == stats.NOT_REPRODUCED
   assert stats.outcome([shown_at(0.001)], needs=open_) == stats.UNDERPOWERED
-  assert stats.outcome([ruled], needs=shown_at(0.001)) == stats.PARTLY
+  # the needed effect shown by itself reproduces nothing (every rule naming one says "partly if
+  # N and one of the others"); Holm runs over the others alone (0.03 > 0.05 / 2 > 0.02)
+  assert stats.outcome([ruled], needs=shown_at(0.001)) == stats.UNDERPOWERED
+  assert stats.outcome([ruled, open_], needs=shown_at(0.001)) == stats.UNDERPOWERED
+  assert stats.outcome([shown_at(0.02), ruled], needs=shown_at(0.0)) == stats.PARTLY
+  assert stats.outcome([shown_at(0.03), open_], needs=shown_at(0.0)) == stats.UNDERPOWERED
+  assert stats.outcome([shown_at(0.03), shown_at(0.04)], needs=shown_at(0.0)) == \
+      stats.REPRODUCED
   assert stats.exact(True).status == stats.SHOWN and stats.exact(False).status == stats.RULED_OUT
 
 

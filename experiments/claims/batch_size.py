@@ -43,7 +43,8 @@ from configs import default, resnet_cifar10
 from experiments.claims.common import (at_grid_edge, best_on_grid, cnn_images, evaluated, finish,
                                        save_figure, subplots)
 from experiments.sweeps import zipped
-from experiments.stats import UNDERPOWERED, compare, lookup, outcome, trend, values, with_trend
+from experiments.stats import (SHOWN, UNDERPOWERED, compare, lookup, outcome, trend, values,
+                               with_trend)
 
 MIN_EFFECT = 0.02
 GROUPS = [2, 4, 8, 16, 64]
@@ -214,4 +215,8 @@ def verdict(group_keys, groups, analysis):
           UNDERPOWERED: '; neither a degradation of the stated size and trend nor its absence is '
           'shown.'}
   result = outcome(vs.values(), needs=degrades)
+  if result == UNDERPOWERED and degrades.status == SHOWN:
+    return result, numbers + ('; BN degrades with its group, but neither GN nor LN is shown above '
+                              'BN@2, which "partly" needs (the rule has no clause for both ruled '
+                              'out: they fall under its "else").')
   return result, numbers + said[result]

@@ -31,8 +31,8 @@ else inconclusive (not converged).
 from configs import default, resnet_cifar10
 from experiments.claims.common import cnn_images, evaluated, finish, plateaued
 from experiments.sweeps import product, zipped
-from experiments.stats import (NOT_REPRODUCED, PARTLY, REPRODUCED, UNDERPOWERED, compare, lookup,
-                               outcome, trend, values, with_trend)
+from experiments.stats import (NOT_REPRODUCED, PARTLY, REPRODUCED, SHOWN, UNDERPOWERED, compare,
+                               lookup, outcome, trend, values, with_trend)
 
 MIN_EFFECT = 0.02
 ACCURACY = 0.01
@@ -145,4 +145,7 @@ def verdict(group_keys, groups, analysis):
           'and better on the test set.',
           NOT_REPRODUCED: '; a degradation of the plain net of the stated size is ruled out.',
           UNDERPOWERED: '; the plain net\'s degradation is neither shown nor ruled out.'}
+  if result == UNDERPOWERED and degrades.status == SHOWN:
+    return result, reason + ('; the plain net degrades, but the residual net is shown neither '
+                             'free of degradation nor better on the test set.')
   return result, reason + said[result]

@@ -29,6 +29,20 @@ and SkipInit and Fixup both train; partly if the no-norm net fails there and one
 inconclusive (underpowered). The map and every arm's critical lr are stated beside. Gate: the
 BatchNorm net trains at 0.1 (else it is not BatchNorm's working lr) and the no-norm net fails
 there (the regime the claim is about); else inconclusive.
+
+Read after the sweep (2026-12-07; not part of the rule). SkipInit's and Fixup's nets sit on a
+plateau at chance before they train: SkipInit at lr 0.03 is at 2.27-2.29 nats at step 220 in
+every seed; Fixup ends at 2.0-2.3 at every lr up to 0.3. The scale at init (table below) fits
+this: with every branch off, the net is the stem and the option-A shortcuts, whose last block
+puts out RMS 0.10 (BatchNorm's 1.95), and its gradient norm at init is 0.096 (Fixup 0.080),
+44x below BatchNorm's 4.2; Fixup's zero head also passes no gradient to the body until it has
+grown. So the 600-step budget, piloted on BN and no norm only, decides both arms' cells at lr
+0.1: SkipInit ends at 0.298 against TRAINS 0.3 (open), Fixup at 2.22 (fails). What would have
+changed the verdict: SkipInit shown below TRAINS at 0.1 makes it "partly", Fixup too
+"reproduced"; testing that needs a budget piloted on both arms (or data whose stem features
+are not small at init), committed before another sweep. The outcome code gave "partly" here
+until stats.outcome was fixed to count the needed effect (the no-norm net failing) as no part
+of the claim, as this rule and every rule with such an effect word it.
 """
 
 import math
@@ -40,8 +54,8 @@ from configs import default, resnet_cifar10
 from experiments.claims.common import (blocks, cached_rows, cnn_images, finish, init_diagnostics,
                                        seeds as claim_seeds)
 from experiments.sweeps import apply_overrides, product, zipped
-from experiments.stats import (OPEN, RULED_OUT, SHOWN, Part, diverged, lookup, one_sample, outcome,
-                               values)
+from experiments.stats import (NOT_REPRODUCED, OPEN, PARTLY, REPRODUCED, RULED_OUT, SHOWN,
+                               UNDERPOWERED, Part, diverged, lookup, one_sample, outcome, values)
 
 TRAINS = 0.3
 WORKING_LR = 0.1
@@ -151,4 +165,9 @@ def verdict(group_keys, groups, analysis=None):
   no_norm = at['no norm'][0]
   fails = Part(SHOWN if no_norm.status == RULED_OUT else
                RULED_OUT if no_norm.status == SHOWN else OPEN, 0.0)
-  return outcome([at['SkipInit'][0], at['Fixup'][0]], needs=fails), numbers + '.'
+  parts = [at['SkipInit'][0], at['Fixup'][0]]
+  result = outcome(parts, needs=fails)
+  if result not in (REPRODUCED, PARTLY):   # the rule's last clauses, as it words them
+    both_fail = fails.status == SHOWN and all(p.status == RULED_OUT for p in parts)
+    result = NOT_REPRODUCED if both_fail else UNDERPOWERED
+  return result, numbers + '.'
