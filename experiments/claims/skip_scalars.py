@@ -52,7 +52,7 @@ import numpy as np
 
 from configs import default, resnet_cifar10
 from experiments.claims.common import (blocks, cached_rows, cnn_images, finish, init_diagnostics,
-                                       seeds as claim_seeds)
+                                       save_figure, seeds as claim_seeds, subplots)
 from experiments.sweeps import apply_overrides, product, zipped
 from experiments.stats import (NOT_REPRODUCED, OPEN, PARTLY, REPRODUCED, RULED_OUT, SHOWN,
                                UNDERPOWERED, Part, diverged, lookup, one_sample, outcome, values)
@@ -104,7 +104,32 @@ def analyze(directory, group_keys, groups):
            '|---|---|---|---|']
   lines += [f'| {a} | {mean[(a, "features_rms")]:.3g} | {mean[(a, "logits_std")]:.3g} | '
             f'{mean[(a, "grad_norm")]:.3g} |' for a in NAMES]
-  return {'lines': lines + [''], 'init': mean}
+  plot = _plot_map(directory, group_keys, groups) if group_keys else None
+  return {'lines': lines + [''], 'init': mean, 'plot': plot}
+
+
+def _plot_map(directory, group_keys, groups) -> str:
+  """The learning-rate map: each arm's final train loss (mean over the seeds that finished) by
+  lr, how many seeds diverged written beside each point, TRAINS and chance drawn across."""
+  fig, ax = subplots(figsize=(7.5, 4.5))
+  for i, name in enumerate(NAMES):
+    cells = [(lr, _runs(group_keys, groups, name, lr)) for lr in LRS]
+    cells = [(lr, values(m, 'train_loss'), diverged(m)) for lr, m in cells if m]
+    xs = [lr for lr, v, _ in cells if len(v)]
+    line, = ax.plot(xs, [v.mean() for _, v, _ in cells if len(v)], 'o-', label=name)
+    for lr, v, (bad, ended) in cells:
+      if bad:
+        y = v.mean() if len(v) else 2 * math.log(10) * 1.25 ** i   # apart, arm by arm
+        ax.annotate(f'{bad}/{ended} div.', (lr, y), textcoords='offset points', xytext=(4, 4),
+                    fontsize=7, color=line.get_color())
+        if not len(v):
+          ax.plot([lr], [y], 'x', color=line.get_color())
+  ax.axhline(TRAINS, ls='--', color='gray', lw=1, label=f'TRAINS {TRAINS:g}')
+  ax.axhline(math.log(10), ls=':', color='gray', lw=1, label='chance (ln 10)')
+  ax.set(xscale='log', yscale='log', xlabel='learning rate', ylabel='final train loss',
+         title='x: every seed diverged')
+  ax.legend(fontsize=8)
+  return save_figure(fig, directory, 'lr_map.png')
 
 
 def _runs(group_keys, groups, name, lr):
