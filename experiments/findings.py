@@ -15,7 +15,8 @@ computed by the claim file from the numbers alone, by the rule its docstring sta
 effect and a shifted one-sided small-sample test, `experiments/stats.py`, whose docstring
 defines the five outcomes). Each section records the commit at which
 the claim file (its rule) last changed and whether that was before its sweep started. Claims
-not yet run are listed as such. With --only, the other claims' sections are kept as they are in
+not yet run are listed as such; a sweep with runs still to come gets no verdict, only what the
+rule would say on the runs that ended. With --only, the other claims' sections are kept as they are in
 the existing file. With --run, each claim's sweep is run first (finished runs are skipped,
 interrupted ones resumed), so one command regenerates everything; the header states the
 machine, and the summary each sweep's seeds, the day it started, its wall time and their total.
@@ -53,6 +54,7 @@ from experiments.claims import common
 from experiments.stats import INCONCLUSIVE, OUTCOMES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+INCOMPLETE = 'no verdict (sweep not ended)'
 
 
 def wall_minutes(directory, runs) -> float:
@@ -125,6 +127,17 @@ def decide(module, *args) -> tuple[str, str]:
   return verdict, reason
 
 
+def unended(runs, verdict: str, reason: str) -> tuple[str, str]:
+  """No verdict while some of the sweep's runs have not ended (pending, running, interrupted):
+  a rule that counts the runs of a cell would read a run still to come as one that failed."""
+  left = [r for r in runs if r['state'] not in report.ENDED]
+  if not left:
+    return verdict, reason
+  return INCOMPLETE, (f'{len(left)} of {len(runs)} runs have not ended (the same sweep command '
+                      f'resumes them). The rule on the ended runs alone would say "{verdict}": '
+                      f'{reason}')
+
+
 def sweep_start(directory, runs) -> float | None:
   starts = [os.path.getmtime(os.path.join(directory, r['name'], 'config.json')) for r in runs
             if os.path.exists(os.path.join(directory, r['name'], 'config.json'))]
@@ -164,7 +177,7 @@ def claim_section(module, name: str, sweeps_dir: str, out_dir: str) -> tuple[lis
   lines += analysis.get('lines', [])
   lines += _plot(analysis.get('plot') or os.path.join(directory, 'train_loss.png'), name, out_dir)
   args = (group_keys, groups, analysis) if 'analyze' in vars(module) else (group_keys, groups)
-  verdict, reason = decide(module, *args)
+  verdict, reason = unended(runs, *decide(module, *args))
   lines += [rule_commit(module.__file__, sweep_start(directory, runs)), '']
   own = sweep_name == name
   return (lines + [f'**Verdict: {verdict}.** {reason}', ''], verdict,

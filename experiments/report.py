@@ -26,6 +26,7 @@ from experiments import stats
 from training import workdir as wd
 
 SWEEP_FILE = 'sweep.json'
+ENDED = ('finished', 'diverged', 'failed')   # a run in any other state is still to run or resume
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -90,7 +91,7 @@ def table(group_keys, groups) -> list[str]:
   for key, members in groups.items():
     done = [r for r in members if r['state'] == 'finished']
     count = lambda s: sum(r['state'] == s for r in members)
-    unfinished = sum(r['state'] not in ('finished', 'diverged', 'failed') for r in members)
+    unfinished = sum(r['state'] not in ENDED for r in members)
     speeds = [r['steps_per_sec'] for r in members if r['steps_per_sec']]
     cells = [str(v) for v in key] + [str(len(members))] + [
         mean_ci([r.get(k) for r in done]) for _, k in METRICS] + [str(count('diverged')),
@@ -180,7 +181,7 @@ def write_report(directory: str, summary=None) -> str:
   lines += ['', '## Diverged or failed runs', '']
   lines += [f'- {r["name"]}: **{r["state"]}** at step {r["step"]}'
             + (f' ({r["error"]})' if r.get('error') else '') for r in bad] or ['- none']
-  pending = [r['name'] for r in runs if r['state'] not in ('finished', 'diverged', 'failed')]
+  pending = [r['name'] for r in runs if r['state'] not in ENDED]
   if pending:
     lines += ['', f'Unfinished runs ({len(pending)}): ' + ', '.join(pending)]
   plots = [plot_curves(directory, group_keys, groups),

@@ -90,6 +90,14 @@ def test_findings_are_assembled_from_the_sweeps_that_ran(tmp_path, monkeypatch):
   with pytest.raises(SystemExit) as e:
     findings.main()
   assert e.value.code != 0 and not (tmp_path / 'other.md').exists()
+  # a run still to resume withholds the verdict (the rule's, unchanged, is quoted)
+  status = sorted(glob.glob(str(tmp_path / 'sweeps' / 'depth' / '*' / 'status.json')))[0]
+  json.dump({**json.load(open(status)), 'state': 'interrupted'}, open(status, 'w'))
+  monkeypatch.setattr('sys.argv', ['findings', f'--sweeps={tmp_path / "sweeps"}', f'--out={out}',
+                                   '--only=depth'])
+  findings.main()
+  assert ('**Verdict: no verdict (sweep not ended).** 1 of 2 runs have not ended'
+          in out.read_text())
 
 
 def test_a_kept_summary_row_gains_the_columns_added_since_from_its_section():
@@ -405,6 +413,21 @@ def test_warmup_map_verdict_and_gate():
   assert warmup.verdict([], {}, a)[0] == 'inconclusive (underpowered)'
   assert warmup.gate([], {}, analysis(set()))
 
+
+
+def test_a_sweep_with_runs_still_to_come_gets_no_verdict():
+  """warmup's rule counts the seeds of a cell that train: a run not yet trained would count as
+  one that did not, so a partial sweep gave "not reproduced". Any run that has not ended
+  (pending, running, interrupted) withholds the verdict, whatever the rule says; diverged and
+  failed runs have ended."""
+  from experiments import findings
+  runs = [{'state': s} for s in ('finished', 'diverged', 'failed')]
+  assert findings.unended(runs, 'not reproduced', 'why') == ('not reproduced', 'why')
+  for state in ('pending', 'running', 'interrupted'):
+    verdict, reason = findings.unended(runs + [{'state': state}], 'not reproduced', 'why')
+    assert verdict == findings.INCOMPLETE and verdict not in findings.OUTCOMES
+    assert reason.startswith('1 of 4 runs have not ended') and reason.endswith(
+        'would say "not reproduced": why')
 
 def test_skip_scalars_verdict_follows_its_rule_clause_by_clause():
   """At BatchNorm's lr, with the no-norm net failing: both scalars' nets train -> reproduced;
