@@ -3,6 +3,7 @@ steps) trains and reports, so the sweeps never rot."""
 
 import glob
 import json
+import math
 import os
 
 import numpy as np
@@ -403,6 +404,8 @@ def test_warmup_map_verdict_and_gate():
   a = analysis(post_needs)
   verdict, reason = warmup.verdict([], {}, a)
   assert verdict == 'reproduced' and 'depth 12 lr 0.003' in reason and 'rises' in reason
+  # each cell's evidence: its seeds that train with and without, and Fisher's p (1/C(12, 6))
+  assert f'depth 12 lr 0.01 (6/6 with, 0/6 without, p {1 / math.comb(12, 6):.4f})' in reason
   assert not warmup.gate([], {}, a)
   a = analysis(post_needs | {('pre', 6, 1e-2, 0)})
   assert warmup.verdict([], {}, a)[0] == 'partly'

@@ -185,18 +185,21 @@ def _trains(count) -> bool:
   return 2 * count[0] > count[1]
 
 
+def fisher(analysis, position, depth, lr) -> float:
+  """One-sided p of Fisher's exact test that more of the cell's seeds train with warm-up."""
+  ok, warm = analysis['ok'], analysis['warm']
+  (w_ok, w_n), (n_ok, n_n) = ok[(position, depth, lr, warm)], ok[(position, depth, lr, 0)]
+  table = [[w_ok, w_n - w_ok], [n_ok, n_n - n_ok]]
+  return scipy_stats.fisher_exact(table, alternative='greater')[1] if w_n and n_n else 1.0
+
+
 def needs(analysis, position) -> tuple[list, list]:
   """The (depth, lr) cells where `position` needs warm-up (Fisher's exact test of more seeds
   training with it, Holm over the position's cells), and those where it is not needed (no more
   seeds train with it than without)."""
   ok, warm = analysis['ok'], analysis['warm']
   cells = [(d, lr) for d in analysis['depths'] for lr in LRS]
-  ps = []
-  for d, lr in cells:
-    (w_ok, w_n), (n_ok, n_n) = ok[(position, d, lr, warm)], ok[(position, d, lr, 0)]
-    table = [[w_ok, w_n - w_ok], [n_ok, n_n - n_ok]]
-    ps.append(scipy_stats.fisher_exact(table, alternative='greater')[1] if w_n and n_n else 1.0)
-  held = holm(ps)
+  held = holm([fisher(analysis, position, *c) for c in cells])
   not_needed = [c for c in cells if ok[(position, *c, warm)][0] * ok[(position, *c, 0)][1]
                 <= ok[(position, *c, 0)][0] * ok[(position, *c, warm)][1]]
   return [c for c, h in zip(cells, held) if h], not_needed
@@ -228,8 +231,12 @@ def verdict(group_keys, groups, analysis):
   rho, p = trend([r['depth'] for r in init], [r['log_ratio'] for r in init])
   ratio = ', '.join(f'{math.exp(np.mean([r["log_ratio"] for r in init if r["depth"] == d])):.2f}'
                     f' at depth {d}' for d in DEPTHS)
-  reason = (f'post-LN needs warm-up (Fisher, Holm) at {fmt(post)}; pre-LN at {fmt(pre)}; the '
-            f'region where '
+  def counted(position, cs):   # each cell's seeds that train with and without, and its p
+    return ', '.join(f'depth {d} lr {lr:g} ({"/".join(map(str, ok[(position, d, lr, warm)]))} '
+                     f'with, {"/".join(map(str, ok[(position, d, lr, 0)]))} without, p '
+                     f'{fisher(analysis, position, d, lr):.4f})' for d, lr in cs) or 'nowhere'
+  reason = (f'post-LN needs warm-up (Fisher, Holm over its {len(cells)} cells) at '
+            f'{counted("post", post)}; pre-LN at {counted("pre", pre)}; the region where '
             f'post-LN needs it and pre-LN trains without: {fmt(region)}. Beside the rule: '
             + '; '.join(gains) + f'; the init ratio post/pre of the last block\'s gradient: '
             f'{ratio} (Spearman rho {rho:.2f}, one-sided p {p:.3f}: '
