@@ -14,12 +14,12 @@ writes the sweep's report, copies its plot next to FINDINGS.md, and states the c
 computed by the claim file from the numbers alone, by the rule its docstring states (a minimum
 effect and a shifted one-sided small-sample test, `experiments/stats.py`, whose docstring
 defines the five outcomes). Each section records the commit at which
-the claim file (its rule) last changed and whether that was before its sweep started. Claims
-not yet run are listed as such; a sweep with runs still to come gets no verdict, only what the
-rule would say on the runs that ended. With --only, the other claims' sections are kept as they are in
+the claim file (its rule) last changed and whether that was before its sweep started. Claims not
+yet run are listed as such; a sweep with runs still to come gets no verdict, only what the rule
+would say on the runs that ended. With --only, the other claims' sections are kept as they are in
 the existing file. With --run, each claim's sweep is run first (finished runs are skipped,
-interrupted ones resumed), so one command regenerates everything; the header states the
-machine, and the summary each sweep's seeds, the day it started, its wall time and their total.
+interrupted ones resumed), so one command regenerates everything; the header states the machine,
+and the summary each sweep's seeds, the day it started, its wall time and their total.
 
 A claim file defines some of:
   get_sweep(arg)      the training sweep (`:smoke` 2 tiny runs, `:full` GPU/TFDS scale);

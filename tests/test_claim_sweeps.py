@@ -417,7 +417,6 @@ def test_warmup_map_verdict_and_gate():
   assert warmup.gate([], {}, analysis(set()))
 
 
-
 def test_warmup_rule_under_no_difference_finds_a_need_at_most_alpha():
   """Each seed trains with the same probability with and without warm-up (0.5, where Fisher's
   test has most room; 0.9 and 0.1 near the edges): the rule's "post-LN needs warm-up somewhere"

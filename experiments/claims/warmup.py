@@ -32,21 +32,21 @@ and without warm-up (one-sided Welch, minimum effect 0.1 nats, both positions), 
 the init ratio rises with depth (Spearman, p < 0.05). Gate: the lr span reaches both sides:
 some cell trains and some cell does not; else inconclusive.
 
-Read after the sweep (2026-12-07; not part of the rule). Post-LN fails without warm-up by
-collapse, not divergence: no run of the 360 diverged, and every failing post-LN cell ends at
-3.37-3.39 nats, the unigram entropy H1 (3.364), with test accuracy 0.1722 in every seed, about
-the space's share of the test text (0.170): the net predicts byte frequencies, no context. Warm-up moves post-LN's
+Read after the sweep (2026-12-07; not part of the rule). Post-LN fails without warm-up by collapse,
+not divergence: no run of the 360 diverged, and every failing post-LN cell ends at 3.37-3.39 nats,
+the unigram entropy H1 (3.364), with test accuracy 0.1722 in every seed, about the space's share of
+the test text (0.170): the net predicts byte frequencies, no context. Warm-up moves post-LN's
 highest lr that trains from 1e-3 to 1e-2 at depth 6 and from 3e-4 to 1e-3 at depth 12; pre-LN
-trains up to 1e-2 at every depth without it (its worst cell without, depth 12 lr 1e-2, ends
-0.61 nats below LEVEL), and at depth 2 post-LN does too, so the need for warm-up grows with
-depth, as the init ratio does. The gate is met by that instability; it would also have been met
-by the cells whose lr is too low to train in 600 steps with 400 of them warming up (pre-LN depth
-2 and post-LN depth 12 at lr 1e-4 with warm-up, 3.02 and 3.15), which is weaker than the gate
-reads. What would have changed the verdict: each of the three cells in the region is 6/6 seeds
-with warm-up against 0/6 without (Fisher p = 0.0011, below Holm's first threshold 0.05/15);
-one seed fewer on either side (p = 0.0076) would have left that cell out, and the verdict falls
-to "inconclusive (underpowered)" only if all three do; pre-LN failing without warm-up and
-training with it at any cell would have made it "partly".
+trains up to 1e-2 at every depth without it (its worst cell without, depth 12 lr 1e-2, ends 0.61
+nats below LEVEL), and at depth 2 post-LN does too, so the need for warm-up grows with depth, as
+the init ratio does. The gate is met by that instability; it would also have been met by the cells
+whose lr is too low to train in 600 steps with 400 of them warming up (pre-LN depth 2 and post-LN
+depth 12 at lr 1e-4 with warm-up, 3.02 and 3.15), which is weaker than the gate reads. What would
+have changed the verdict: each of the three cells in the region is 6/6 seeds with warm-up against
+0/6 without (Fisher p = 0.0011, below Holm's first threshold 0.05/15); one seed fewer on either
+side (p = 0.0076) would have left that cell out, and the verdict falls to "inconclusive
+(underpowered)" only if all three do; pre-LN failing without warm-up and training with it at any
+cell would have made it "partly".
 """
 
 import math
