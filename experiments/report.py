@@ -26,7 +26,9 @@ from experiments import stats
 from training import workdir as wd
 
 SWEEP_FILE = 'sweep.json'
-ENDED = ('finished', 'diverged', 'failed')   # a run in any other state is still to run or resume
+# A run in any other state is still to run or resume. sweep.ENDED, the runs a re-run skips,
+# leaves out 'failed' (a re-run retries it); here a failed run is reported, in its own column.
+ENDED = ('finished', 'diverged', 'failed')
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
